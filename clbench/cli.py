@@ -1,0 +1,138 @@
+"""The ``clbench`` command line.
+
+Errors a user can cause are printed as one line, without a traceback, and the command
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clbench.errors import ClbenchError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmarks on Avalanche.")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a Python file that registers strategies, benchmarks or backbones (repeatable)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run every unfinished run of an experiment config")
+    run.add_argument("config", help="experiment YAML file (see experiments/)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. training.epochs=1 or seeds=[1231] (repeatable)",
+    )
+    run.add_argument("--out", default=None, help="output folder for run JSONs (default: runs/<name>)")
+    run.add_argument("--data-root", default=None, help="dataset root (default: $CLBENCH_DATA_ROOT or ~/.cache/clbench)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true", help="list the runs of the grid and exit")
+
+    listing = commands.add_parser("list", help="list registered strategies, benchmarks, backbones and loggers")
+    listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers"])
+    listing.add_argument("--args", action="store_true", help="also show each component's arguments")
+    return parser
+
+
+def _describe_args(args_type: type) -> list[str]:
+    lines = []
+    for f in dataclasses.fields(args_type):
+        default: Any = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        )
+        lines.append(f"      {f.name} = {default!r}  {f.metadata.get('help', '')}")
+    return lines
+
+
+def _cmd_list(kind: str | None, show_args: bool) -> int:
+    from clbench.backbones import BACKBONES
+    from clbench.datasets.base import BENCHMARKS
+    from clbench.loggers import LOGGERS
+    from clbench.strategies.base import STRATEGIES
+
+    registries: dict[str, Any] = {
+        "strategies": STRATEGIES,
+        "benchmarks": BENCHMARKS,
+        "backbones": BACKBONES,
+        "loggers": LOGGERS,
+    }
+    for name, registry in registries.items():
+        if kind is not None and kind != name:
+            continue
+        print(f"{name}:")
+        for entry in registry:
+            print(f"  {entry.name:22s} {entry.help}")
+            if show_args:
+                for line in _describe_args(entry.args):
+                    print(line)
+    return 0
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    from clbench.config import load_experiment
+    from clbench.runner import expand_grid, output_dir_for, run_grid
+
+    experiment = load_experiment(ns.config, ns.overrides)
+    out = output_dir_for(experiment, ns.out)
+    if ns.dry_run:
+        for run in expand_grid(experiment):
+            print(run.run_id)
+        return 0
+    summary = run_grid(
+        experiment,
+        out,
+        data_root=Path(ns.data_root) if ns.data_root else None,
+        progress=not ns.no_progress,
+    )
+    print(
+        f"{len(summary.finished)} run(s) finished, {len(summary.skipped)} skipped, "
+        f"{len(summary.failed)} failed; results in {out}"
+    )
+    if summary.failed:
+        for run_id, message in summary.failed.items():
+            print(f"  failed: {run_id}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clbench`` command."""
+    parser = _build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        from clbench.registry import load_plugin_file
+
+        for plugin in ns.plugin:
+            load_plugin_file(plugin)
+        if ns.command == "list":
+            return _cmd_list(ns.kind, ns.args)
+        if ns.command == "run":
+            return _cmd_run(ns)
+    except ClbenchError as exc:
+        print(f"clbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clbench: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {ns.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

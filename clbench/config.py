@@ -1,0 +1,332 @@
+"""Experiment and run configuration as frozen, validated dataclasses.
+
+A YAML experiment file is read with ``yaml.safe_load``, ``--set key=value`` overrides are
+applied to the raw mapping, and the result is converted into :class:`ExperimentConfig`.
+Conversion checks every key and every value type and raises :class:`ConfigError` with a
+one-line message that names the bad key or value and lists the valid ones.
+
+The grid of an experiment (benchmark x strategy x buffer size x seed) expands into
+:class:`RunConfig` objects; a run's identity is the hash of its resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from clbench.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_SEEDS = (1231, 1232, 1233, 1234, 1235)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered component chosen by name, with its own arguments.
+
+    Attributes:
+        name: Registered name (see ``clbench list``).
+        args: Keyword arguments validated against the component's arguments dataclass.
+    """
+
+    name: str = field(metadata=_help("registered name of the component"))
+    args: dict[str, Any] = field(default_factory=dict, metadata=_help("the component's own arguments"))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings shared by every strategy of an experiment.
+
+    Defaults follow the MetaSP paper's code base: plain SGD, lr 0.1, batch 32, replay
+    mini-batch 32, 50 epochs per task.
+    """
+
+    epochs: int = field(default=50, metadata=_help("training epochs per task"))
+    batch_size: int = field(default=32, metadata=_help("mini-batch size of current-task data"))
+    replay_batch_size: int = field(default=32, metadata=_help("mini-batch size drawn from the buffer"))
+    lr: float = field(default=0.1, metadata=_help("SGD learning rate"))
+    momentum: float = field(default=0.0, metadata=_help("SGD momentum"))
+    weight_decay: float = field(default=0.0, metadata=_help("SGD weight decay"))
+    lr_milestones: tuple[int, ...] = field(
+        default=(), metadata=_help("epochs (within each task) at which lr is multiplied by lr_gamma")
+    )
+    lr_gamma: float = field(default=0.1, metadata=_help("lr decay factor at each milestone"))
+    eval_batch_size: int = field(default=256, metadata=_help("mini-batch size for evaluation"))
+    num_workers: int = field(default=0, metadata=_help("data-loader worker processes"))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment file: a grid of runs plus where their results go."""
+
+    name: str = field(metadata=_help("experiment name; also the default output folder name"))
+    benchmarks: tuple[ComponentSpec, ...] = field(metadata=_help("benchmarks to run on"))
+    strategies: tuple[ComponentSpec, ...] = field(metadata=_help("strategies to compare"))
+    buffer_sizes: tuple[int, ...] = field(
+        default=(500,), metadata=_help("buffer sizes; strategies without a buffer run once")
+    )
+    seeds: tuple[int, ...] = field(default=DEFAULT_SEEDS, metadata=_help("random seeds"))
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata=_help("optimisation settings"))
+    backbone: ComponentSpec | None = field(
+        default=None, metadata=_help("network; default: the benchmark's default backbone")
+    )
+    device: str = field(default="auto", metadata=_help("torch device: auto, cpu, cuda, cuda:1, ..."))
+    output_dir: str | None = field(default=None, metadata=_help("where run JSONs go; default runs/<name>"))
+    data_root: str | None = field(
+        default=None, metadata=_help("root of downloaded/offline data; default ~/.cache/clbench")
+    )
+    loggers: tuple[str, ...] = field(default=(), metadata=_help("Avalanche loggers to attach (see `clbench list`)"))
+    deterministic: bool = field(default=True, metadata=_help("use deterministic kernels where PyTorch has them"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines the numbers of one run.
+
+    Paths (data root, output folder) and loggers are deliberately not part of it: they do
+    not change results, so moving the data does not invalidate finished runs.
+    """
+
+    experiment: str
+    benchmark: ComponentSpec
+    strategy: ComponentSpec
+    backbone: ComponentSpec
+    buffer_size: int
+    seed: int
+    training: TrainingConfig
+    device: str
+    deterministic: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready plain mapping of the config."""
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
+
+    @property
+    def run_id(self) -> str:
+        """Readable, unique file stem: names plus a hash of the resolved config."""
+        identity = self.to_dict()
+        identity.pop("experiment")
+        identity.pop("device")
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.benchmark.name}-{self.strategy.name}-m{self.buffer_size}-s{self.seed}-{digest}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; lists become tuples, mappings dataclasses."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(f"{where}: invalid value {value!r}; valid choices: {choices}")
+        return value
+    if origin in (tuple, Sequence, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        items = [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is not list else items
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return from_mapping(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+
+
+def from_mapping(cls: type[T], data: Any, where: str) -> T:
+    """Build the frozen dataclass ``cls`` from a mapping, validating keys and types.
+
+    Args:
+        cls: The dataclass type.
+        data: A mapping (or ``None`` for all defaults).
+        where: Where the mapping comes from, used as the prefix of error messages.
+
+    Returns:
+        The validated instance.
+
+    Raises:
+        ConfigError: An unknown key, a missing required key or a value of the wrong type.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "(none)"
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {valid}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}" if where else name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key {name!r}")
+    return cls(**kwargs)
+
+
+def _component(value: Any, where: str) -> Any:
+    """Allow the short form ``- er`` for ``- {name: er}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` overrides to a raw config mapping (a copy is returned).
+
+    Integer path parts index lists, e.g. ``strategies.0.args.alpha=0.5``.
+    """
+    result: dict[str, Any] = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = result
+        for i, part in enumerate(path[:-1]):
+            where = ".".join(path[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {where} is not an index of a {len(node)}-item list")
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                if isinstance(node.get(part), str) and path[i + 1] in ("name", "args"):
+                    node[part] = {"name": node[part]}
+                node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {text!r}: {where} is not a mapping or list")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {text!r}: {last} is not an index of a {len(node)}-item list")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {text!r}: cannot set a key inside {node!r}")
+    return result
+
+
+def experiment_from_mapping(raw: Any, where: str = "config") -> ExperimentConfig:
+    """Validate a raw mapping into an :class:`ExperimentConfig`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    data = dict(raw)
+    for key in ("benchmarks", "strategies"):
+        if key in data:
+            if not isinstance(data[key], list):
+                data[key] = [data[key]]
+            data[key] = [_component(v, f"{where}.{key}") for v in data[key]]
+    if isinstance(data.get("backbone"), str):
+        data["backbone"] = {"name": data["backbone"]}
+    config = from_mapping(ExperimentConfig, data, where)
+    if not config.benchmarks:
+        raise ConfigError(f"{where}.benchmarks: at least one benchmark is required")
+    if not config.strategies:
+        raise ConfigError(f"{where}.strategies: at least one strategy is required")
+    if not config.seeds:
+        raise ConfigError(f"{where}.seeds: at least one seed is required")
+    if any(size <= 0 for size in config.buffer_sizes):
+        raise ConfigError(f"{where}.buffer_sizes: sizes must be positive, got {list(config.buffer_sizes)}")
+    if config.training.epochs < 1:
+        raise ConfigError(f"{where}.training.epochs: must be at least 1, got {config.training.epochs}")
+    return config
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML file.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or does not validate.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
+    return experiment_from_mapping(raw, where=file.name)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready mapping of any config dataclass."""
+    plain: dict[str, Any] = _plain(dataclasses.asdict(config))
+    return plain

@@ -1,0 +1,395 @@
+"""Run one config end to end, and expand and run a grid of them.
+
+A run: seed everything, build the benchmark, the backbone and the strategy, then train
+task by task; after each task one evaluation pass over every task's test set fills a row
+of the class-IL and of the task-IL accuracy matrix. The result is written atomically to
+``<output_dir>/<run_id>.json``; a grid skips runs whose file is already complete.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clbench.backbones import BACKBONES
+from clbench.config import ComponentSpec, ExperimentConfig, RunConfig, config_to_dict, from_mapping
+from clbench.datasets.base import BENCHMARKS, Benchmark, DataContext, load_benchmark
+from clbench.datasets.sources import default_data_root
+from clbench.errors import ClbenchError, UnknownNameError
+from clbench.evaluation import AccuracyCollector, AccuracyRow
+from clbench.loggers import LOGGERS
+from clbench.metrics import summarize, summarize_final_only
+from clbench.results import SCHEMA_VERSION, is_finished, write_json_atomic
+from clbench.strategies.base import STRATEGIES, StrategyContext
+
+
+def _resolved(spec: ComponentSpec, args_type: type, where: str) -> ComponentSpec:
+    typed: Any = from_mapping(args_type, spec.args, where)
+    return ComponentSpec(spec.name, config_to_dict(typed))
+
+
+def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
+    """All runs of an experiment: benchmark x strategy x buffer size x seed.
+
+    Strategies without a buffer (Fine-tune, Joint) run once per benchmark and seed, with
+    ``buffer_size`` 0. Every component's arguments are validated and filled with their
+    defaults here, before anything runs, so a typo fails at once.
+
+    Raises:
+        UnknownNameError: A benchmark, strategy, backbone or logger name is not registered.
+        ConfigError: Some component's arguments do not validate.
+    """
+    for name in experiment.loggers:
+        LOGGERS.get(name)
+    runs: list[RunConfig] = []
+    for bench_spec in experiment.benchmarks:
+        bench_entry = BENCHMARKS.get(bench_spec.name)
+        benchmark = _resolved(bench_spec, bench_entry.args, f"benchmark {bench_spec.name}")
+        backbone_spec = experiment.backbone or ComponentSpec(bench_entry.traits["default_backbone"])
+        backbone = _resolved(backbone_spec, BACKBONES.get(backbone_spec.name).args, f"backbone {backbone_spec.name}")
+        for strat_spec in experiment.strategies:
+            entry = STRATEGIES.get(strat_spec.name)
+            strategy = _resolved(strat_spec, entry.args, f"strategy {strat_spec.name}")
+            sizes = experiment.buffer_sizes if entry.traits.get("uses_buffer", False) else (0,)
+            for size in sizes:
+                for seed in experiment.seeds:
+                    runs.append(
+                        RunConfig(
+                            experiment=experiment.name,
+                            benchmark=benchmark,
+                            strategy=strategy,
+                            backbone=backbone,
+                            buffer_size=size,
+                            seed=seed,
+                            training=experiment.training,
+                            device=experiment.device,
+                            deterministic=experiment.deterministic,
+                        )
+                    )
+    ids = [run.run_id for run in runs]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ClbenchError(f"the grid lists run {duplicate} twice (a strategy or seed is repeated)")
+    return runs
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU.
+
+    Raises:
+        ClbenchError: The device string is invalid or names a CUDA device that is not there.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ClbenchError(f"invalid device {name!r}; valid choices: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClbenchError(f"device {name!r} requested but CUDA is not available; valid choices here: auto, cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and PyTorch; optionally ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware recorded with every result."""
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "clbench": version("clbench"),
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "avalanche": version("avalanche-lib"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+class _EpochProgress:
+    """Forwards each finished training epoch to a callback (for progress bars)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        from avalanche.core import SupervisedPlugin
+
+        self._callback = callback
+        outer = self
+
+        class Plugin(SupervisedPlugin):  # type: ignore[misc]
+            def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+                outer._callback()
+
+        self.plugin = Plugin()
+
+
+def _make_evaluator(loggers: list[Any]) -> Any:
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(accuracy_metrics(epoch=True), loss_metrics(epoch=True), loggers=loggers)
+
+
+@dataclass
+class _Matrices:
+    class_il: list[list[float]] = field(default_factory=list)
+    task_il: list[list[float]] = field(default_factory=list)
+    after_task: list[int] = field(default_factory=list)
+
+    def add(self, task: int, row: AccuracyRow) -> None:
+        self.class_il.append(row.class_il)
+        self.task_il.append(row.task_il)
+        self.after_task.append(task)
+
+
+def _log_row(loggers: list[Any], task: int, row: AccuracyRow) -> None:
+    for logger in loggers:
+        for k, (cil, til) in enumerate(zip(row.class_il, row.task_il, strict=True)):
+            logger.log_single_metric(f"clbench/class_il/task{k:02d}", cil, task)
+            logger.log_single_metric(f"clbench/task_il/task{k:02d}", til, task)
+        seen = row.class_il[: task + 1]
+        logger.log_single_metric("clbench/class_il/average_seen", sum(seen) / len(seen), task)
+
+
+def execute_run(
+    run: RunConfig,
+    data_root: Path,
+    loggers: tuple[str, ...] = (),
+    log_dir: Path | None = None,
+    on_epoch: Callable[[], None] | None = None,
+    benchmark: Benchmark | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one run; return its result record (not yet written).
+
+    Args:
+        run: The resolved run config.
+        data_root: Root for dataset downloads and offline copies.
+        loggers: Names of Avalanche loggers to attach.
+        log_dir: Where file-based loggers write.
+        on_epoch: Called after every training epoch (progress display).
+        benchmark: A benchmark already built for this run (same name, args and seed).
+
+    Returns:
+        The result record following :data:`clbench.results.SCHEMA_VERSION`.
+    """
+    from avalanche.training.plugins import LRSchedulerPlugin
+
+    started = datetime.now(timezone.utc)
+    device = resolve_device(run.device)
+    seed_everything(run.seed, run.deterministic)
+    if benchmark is None:
+        benchmark = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(data_root, run.seed))
+    seed_everything(run.seed, run.deterministic)
+
+    backbone_entry = BACKBONES.get(run.backbone.name)
+    model = backbone_entry.factory(
+        from_mapping(backbone_entry.args, run.backbone.args, "backbone"), benchmark.input_shape, benchmark.n_classes
+    ).to(device)
+    training = run.training
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+    )
+    collector = AccuracyCollector(benchmark.task_classes)
+    plugins: list[Any] = [collector]
+    if training.lr_milestones:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(training.lr_milestones), training.lr_gamma)
+        plugins.append(LRSchedulerPlugin(scheduler, reset_scheduler=True, reset_lr=True))
+    if on_epoch is not None:
+        plugins.append(_EpochProgress(on_epoch).plugin)
+    logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
+
+    strategy_entry = STRATEGIES.get(run.strategy.name)
+    context = StrategyContext(
+        model=model,
+        optimizer=optimizer,
+        criterion=torch.nn.CrossEntropyLoss(),
+        training=training,
+        buffer_size=run.buffer_size,
+        device=device,
+        benchmark=benchmark,
+        seed=run.seed,
+        plugins=plugins,
+        evaluator=_make_evaluator(logger_objects),
+    )
+    strategy = strategy_entry.factory(context, from_mapping(strategy_entry.args, run.strategy.args, "strategy"))
+
+    train_stream = benchmark.scenario.train_stream
+    test_stream = benchmark.scenario.test_stream
+    matrices = _Matrices()
+    train_seconds: list[float] = []
+    eval_seconds: list[float] = []
+    eval_kwargs = {"num_workers": training.num_workers}
+
+    def evaluate(after_task: int, seen: list[int]) -> None:
+        tic = time.perf_counter()
+        collector.expect(seen)
+        strategy.eval(test_stream, **eval_kwargs)
+        row = collector.row()
+        eval_seconds.append(time.perf_counter() - tic)
+        matrices.add(after_task, row)
+        _log_row(logger_objects, after_task, row)
+
+    if strategy_entry.traits.get("trains_jointly", False):
+        tic = time.perf_counter()
+        strategy.train(train_stream, eval_streams=[], num_workers=training.num_workers)
+        train_seconds.append(time.perf_counter() - tic)
+        evaluate(benchmark.n_tasks - 1, [c for task in benchmark.task_classes for c in task])
+        metrics = {
+            "class_il": summarize_final_only(matrices.class_il[-1]),
+            "task_il": summarize_final_only(matrices.task_il[-1]),
+        }
+    else:
+        seen: list[int] = []
+        for task, experience in enumerate(train_stream):
+            tic = time.perf_counter()
+            strategy.train(experience, eval_streams=[], num_workers=training.num_workers)
+            train_seconds.append(time.perf_counter() - tic)
+            seen.extend(benchmark.task_classes[task])
+            evaluate(task, seen)
+        metrics = {"class_il": summarize(matrices.class_il), "task_il": summarize(matrices.task_il)}
+
+    for logger in logger_objects:
+        close = getattr(logger, "close", None)
+        if callable(close):
+            close()
+    extras_fn = getattr(strategy, "clbench_extras", None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "config": run.to_dict(),
+        "task_classes": [list(c) for c in benchmark.task_classes],
+        "evaluated_after_task": matrices.after_task,
+        "accuracy": {"class_il": matrices.class_il, "task_il": matrices.task_il},
+        "metrics": metrics,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "environment": environment_info(device),
+        "extras": extras_fn() if callable(extras_fn) else {},
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class GridSummary:
+    """What a grid run did."""
+
+    finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def output_dir_for(experiment: ExperimentConfig, override: str | None = None) -> Path:
+    """``--out``, else the config's ``output_dir``, else ``runs/<name>``."""
+    return Path(override or experiment.output_dir or Path("runs") / experiment.name)
+
+
+@contextmanager
+def _quiet_avalanche() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def run_grid(
+    experiment: ExperimentConfig,
+    output_dir: Path,
+    data_root: Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> GridSummary:
+    """Run every unfinished run of an experiment, one after another.
+
+    Finished runs (a complete result file exists) are skipped, so an interrupted grid
+    resumes. A run that crashes is reported, its traceback written beside the results as
+    ``<run_id>.error.txt``, and the grid goes on; errors a user caused
+    (:class:`ClbenchError`) stop the grid at once.
+    """
+    import yaml
+    from tqdm import tqdm
+
+    runs = expand_grid(experiment)
+    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = output_dir / "experiment.resolved.yaml"
+    resolved.write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
+    summary = GridSummary()
+    todo = []
+    for run in runs:
+        if is_finished(output_dir / f"{run.run_id}.json"):
+            summary.skipped.append(run.run_id)
+        else:
+            todo.append(run)
+    if summary.skipped:
+        echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
+    cache: dict[tuple[str, str, int], Benchmark] = {}
+    with _quiet_avalanche(), tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, position=0) as bar:
+        for run in todo:
+            bar.set_postfix_str(run.run_id)
+            n_epochs = run.training.epochs * (
+                1 if STRATEGIES.get(run.strategy.name).traits.get("trains_jointly") else 0
+            )
+            key = (run.benchmark.name, repr(sorted(run.benchmark.args.items())), run.seed)
+            if key not in cache:
+                cache.clear()
+                cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(root, run.seed))
+            benchmark = cache[key]
+            total_epochs = n_epochs or run.training.epochs * benchmark.n_tasks
+            with tqdm(
+                total=total_epochs, desc="epochs", unit="ep", leave=False, disable=not progress, position=1
+            ) as epochs:
+                try:
+                    record = execute_run(
+                        run, root, experiment.loggers, output_dir / "logs", lambda: epochs.update(1), benchmark
+                    )
+                except (ClbenchError, UnknownNameError):
+                    raise
+                except Exception as exc:  # one crashing run must not stop the grid
+                    error_file = output_dir / f"{run.run_id}.error.txt"
+                    error_file.write_text(traceback.format_exc())
+                    summary.failed[run.run_id] = f"{exc.__class__.__name__}: {exc}"
+                    echo(f"run {run.run_id} failed: {exc.__class__.__name__}: {exc} (traceback in {error_file})")
+                    bar.update(1)
+                    continue
+            write_json_atomic(output_dir / f"{run.run_id}.json", record)
+            (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
+            summary.finished.append(run.run_id)
+            bar.update(1)
+    return summary
+
+
+__all__ = ["GridSummary", "execute_run", "expand_grid", "output_dir_for", "run_grid"]

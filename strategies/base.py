@@ -1,0 +1,92 @@
+"""The strategy contract.
+
+A strategy module holds three things: a frozen dataclass of its own arguments (with help
+text), a factory that builds an Avalanche strategy from a :class:`StrategyContext` and
+those arguments, and the registration line::
+
+    @STRATEGIES.register("er", args=ERArgs, help="...", uses_buffer=True)
+    def build_er(ctx: StrategyContext, args: ERArgs) -> SupervisedTemplate: ...
+
+Traits of an entry:
+    ``uses_buffer``: the strategy keeps a rehearsal buffer of ``ctx.buffer_size``
+    examples; strategies without one run once per grid point, not once per buffer size.
+    ``trains_jointly``: the strategy is trained once on the whole stream (Joint) and is
+    evaluated once, after it.
+
+A built strategy may define ``clbench_extras() -> dict`` whose result is stored under
+``extras`` in the run's results file (e.g. influence statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from clbench.datasets.base import Benchmark
+from torch import nn
+from torch.optim import Optimizer
+
+from clbench.config import TrainingConfig
+from clbench.registry import Registry
+
+StrategyFactory = Callable[["StrategyContext", Any], Any]
+
+STRATEGIES: Registry[StrategyFactory] = Registry(
+    "strategy",
+    "clbench.strategies",
+    builtin_modules=("clbench.strategies.finetune", "clbench.strategies.joint", "clbench.strategies.er"),
+)
+
+
+@dataclass
+class StrategyContext:
+    """What the runner hands to a strategy factory.
+
+    Attributes:
+        model: The freshly initialised backbone, already on ``device``.
+        optimizer: SGD over the model's parameters with the run's settings.
+        criterion: Cross-entropy loss.
+        training: The run's optimisation settings.
+        buffer_size: Rehearsal buffer size in examples (0 for strategies without one).
+        device: Where training runs.
+        benchmark: The benchmark being run (task classes, input shape, ...).
+        seed: The run's seed.
+        plugins: The runner's plugins (progress, lr schedule, accuracy collection); they
+            must be passed on to the strategy.
+        evaluator: The Avalanche evaluation plugin with the configured loggers.
+    """
+
+    model: nn.Module
+    optimizer: Optimizer
+    criterion: nn.Module
+    training: TrainingConfig
+    buffer_size: int
+    device: torch.device
+    benchmark: Benchmark
+    seed: int
+    plugins: list[Any] = field(default_factory=list)
+    evaluator: Any = None
+
+    def template_kwargs(self, *extra_plugins: Any) -> dict[str, Any]:
+        """Keyword arguments every ``SupervisedTemplate`` subclass accepts.
+
+        Args:
+            *extra_plugins: The strategy's own plugins, placed before the runner's.
+
+        Returns:
+            model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
+            device, plugins and evaluator.
+        """
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "criterion": self.criterion,
+            "train_mb_size": self.training.batch_size,
+            "train_epochs": self.training.epochs,
+            "eval_mb_size": self.training.eval_batch_size,
+            "device": self.device,
+            "plugins": [*extra_plugins, *self.plugins],
+            "evaluator": self.evaluator,
+        }

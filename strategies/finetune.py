@@ -1,0 +1,17 @@
+"""Fine-tune: plain sequential training, the lower bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clbench.strategies.base import STRATEGIES, StrategyContext
+
+from clbench.registry import NoArgs
+
+
+@STRATEGIES.register("finetune", args=NoArgs, help="plain sequential SGD (Avalanche Naive), the lower bound")
+def build_finetune(ctx: StrategyContext, args: NoArgs) -> Any:
+    """Avalanche's ``Naive`` strategy: no buffer, no regularisation."""
+    from avalanche.training.supervised import Naive
+
+    return Naive(**ctx.template_kwargs())
