@@ -1,0 +1,104 @@
+import pytest
+
+from clbench.config import (
+    ExperimentConfig,
+    TrainingConfig,
+    apply_overrides,
+    experiment_from_mapping,
+    from_mapping,
+    load_experiment,
+)
+from clbench.errors import ConfigError
+
+BASE = {
+    "name": "t",
+    "benchmarks": [{"name": "synthetic", "args": {"n_tasks": 2}}],
+    "strategies": ["finetune", {"name": "er"}],
+    "seeds": [1, 2],
+}
+
+
+def test_short_forms_and_defaults():
+    config = experiment_from_mapping(BASE)
+    assert isinstance(config, ExperimentConfig)
+    assert [s.name for s in config.strategies] == ["finetune", "er"]
+    assert config.seeds == (1, 2)
+    assert config.training == TrainingConfig()
+    assert config.training.lr == 0.1 and config.training.batch_size == 32 and config.training.epochs == 50
+
+
+def test_default_seeds_are_the_papers():
+    raw = {k: v for k, v in BASE.items() if k != "seeds"}
+    assert experiment_from_mapping(raw).seeds == (1231, 1232, 1233, 1234, 1235)
+
+
+def test_unknown_key_names_key_and_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        experiment_from_mapping({**BASE, "training": {"epoch": 3}})
+    message = str(info.value)
+    assert "'epoch'" in message and "valid keys:" in message and "epochs" in message
+    assert "\n" not in message
+
+
+def test_wrong_type_is_reported_with_its_path():
+    with pytest.raises(ConfigError, match=r"training\.lr: expected a number, got 'fast'"):
+        experiment_from_mapping({**BASE, "training": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match=r"seeds\[1\]: expected an integer"):
+        experiment_from_mapping({**BASE, "seeds": [1, 2.5]})
+
+
+def test_int_is_accepted_for_float_but_bool_is_not_int():
+    assert from_mapping(TrainingConfig, {"lr": 1}, "training").lr == 1.0
+    with pytest.raises(ConfigError):
+        from_mapping(TrainingConfig, {"epochs": True}, "training")
+
+
+def test_missing_required_and_empty_lists():
+    with pytest.raises(ConfigError, match="missing required key 'benchmarks'"):
+        experiment_from_mapping({"name": "t", "strategies": ["er"]})
+    with pytest.raises(ConfigError, match="at least one strategy"):
+        experiment_from_mapping({**BASE, "strategies": []})
+
+
+def test_overrides_reach_nested_keys_and_list_items():
+    raw = apply_overrides(
+        BASE, ["training.epochs=2", "seeds=[7]", "benchmarks.0.args.n_tasks=3", "strategies.1.args.task_balanced=true"]
+    )
+    config = experiment_from_mapping(raw)
+    assert config.training.epochs == 2
+    assert config.seeds == (7,)
+    assert config.benchmarks[0].args == {"n_tasks": 3}
+    assert config.strategies[1].args == {"task_balanced": True}
+    assert BASE["seeds"] == [1, 2], "overrides must not mutate their input"
+
+
+@pytest.mark.parametrize("override", ["training.epochs", "=3", "benchmarks.5.args.x=1"])
+def test_bad_overrides_fail_with_one_line(override):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(BASE, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_load_experiment_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_experiment(listy)
+
+
+def test_shipped_experiment_files_validate():
+    from pathlib import Path
+
+    from clbench.runner import expand_grid
+
+    experiments = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
+    assert experiments
+    for path in experiments:
+        runs = expand_grid(load_experiment(path))
+        assert runs, path

@@ -1,0 +1,118 @@
+"""A synthetic grid through the CLI: files, shapes, resume and determinism."""
+
+import json
+
+import pytest
+import yaml
+
+from clbench.cli import main
+from clbench.results import load_result
+
+GRID = {
+    "name": "e2e",
+    "benchmarks": [{"name": "synthetic", "args": {"n_tasks": 2, "n_classes": 4, "train_per_class": 24, "test_per_class": 8}}],
+    "strategies": ["finetune", "er", "joint"],
+    "buffer_sizes": [16],
+    "seeds": [1231, 1232],
+    "backbone": {"name": "mlp", "args": {"hidden": [16]}},
+    "training": {"epochs": 2, "batch_size": 8, "replay_batch_size": 8},
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid")
+    config = folder / "grid.yaml"
+    config.write_text(yaml.safe_dump(GRID))
+    out = folder / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    return config, out
+
+
+def _results(out):
+    return {p.name: load_result(p) for p in sorted(out.glob("*.json"))}
+
+
+def test_grid_writes_one_file_per_run_with_both_matrices(grid_run):
+    _, out = grid_run
+    results = _results(out)
+    assert len(results) == 6  # (finetune, joint) x 2 seeds + er x 1 buffer x 2 seeds
+    assert (out / "experiment.resolved.yaml").is_file()
+    for name, result in results.items():
+        strategy = result["config"]["strategy"]["name"]
+        assert name == f"{result['run_id']}.json"
+        assert result["task_classes"] == [[0, 1], [2, 3]]
+        rows = 1 if strategy == "joint" else 2
+        for setting in ("class_il", "task_il"):
+            matrix = result["accuracy"][setting]
+            assert len(matrix) == rows and all(len(row) == 2 for row in matrix)
+            assert all(0.0 <= value <= 100.0 for row in matrix for value in row)
+            assert set(result["metrics"][setting]) == {"A1", "Ainf", "Am", "BWT"}
+        assert result["config"]["buffer_size"] == (16 if strategy == "er" else 0)
+        assert result["environment"]["avalanche"] == "0.6.0"
+        assert len(result["train_seconds"]) == rows
+
+
+def test_task_il_is_never_below_class_il(grid_run):
+    # Task-IL restricts the argmax to a subset containing the true class.
+    for result in _results(grid_run[1]).values():
+        for cil_row, til_row in zip(result["accuracy"]["class_il"], result["accuracy"]["task_il"], strict=True):
+            for cil, til in zip(cil_row, til_row, strict=True):
+                assert til >= cil
+
+
+def test_unseen_tasks_score_zero_in_class_il(grid_run):
+    for result in _results(grid_run[1]).values():
+        if result["config"]["strategy"]["name"] != "joint":
+            assert result["accuracy"]["class_il"][0][1] == 0.0
+
+
+def test_rerun_skips_finished_runs_and_resumes_missing_ones(grid_run, capsys):
+    config, out = grid_run
+    before = {p.name: p.read_text() for p in out.glob("*.json")}
+    victim = sorted(before)[0]
+    (out / victim).write_text('{"truncated": ')  # an interrupted, partial file
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 run(s) finished, 5 skipped" in printed
+    after = {p.name: p.read_text() for p in out.glob("*.json")}
+    assert set(after) == set(before)
+    for name in before:
+        if name != victim:
+            assert after[name] == before[name]
+    assert json.loads(after[victim])["accuracy"] == json.loads(before[victim])["accuracy"]
+
+
+def test_same_config_and_seed_give_the_same_numbers(grid_run, tmp_path):
+    config, out = grid_run
+    again = tmp_path / "again"
+    assert main(["run", str(config), "--out", str(again), "--no-progress", "--set", "strategies=[er]"]) == 0
+    for path in again.glob("*.json"):
+        first, second = load_result(out / path.name), load_result(path)
+        assert first["accuracy"] == second["accuracy"]
+
+
+def test_different_seeds_differ(grid_run):
+    results = [r for r in _results(grid_run[1]).values() if r["config"]["strategy"]["name"] == "er"]
+    assert len(results) == 2
+    assert results[0]["run_id"] != results[1]["run_id"]
+
+
+def test_user_errors_exit_2_with_one_line(grid_run, capsys):
+    config, out = grid_run
+    assert main(["run", str(config), "--out", str(out), "--set", "strategies=[err]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "unknown strategy 'err'; valid choices:" in err and "er, " in err
+    assert main(["run", str(config), "--set", "training.epoch=1"]) == 2
+    assert "unknown key 'epoch'" in capsys.readouterr().err
+    assert main(["run", str(config), "--set", "benchmarks.0.args.class_order=random"]) == 2
+    assert "invalid value 'random'; valid choices: fixed, shuffle" in capsys.readouterr().err
+
+
+def test_list_shows_registered_components(capsys):
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("finetune", "er", "joint", "split_cifar10", "split_cifar100", "split_miniimagenet", "resnet18"):
+        assert name in printed
