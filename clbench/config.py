@@ -257,16 +257,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         node: Any = result
         for i, part in enumerate(path[:-1]):
             where = ".".join(path[: i + 1])
+            slot: Any
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"override {text!r}: {where} is not an index of a {len(node)}-item list")
-                node = node[int(part)]
+                slot = int(part)
             elif isinstance(node, dict):
-                if isinstance(node.get(part), str) and path[i + 1] in ("name", "args"):
-                    node[part] = {"name": node[part]}
-                node = node.setdefault(part, {})
+                slot = part
+                node.setdefault(part, {})
             else:
                 raise ConfigError(f"override {text!r}: {where} is not a mapping or list")
+            if isinstance(node[slot], str) and path[i + 1] in ("name", "args"):
+                node[slot] = {"name": node[slot]}  # the short form `- er` of a component
+            node = node[slot]
         last = path[-1]
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):

@@ -36,7 +36,12 @@ StrategyFactory = Callable[["StrategyContext", Any], Any]
 STRATEGIES: Registry[StrategyFactory] = Registry(
     "strategy",
     "clbench.strategies",
-    builtin_modules=("clbench.strategies.finetune", "clbench.strategies.joint", "clbench.strategies.er"),
+    builtin_modules=(
+        "clbench.strategies.finetune",
+        "clbench.strategies.joint",
+        "clbench.strategies.er",
+        "clbench.strategies.metasp",
+    ),
 )
 
 

@@ -10,7 +10,9 @@ from clbench.results import load_result
 
 GRID = {
     "name": "e2e",
-    "benchmarks": [{"name": "synthetic", "args": {"n_tasks": 2, "n_classes": 4, "train_per_class": 24, "test_per_class": 8}}],
+    "benchmarks": [
+        {"name": "synthetic", "args": {"n_tasks": 2, "n_classes": 4, "train_per_class": 24, "test_per_class": 8}}
+    ],
     "strategies": ["finetune", "er", "joint"],
     "buffer_sizes": [16],
     "seeds": [1231, 1232],

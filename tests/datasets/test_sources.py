@@ -5,10 +5,10 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from clbench.datasets.base import DataContext, load_benchmark
 from clbench.datasets.sources import read_idx
+from PIL import Image
+
 from clbench.errors import DataError
 
 CLASSES = ["airplane", "automobile", "bird", "cat"]
@@ -20,7 +20,9 @@ def _write_images(folder, classes, per_class, size, seed=0, fmt="png"):
         target = folder / name
         target.mkdir(parents=True, exist_ok=True)
         for k in range(per_class):
-            pixels = np.full((size, size, 3), 40 * c, dtype=np.uint8) + rng.integers(0, 5, (size, size, 3), dtype=np.uint8)
+            pixels = np.full((size, size, 3), 40 * c, dtype=np.uint8) + rng.integers(
+                0, 5, (size, size, 3), dtype=np.uint8
+            )
             Image.fromarray(pixels).save(target / f"{k:03d}.{fmt}")
 
 
@@ -31,9 +33,7 @@ def _split_folder(root, classes, n_train, n_test, size=32):
 
 def test_split_cifar10_reads_image_folder(tmp_path):
     _split_folder(tmp_path / "cifar10", CLASSES, 3, 2)
-    bench = load_benchmark(
-        "split_cifar10", {"source": "folder", "n_tasks": 2}, DataContext(tmp_path, seed=1231)
-    )
+    bench = load_benchmark("split_cifar10", {"source": "folder", "n_tasks": 2}, DataContext(tmp_path, seed=1231))
     assert bench.task_classes == ((0, 1), (2, 3))
     assert bench.n_classes == 4 and bench.input_shape == (3, 32, 32)
     assert bench.class_names == tuple(CLASSES)
@@ -69,7 +69,7 @@ def test_corrupt_image_names_the_file(tmp_path):
     _split_folder(tmp_path / "cifar10", CLASSES, 2, 1)
     broken = tmp_path / "cifar10" / "train" / "cat" / "001.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(DataError, match="corrupt image file .*001.png"):
+    with pytest.raises(DataError, match=r"corrupt image file .*001\.png"):
         load_benchmark("split_cifar10", {"source": "folder", "n_tasks": 2}, DataContext(tmp_path, 1))
 
 

@@ -1,0 +1,1 @@
+"""Example-influence estimators: a functional core over ``torch.func`` and thin estimators."""

@@ -1,0 +1,73 @@
+"""Functional helpers: a model as a pure function of its parameters.
+
+``torch.func.functional_call`` turns an ``nn.Module`` into ``f(params, x)``; everything
+in :mod:`clbench.influence` works on such parameter dictionaries so that pseudo-updates
+never touch the module's own tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+LossVector = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def trainable_params(model: nn.Module) -> Params:
+    """Detached copies of the parameters that require gradients, by name."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def per_example_loss_fn(model: nn.Module) -> LossVector:
+    """``loss(params, x, y) -> (N,)`` cross-entropy of each example of one batched forward.
+
+    Buffers (e.g. BatchNorm statistics) are taken from the module as they are; wrap calls
+    in :func:`batchnorm_stats_frozen` so a train-mode forward does not update them.
+    """
+
+    def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, params, (x,), strict=False)
+        return F.cross_entropy(logits, y, reduction="none")
+
+    return loss
+
+
+@contextmanager
+def batchnorm_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Freeze BatchNorm running statistics within the block.
+
+    Train-mode BatchNorm then normalises with batch statistics but leaves its running
+    statistics untouched (they are detached from the module and put back after).
+    """
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            saved.append((module, module.running_mean, module.running_var, module.num_batches_tracked))
+            module.running_mean = None
+            module.running_var = None
+            module.num_batches_tracked = None
+            module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module, mean, var, count in saved:
+            module.running_mean = mean
+            module.running_var = var
+            module.num_batches_tracked = count
+            module.track_running_stats = True
+
+
+def tree_dot(a: Params, b: Params) -> torch.Tensor:
+    """Inner product of two parameter dictionaries."""
+    return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
+
+
+def tree_axpy(alpha: float, x: Params, y: Params) -> Params:
+    """``y + alpha * x`` for parameter dictionaries."""
+    return {k: y[k] + alpha * x[k] for k in y}

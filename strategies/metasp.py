@@ -1,0 +1,308 @@
+"""MetaSP (Sun et al., "Exploring Example Influence in Continual Learning", NeurIPS 2022).
+
+Per task t with E epochs, the last K of which are MetaSP epochs:
+
+- task 1: plain training; the buffer is then filled from it;
+- tasks t >= 2, epochs 1..E-K: warm-up, plain fine-tuning on the new task (``warmup:
+  finetune``, the paper's code) or ER-style replay (``warmup: replay``);
+- the last K epochs: MetaSP steps. Each takes B = B_new ∪ B_old, measures every example's
+  influence on the stability loss (V_old, sampled from memory) and the plasticity loss
+  (V_new, from the current task) after a shared pseudo-update
+  (:func:`clbench.influence.meta.meta_influence`), fuses the two by the MGDA min-norm
+  weight and trains on the influence-weighted loss
+  (:mod:`clbench.influence.fusion`): beneficial examples (negative influence) weigh more.
+
+The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.rehsel`):
+``metasp`` fills it at random (the paper's "Ours"), ``metasp_rehsel`` by RehSel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from avalanche.training.templates import SupervisedTemplate
+from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, MetaSPBuffer
+from torch.utils.data import DataLoader, Dataset
+
+from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
+from clbench.influence.meta import meta_influence
+
+
+@dataclass(frozen=True)
+class MetaSPArgs:
+    """Arguments of MetaSP (buffer size, replay batch and lr come from the run)."""
+
+    meta_epochs: int = field(default=5, metadata={"help": "the last K epochs of each task t>=2 run MetaSP steps"})
+    warmup: Literal["finetune", "replay"] = field(
+        default="finetune", metadata={"help": "epochs before the MetaSP ones: new task only, or ER-style replay"}
+    )
+    pseudo_steps: int = field(default=1, metadata={"help": "SGD pseudo steps differentiated through (paper: 1-5)"})
+    val_fraction: float = field(
+        default=0.1, metadata={"help": "|V_old| = |V_new| = val_fraction x buffer size (paper: |M|/10)"}
+    )
+    new_validation: Literal["train_sample", "heldout"] = field(
+        default="train_sample",
+        metadata={"help": "V_new sampled from the task's training data (paper) or from a held-out split"},
+    )
+    heldout_fraction: float = field(
+        default=0.1, metadata={"help": "share of each task's training data held out when new_validation=heldout"}
+    )
+    gamma_min: float = field(default=0.001, metadata={"help": "lower clip of the MGDA weight (paper's code)"})
+    gamma_max: float = field(default=0.999, metadata={"help": "upper clip of the MGDA weight (paper's code)"})
+
+
+@dataclass(frozen=True)
+class MetaSPRehSelArgs(MetaSPArgs):
+    """Arguments of MetaSP with RehSel buffer selection."""
+
+    selection: Literal["random", "influence", "cluster", "rehsel"] = field(
+        default="rehsel", metadata={"help": "buffer selection (the paper's Table 5 ablations)"}
+    )
+    features: FeatureKind = field(
+        default="pixels", metadata={"help": "K-means features: flattened pixels (paper) or penultimate layer"}
+    )
+
+
+class _Indexed(Dataset[tuple[Any, ...]]):
+    """A subset of a task's dataset whose items also carry their index in that dataset."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[Any, ...]:
+        index = self.indices[position]
+        x, y, task, *_ = self.dataset[index]
+        return x, y, task, index
+
+
+def _summary(values: np.ndarray) -> dict[str, Any]:
+    if values.size == 0:
+        return {"positive": 0, "negative": 0, "histogram": {"edges": [], "counts": []}}
+    counts, edges = np.histogram(values, bins=5, range=(float(values.min()), float(values.max())))
+    return {
+        "positive": int((values > 0).sum()),
+        "negative": int((values < 0).sum()),
+        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    }
+
+
+class MetaSP(SupervisedTemplate):  # type: ignore[misc]
+    """MetaSP as an Avalanche strategy; every plugin hook fires as in ``SupervisedTemplate``."""
+
+    def __init__(
+        self,
+        *,
+        args: MetaSPArgs,
+        storage: MetaSPBuffer,
+        ledger: InfluenceLedger,
+        replay_batch_size: int,
+        **template_kwargs: Any,
+    ) -> None:
+        """Create the strategy.
+
+        Args:
+            args: MetaSP's arguments.
+            storage: The rehearsal buffer, updated after each task.
+            ledger: Where each example's fused influence is accumulated (read by RehSel).
+            replay_batch_size: Size of B_old.
+            **template_kwargs: Passed to ``SupervisedTemplate``.
+        """
+        super().__init__(**template_kwargs)
+        self.args = args
+        self.storage = storage
+        self.ledger = ledger
+        self.replay_batch_size = replay_batch_size
+        self.val_size = max(1, round(args.val_fraction * storage.max_size))
+        self.mb_index: torch.Tensor | None = None
+        self._memory_positions: torch.Tensor | None = None
+        self._heldout: list[int] = []
+        self._train_indices: list[int] = []
+        self._task_values: dict[str, list[np.ndarray]] = {"S": [], "P": [], "SP": []}
+        self._gammas: list[float] = []
+        self.influence_log: list[dict[str, Any]] = []
+
+    # --- data ------------------------------------------------------------------------
+    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **kwargs: Any) -> None:
+        """Batches of the current task that also carry each example's dataset index."""
+        dataset = self.adapted_dataset
+        indices = list(range(len(dataset)))
+        self._heldout = []
+        if self.args.new_validation == "heldout":
+            order = torch.randperm(len(indices)).tolist()
+            n_heldout = max(1, int(self.args.heldout_fraction * len(indices)))
+            self._heldout = sorted(order[:n_heldout])
+            indices = sorted(order[n_heldout:])
+        self._train_indices = indices
+        self.dataloader = DataLoader(
+            _Indexed(dataset, indices), batch_size=self.train_mb_size, shuffle=shuffle, num_workers=num_workers
+        )
+
+    def _unpack_minibatch(self) -> None:
+        batch: Any = self.mbatch  # type: ignore[has-type]
+        if self.is_training and batch is not None and len(batch) == 4:
+            *data, index = batch
+            self.mb_index = index
+            self.mbatch = list(data)
+        super()._unpack_minibatch()
+
+    def _stack(self, items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack([item[0] for item in items]).to(self.device)
+        y = torch.as_tensor([item[1] for item in items], device=self.device)
+        return x, y
+
+    def _sample_memory(self, count: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        positions = torch.randperm(len(self.storage))[:count]
+        x, y = self._stack([self.storage.item(int(p), train=train) for p in positions])
+        return x, y, positions
+
+    def _sample_new_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pool = self._heldout if self._heldout else self._train_indices
+        chosen = torch.randperm(len(pool))[: self.val_size]
+        dataset = self.experience.dataset.eval()
+        items = [dataset[pool[int(c)]] for c in chosen]
+        return self._stack([(item[0], int(item[1])) for item in items])
+
+    # --- schedule --------------------------------------------------------------------
+    def _phase(self) -> Literal["plain", "replay", "meta"]:
+        if self.experience.current_experience == 0 or len(self.storage) == 0:
+            return "plain"
+        first_meta_epoch = max(0, self.train_epochs - self.args.meta_epochs)
+        if self.clock.train_exp_epochs >= first_meta_epoch:
+            return "meta"
+        return "replay" if self.args.warmup == "replay" else "plain"
+
+    # --- one step --------------------------------------------------------------------
+    def _meta_weights(self, n_new: int) -> torch.Tensor:
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        old_x, old_y, _ = self._sample_memory(self.val_size, train=False)
+        new_val = self._sample_new_validation()
+        result = meta_influence(
+            self.model, (self.mb_x, self.mb_y), [(old_x, old_y), new_val], lr=lr, steps=self.args.pseudo_steps
+        )
+        (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
+        stability = normalise_influence(stability, loss_old)
+        plasticity = normalise_influence(plasticity, loss_new)
+        gamma = mgda_weight(stability, plasticity, self.args.gamma_min, self.args.gamma_max)
+        fused = fuse(stability, plasticity, gamma)
+        self._record(stability, plasticity, fused, gamma, n_new)
+        return example_weights(fused)
+
+    def _record(
+        self, stability: torch.Tensor, plasticity: torch.Tensor, fused: torch.Tensor, gamma: float, n_new: int
+    ) -> None:
+        self._gammas.append(gamma)
+        for name, values in (("S", stability), ("P", plasticity), ("SP", fused)):
+            self._task_values[name].append(values.detach().cpu().numpy())
+        harm = fused.detach().cpu().tolist()
+        task = int(self.experience.current_experience)
+        assert self.mb_index is not None and self._memory_positions is not None
+        new_indices = self.mb_index.tolist()
+        memory_keys = [self.storage.keys[int(p)] for p in self._memory_positions]
+        self.ledger.add(
+            [task] * n_new + [k[0] for k in memory_keys],
+            new_indices + [k[1] for k in memory_keys],
+            harm,
+        )
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """One epoch: plain, replay or MetaSP steps depending on the schedule."""
+        phase = self._phase()
+        for batch in self.dataloader:
+            self.mbatch = batch
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            n_new = int(self.mb_x.shape[0])
+            if phase != "plain":
+                old_x, old_y, self._memory_positions = self._sample_memory(self.replay_batch_size, train=True)
+                old_t = torch.zeros_like(old_y)
+                self.mbatch = [
+                    torch.cat([self.mb_x, old_x]),
+                    torch.cat([self.mb_y, old_y]),
+                    torch.cat([self.mb_task_id, old_t]),
+                ]
+            weights = self._meta_weights(n_new) if phase == "meta" else None
+
+            self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            self._before_forward(**kwargs)
+            self.mb_output = self.forward()
+            self._after_forward(**kwargs)
+            if weights is None:
+                self.loss += self.criterion()
+            else:
+                per_example = F.cross_entropy(self.mb_output, self.mb_y, reduction="none")
+                self.loss += (weights * per_example).sum()
+            self._before_backward(**kwargs)
+            self.backward()
+            self._after_backward(**kwargs)
+            self._before_update(**kwargs)
+            self.optimizer_step()
+            self._after_update(**kwargs)
+            self._after_training_iteration(**kwargs)
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        self.storage.post_adapt(self, self.experience)
+        values = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self._task_values.items()}
+        self.influence_log.append(
+            {
+                "task": int(self.experience.current_experience),
+                "meta_steps": len(self._gammas),
+                "gamma_mean": float(np.mean(self._gammas)) if self._gammas else None,
+                **{name: _summary(v) for name, v in values.items()},
+            }
+        )
+        self._task_values = {"S": [], "P": [], "SP": []}
+        self._gammas = []
+        super()._after_training_exp(**kwargs)
+
+    def clbench_extras(self) -> dict[str, Any]:
+        """Influence statistics per task and the final buffer's class counts."""
+        counts: dict[int, int] = {}
+        for label in self.storage.labels:
+            counts[label] = counts.get(label, 0) + 1
+        return {"influence": self.influence_log, "buffer_class_counts": {str(k): v for k, v in sorted(counts.items())}}
+
+
+def _build(ctx: StrategyContext, args: MetaSPArgs, selection: str, features: FeatureKind) -> MetaSP:
+    ledger = InfluenceLedger()
+    storage = MetaSPBuffer(ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features)
+    return MetaSP(
+        args=args,
+        storage=storage,
+        ledger=ledger,
+        replay_batch_size=ctx.training.replay_batch_size,
+        **ctx.template_kwargs(),
+    )
+
+
+@STRATEGIES.register(
+    "metasp",
+    args=MetaSPArgs,
+    help="MetaSP: influence-weighted rehearsal by MGDA fusion of stability and plasticity (paper 'Ours')",
+    uses_buffer=True,
+)
+def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> MetaSP:
+    """MetaSP with the class-balanced random buffer."""
+    return _build(ctx, args, "random", "pixels")
+
+
+@STRATEGIES.register(
+    "metasp_rehsel",
+    args=MetaSPRehSelArgs,
+    help="MetaSP + RehSel: buffer filled by K-means clusters ranked by influence (paper 'Ours+RehSel')",
+    uses_buffer=True,
+)
+def build_metasp_rehsel(ctx: StrategyContext, args: MetaSPRehSelArgs) -> MetaSP:
+    """MetaSP with RehSel (or one of its ablations) filling the buffer."""
+    return _build(ctx, args, args.selection, args.features)
