@@ -114,7 +114,7 @@ def meta_influence(
             lam = val_grad(final, x_val, y_val)
             with torch.no_grad():
                 losses.append(float(mean_loss(final, x_val, y_val)))
-            total = torch.zeros(n, device=batch[0].device)
+            total = torch.zeros(n, device=batch[0].device, dtype=next(iter(final.values())).dtype)
             for k in range(steps - 1, -1, -1):
                 theta_k = trajectory[k]
                 directional = jvp(lambda p: loss_vec(p, *batch), (theta_k,), (lam,))[1]
@@ -145,8 +145,9 @@ def meta_influence_autograd(
         influences = []
         losses = []
         for x_val, y_val in measurements:
-            eps = torch.zeros(n, device=batch[0].device, requires_grad=True)
             params = {k: v.clone().requires_grad_(True) for k, v in trainable_params(model).items()}
+            dtype = next(iter(params.values())).dtype
+            eps = torch.zeros(n, device=batch[0].device, dtype=dtype, requires_grad=True)
             for _ in range(steps):
                 weighted = ((1 + eps) * loss_vec(params, *batch)).mean()
                 grads = torch.autograd.grad(weighted, list(params.values()), create_graph=True)

@@ -1,0 +1,88 @@
+"""The exact pseudo-update influence against its autograd definition."""
+
+import pytest
+import torch
+from torch import nn
+
+from clbench.influence.meta import meta_influence, meta_influence_autograd
+
+
+def _conv_net_with_bn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    ).double()
+
+
+def _problem():
+    generator = torch.Generator().manual_seed(1)
+
+    def batch(n):
+        return torch.randn(n, 3, 6, 6, generator=generator, dtype=torch.float64), torch.randint(
+            0, 5, (n,), generator=generator
+        )
+
+    return batch(8), [batch(6), batch(5)]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_closed_form_equals_double_backward(steps):
+    model = _conv_net_with_bn()
+    train, measurements = _problem()
+    fast = meta_influence(model, train, measurements, lr=0.1, steps=steps)
+    reference = meta_influence_autograd(model, train, measurements, lr=0.1, steps=steps)
+    for got, want in zip(fast.influence, reference.influence, strict=True):
+        assert got.shape == (8,)
+        assert want.abs().max() > 1e-3  # a non-trivial problem
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert fast.measurement_loss == pytest.approx(reference.measurement_loss, rel=1e-12)
+
+
+def test_one_step_matches_the_written_closed_form():
+    # I_i = -(lr/|B|) grad l_i(theta)^T grad L_V(theta_hat), written out with plain autograd.
+    model = _conv_net_with_bn()
+    (x, y), [(xv, yv), _] = _problem()
+    lr = 0.05
+    params = list(model.parameters())
+    loss_vec = nn.functional.cross_entropy(model(x), y, reduction="none")
+    grads = torch.autograd.grad(loss_vec.mean(), params)
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p -= lr * g
+    val_grad = torch.autograd.grad(nn.functional.cross_entropy(model(xv), yv), params)
+    with torch.no_grad():
+        for p, s in zip(params, saved, strict=True):
+            p.copy_(s)
+    expected = []
+    for i in range(len(y)):
+        loss_i = nn.functional.cross_entropy(model(x), y, reduction="none")[i]
+        gi = torch.autograd.grad(loss_i, params)
+        expected.append(-(lr / len(y)) * sum((a * b).sum() for a, b in zip(gi, val_grad, strict=True)))
+    # the forward passes above ran BN in train mode and moved its running stats; the
+    # influence itself must not depend on them, so no reset is needed.
+    got = meta_influence(model, (x, y), [(xv, yv)], lr=lr).influence[0]
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-9, atol=1e-12)
+
+
+def test_influence_leaves_parameters_and_batchnorm_buffers_untouched():
+    model = _conv_net_with_bn()
+    train, measurements = _problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    meta_influence(model, train, measurements, lr=0.1, steps=2)
+    after = model.state_dict()
+    assert set(before) == set(after)
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert model[1].track_running_stats and model[1].running_mean is not None
+
+
+def test_steps_must_be_positive():
+    model = _conv_net_with_bn()
+    train, measurements = _problem()
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        meta_influence(model, train, measurements, lr=0.1, steps=0)
