@@ -42,6 +42,18 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="list the runs of the grid and exit")
 
+    bench = commands.add_parser("bench", help="print speed figures (see clbench.bench)")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
+    step.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="device, nf, new, memory, val, n_classes, pseudo_steps, warmup, repeats, seed",
+    )
+
     listing = commands.add_parser("list", help="list registered strategies, benchmarks, backbones and loggers")
     listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers"])
     listing.add_argument("--args", action="store_true", help="also show each component's arguments")
@@ -111,6 +123,34 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(ns: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from clbench.bench import StepBenchArgs, bench_step, format_rows
+    from clbench.config import from_mapping, parse_override
+
+    raw: dict[str, Any] = {}
+    for text in ns.overrides:
+        path, value = parse_override(text)
+        raw[".".join(path)] = value
+    args = from_mapping(StepBenchArgs, raw, "bench step")
+    rows = bench_step(args)
+    device = rows and (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available() and args.device != "cpu"
+        else platform.processor() or "cpu"
+    )
+    header = (
+        f"clbench bench step: ResNet-18 nf={args.nf}, {args.new} new + {args.memory} memory, |V|={args.val}, "
+        f"pseudo_steps={args.pseudo_steps}, median of {args.repeats} on {device} (torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    print(format_rows(rows, header))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clbench`` command."""
     parser = _build_parser()
@@ -124,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list(ns.kind, ns.args)
         if ns.command == "run":
             return _cmd_run(ns)
+        if ns.command == "bench":
+            return _cmd_bench(ns)
     except ClbenchError as exc:
         print(f"clbench: error: {exc}", file=sys.stderr)
         return 2

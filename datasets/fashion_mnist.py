@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits
 from clbench.datasets.sources import read_idx
-
 from clbench.errors import DataError
 
 FASHION_CLASSES = (

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits
 from clbench.datasets.sources import decode_files, list_image_folder, read_split_folder
-
 from clbench.errors import DataError
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

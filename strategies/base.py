@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from clbench.datasets.base import Benchmark
 from torch import nn
 from torch.optim import Optimizer
 
 from clbench.config import TrainingConfig
+from clbench.datasets.base import Benchmark
 from clbench.registry import Registry
 
 StrategyFactory = Callable[["StrategyContext", Any], Any]

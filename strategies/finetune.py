@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clbench.strategies.base import STRATEGIES, StrategyContext
-
 from clbench.registry import NoArgs
+from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
 @STRATEGIES.register("finetune", args=NoArgs, help="plain sequential SGD (Avalanche Naive), the lower bound")

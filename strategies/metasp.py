@@ -18,6 +18,7 @@ The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.rehsel`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
-from clbench.strategies.base import STRATEGIES, StrategyContext
-from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, MetaSPBuffer
 from torch.utils.data import DataLoader, Dataset
 
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
-from clbench.influence.meta import meta_influence
+from clbench.influence.meta import MetaInfluence, meta_influence
+from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, MetaSPBuffer
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,52 @@ class MetaSPRehSelArgs(MetaSPArgs):
     features: FeatureKind = field(
         default="pixels", metadata={"help": "K-means features: flattened pixels (paper) or penultimate layer"}
     )
+
+
+@dataclass(frozen=True)
+class FusedInfluence:
+    """One MetaSP step's influence vectors (normalised), MGDA weight and example weights."""
+
+    stability: torch.Tensor
+    plasticity: torch.Tensor
+    fused: torch.Tensor
+    gamma: float
+    weights: torch.Tensor
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def influence_weights(
+    model: torch.nn.Module,
+    batch: Batch,
+    stability_set: Batch,
+    plasticity_set: Batch,
+    lr: float,
+    args: MetaSPArgs,
+    influence_fn: Callable[..., MetaInfluence] = meta_influence,
+) -> FusedInfluence:
+    """Steps 3-6 of a MetaSP step up to the loss weights (the optimiser step excluded).
+
+    Args:
+        model: The network (not modified).
+        batch: B = B_new ∪ B_old.
+        stability_set: V_old, sampled from memory.
+        plasticity_set: V_new, from the current task.
+        lr: The optimiser's learning rate (the pseudo-step size).
+        args: MetaSP's arguments (pseudo steps, gamma clip).
+        influence_fn: How influence is computed; the exact closed form by default.
+
+    Returns:
+        The fused influence and the example weights (negative influence weighs more).
+    """
+    result = influence_fn(model, batch, [stability_set, plasticity_set], lr=lr, steps=args.pseudo_steps)
+    (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
+    stability = normalise_influence(stability, loss_old)
+    plasticity = normalise_influence(plasticity, loss_new)
+    gamma = mgda_weight(stability, plasticity, args.gamma_min, args.gamma_max)
+    fused = fuse(stability, plasticity, gamma)
+    return FusedInfluence(stability, plasticity, fused, gamma, example_weights(fused))
 
 
 class _Indexed(Dataset[tuple[Any, ...]]):
@@ -182,27 +229,23 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
 
     # --- one step --------------------------------------------------------------------
     def _meta_weights(self, n_new: int) -> torch.Tensor:
-        lr = float(self.optimizer.param_groups[0]["lr"])
         old_x, old_y, _ = self._sample_memory(self.val_size, train=False)
-        new_val = self._sample_new_validation()
-        result = meta_influence(
-            self.model, (self.mb_x, self.mb_y), [(old_x, old_y), new_val], lr=lr, steps=self.args.pseudo_steps
+        fusion = influence_weights(
+            self.model,
+            (self.mb_x, self.mb_y),
+            stability_set=(old_x, old_y),
+            plasticity_set=self._sample_new_validation(),
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            args=self.args,
         )
-        (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
-        stability = normalise_influence(stability, loss_old)
-        plasticity = normalise_influence(plasticity, loss_new)
-        gamma = mgda_weight(stability, plasticity, self.args.gamma_min, self.args.gamma_max)
-        fused = fuse(stability, plasticity, gamma)
-        self._record(stability, plasticity, fused, gamma, n_new)
-        return example_weights(fused)
+        self._record(fusion, n_new)
+        return fusion.weights
 
-    def _record(
-        self, stability: torch.Tensor, plasticity: torch.Tensor, fused: torch.Tensor, gamma: float, n_new: int
-    ) -> None:
-        self._gammas.append(gamma)
-        for name, values in (("S", stability), ("P", plasticity), ("SP", fused)):
+    def _record(self, fusion: FusedInfluence, n_new: int) -> None:
+        self._gammas.append(fusion.gamma)
+        for name, values in (("S", fusion.stability), ("P", fusion.plasticity), ("SP", fusion.fused)):
             self._task_values[name].append(values.detach().cpu().numpy())
-        harm = fused.detach().cpu().tolist()
+        harm = fusion.fused.detach().cpu().tolist()
         task = int(self.experience.current_experience)
         assert self.mb_index is not None and self._memory_positions is not None
         new_indices = self.mb_index.tolist()

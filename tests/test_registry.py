@@ -46,10 +46,9 @@ def test_missing_plugin_file_is_a_clear_error(tmp_path):
 
 
 def test_strategy_args_reject_unknown_keys():
-    from clbench.strategies import STRATEGIES
-
     from clbench.config import from_mapping
     from clbench.errors import ConfigError
+    from clbench.strategies import STRATEGIES
 
     with pytest.raises(ConfigError, match="unknown key 'mem' ; valid keys: task_balanced".replace(" ;", ";")):
         from_mapping(STRATEGIES.get("er").args, {"mem": 3}, "strategy er")

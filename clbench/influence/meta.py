@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import grad, jvp, vmap
 
 from clbench.influence.functional import (
     LossVector,
@@ -106,23 +106,38 @@ def meta_influence(
     with batchnorm_stats_frozen(model):
         trajectory = _pseudo_trajectory(loss_vec, trainable_params(model), batch, lr, steps)
         final = trajectory[-1]
-        influences = []
-        losses = []
-        batch_grad = grad(mean_loss)
+
+        def loss_with_value(params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            value = mean_loss(params, x, y)
+            return value, value.detach()
+
+        grad_and_loss = grad(loss_with_value, has_aux=True)
+        adjoints, losses = [], []
         for x_val, y_val in measurements:
-            val_grad = grad(mean_loss)
-            lam = val_grad(final, x_val, y_val)
-            with torch.no_grad():
-                losses.append(float(mean_loss(final, x_val, y_val)))
-            total = torch.zeros(n, device=batch[0].device, dtype=next(iter(final.values())).dtype)
-            for k in range(steps - 1, -1, -1):
-                theta_k = trajectory[k]
-                directional = jvp(lambda p: loss_vec(p, *batch), (theta_k,), (lam,))[1]
-                total = total - (lr / n) * directional.detach()
-                if k > 0:
-                    hvp = jvp(lambda p: batch_grad(p, *batch), (theta_k,), (lam,))[1]
-                    lam = {name: lam[name] - lr * hvp[name] for name in lam}
-            influences.append(total)
+            val_grad, val_loss = grad_and_loss(final, x_val, y_val)
+            adjoints.append(val_grad)
+            losses.append(float(val_loss.detach()))
+        # One adjoint per measurement set, stacked on a leading axis: vmap batches the
+        # tangent computations while the primal forward of each JVP runs once.
+        lam = {name: torch.stack([a[name] for a in adjoints]) for name in final}
+        batch_grad = grad(mean_loss)
+        total = torch.zeros(len(adjoints), n, device=batch[0].device, dtype=next(iter(final.values())).dtype)
+        for k in range(steps - 1, -1, -1):
+            theta_k = trajectory[k]
+
+            def per_example_directional(tangent: Params, theta: Params = theta_k) -> torch.Tensor:
+                directional: torch.Tensor = jvp(lambda p: loss_vec(p, *batch), (theta,), (tangent,))[1]
+                return directional
+
+            total = total - (lr / n) * vmap(per_example_directional)(lam).detach()
+            if k > 0:
+
+                def hvp(tangent: Params, theta: Params = theta_k) -> Params:
+                    return jvp(lambda p: batch_grad(p, *batch), (theta,), (tangent,))[1]  # type: ignore[no-any-return]
+
+                curvature = vmap(hvp)(lam)
+                lam = {name: lam[name] - lr * curvature[name] for name in lam}
+        influences = list(total.unbind(0))
     return MetaInfluence(influence=tuple(influences), measurement_loss=tuple(losses))
 
 

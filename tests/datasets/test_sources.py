@@ -5,10 +5,10 @@ import struct
 
 import numpy as np
 import pytest
-from clbench.datasets.base import DataContext, load_benchmark
-from clbench.datasets.sources import read_idx
 from PIL import Image
 
+from clbench.datasets.base import DataContext, load_benchmark
+from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
 
 CLASSES = ["airplane", "automobile", "bird", "cat"]
