@@ -42,6 +42,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="list the runs of the grid and exit")
 
+    report = commands.add_parser("report", help="tables, paired t-tests and figures from run results")
+    report.add_argument("results_dir", help="folder of run JSON files (searched recursively)")
+    report.add_argument("--reference", default=None, help="strategy tested against the others (default metasp_rehsel)")
+    report.add_argument("--format", default="md,tex,csv", help="comma-separated: md, tex, csv")
+    report.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
+    report.add_argument("--no-figures", action="store_true", help="skip the figures")
+
     bench = commands.add_parser("bench", help="print speed figures (see clbench.bench)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
@@ -123,6 +130,22 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from clbench.report import build_report, write_report
+    from clbench.report.tables import to_markdown
+
+    report = build_report(ns.results_dir, ns.reference)
+    for message in report.skipped:
+        print(f"skipped: {message}", file=sys.stderr)
+    formats = [f.strip() for f in ns.format.split(",") if f.strip()]
+    out = Path(ns.out) if ns.out else Path(ns.results_dir) / "report"
+    written = write_report(report, out, formats, figures=not ns.no_figures)
+    for table in report.tables:
+        print(to_markdown(table))
+    print(f"{len(report.tables)} table(s), {len(written)} file(s) written to {out}")
+    return 0
+
+
 def _cmd_bench(ns: argparse.Namespace) -> int:
     import platform
 
@@ -164,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list(ns.kind, ns.args)
         if ns.command == "run":
             return _cmd_run(ns)
+        if ns.command == "report":
+            return _cmd_report(ns)
         if ns.command == "bench":
             return _cmd_bench(ns)
     except ClbenchError as exc:

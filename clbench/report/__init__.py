@@ -1,0 +1,111 @@
+"""``clbench report``: tables, paired t-tests and figures from a directory of run results.
+
+Everything comes from one tidy frame (:func:`collect`); tables are rendered from it to
+markdown, LaTeX (booktabs) and long-form CSV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from clbench.errors import ClbenchError
+from clbench.report.collect import Collection, collect
+from clbench.report.stats import aggregate, paired_tests
+from clbench.report.tables import Table, build_tables, to_latex, to_markdown
+
+FORMATS = ("md", "tex", "csv")
+DEFAULT_REFERENCES = ("metasp_rehsel", "metasp")
+
+
+@dataclass
+class Report:
+    """Frames and tables of a report.
+
+    Attributes:
+        metrics: Tidy per-run metrics (one row per run x setting x metric).
+        summary: Mean, std and seed count per strategy/buffer/metric.
+        tests: Paired t-tests of the reference against every other strategy.
+        tables: Renderable tables, one per protocol and setting.
+        reference: The reference strategy (None if there is none).
+        skipped: Files that could not be read.
+        collection: The loaded runs (for figures).
+    """
+
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    tests: pd.DataFrame
+    tables: list[Table]
+    reference: str | None
+    skipped: list[str] = field(default_factory=list)
+    collection: Collection | None = None
+
+
+def _choose_reference(strategies: set[str], requested: str | None) -> str | None:
+    if requested is not None:
+        if requested not in strategies:
+            raise ClbenchError(
+                f"unknown reference strategy {requested!r}; valid choices: {', '.join(sorted(strategies))}"
+            )
+        return requested
+    return next((name for name in DEFAULT_REFERENCES if name in strategies), None)
+
+
+def build_report(results_dir: str | Path, reference: str | None = None) -> Report:
+    """Load runs and build summary, t-tests and tables.
+
+    Args:
+        results_dir: Folder searched recursively for run JSON files.
+        reference: Strategy label tested against the others; default MetaSP+RehSel, then
+            MetaSP, when present.
+
+    Returns:
+        The report.
+    """
+    collection = collect(Path(results_dir))
+    metrics = collection.metrics
+    strategies = set(metrics["strategy"])
+    chosen = _choose_reference(strategies, reference) if strategies else None
+    summary = aggregate(metrics) if not metrics.empty else pd.DataFrame()
+    tests = paired_tests(metrics, chosen) if chosen else paired_tests(metrics.iloc[0:0], "")
+    tables = build_tables(summary, tests, collection.protocols, chosen) if not summary.empty else []
+    return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection)
+
+
+def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, figures: bool = True) -> list[Path]:
+    """Write tables (and figures) of ``report`` into ``out``; return the files written.
+
+    Raises:
+        ClbenchError: An unknown format was asked for.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ClbenchError(f"unknown report format {bad[0]!r}; valid choices: {', '.join(FORMATS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if "md" in formats:
+        path = out / "report.md"
+        path.write_text("\n".join(to_markdown(t) for t in report.tables))
+        written.append(path)
+    if "tex" in formats:
+        for table in report.tables:
+            path = out / f"{table.benchmark}_{table.protocol_id}_{table.setting}.tex"
+            path.write_text(to_latex(table))
+            written.append(path)
+    if "csv" in formats:
+        for name, frame in (("metrics_long", report.metrics), ("summary", report.summary), ("ttests", report.tests)):
+            path = out / f"{name}.csv"
+            frame.to_csv(path, index=False)
+            written.append(path)
+    if figures and report.collection is not None and not report.collection.runs.empty:
+        from clbench.report.figures import heatmaps, influence_counts, learning_curves
+
+        runs = report.collection.runs
+        written += learning_curves(runs, out) + heatmaps(runs, out) + influence_counts(runs, out)
+    return written
+
+
+__all__ = ["FORMATS", "Report", "build_report", "write_report"]

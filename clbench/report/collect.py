@@ -1,0 +1,154 @@
+"""Read a directory of run results into tidy pandas frames.
+
+Runs are grouped by *protocol*: everything in a run's config except the strategy, the
+buffer size and the seed (benchmark and its arguments, backbone, training settings).
+Runs of different protocols are never pooled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from clbench.errors import ResultsError
+from clbench.results import load_result
+
+SETTINGS = ("class_il", "task_il")
+METRICS = ("A1", "Ainf", "Am", "BWT")
+
+
+def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run config that must match for runs to be compared."""
+    return {key: config[key] for key in ("benchmark", "backbone", "training", "deterministic") if key in config}
+
+
+def protocol_id(protocol: dict[str, Any]) -> str:
+    """Short stable id of a protocol."""
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def describe_protocol(protocol: dict[str, Any]) -> str:
+    """One human line naming what a protocol fixes."""
+    bench = protocol["benchmark"]
+    backbone = protocol["backbone"]
+    training = protocol["training"]
+
+    def args(spec: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(spec.get("args", {}).items()))
+
+    schedule = f", lr x{training['lr_gamma']} at {training['lr_milestones']}" if training.get("lr_milestones") else ""
+    return (
+        f"{bench['name']} ({args(bench)}); {backbone['name']} ({args(backbone)}); "
+        f"{training['epochs']} epochs/task, SGD lr {training['lr']} momentum {training['momentum']}{schedule}, "
+        f"batch {training['batch_size']} + replay {training['replay_batch_size']}"
+    )
+
+
+def _strategy_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Label each run's strategy by its name plus the arguments that vary among runs of that name."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_name.setdefault(run["config"]["strategy"]["name"], []).append(run["config"]["strategy"]["args"])
+    varying = {
+        name: sorted(k for k in set().union(*arg_sets) if len({json.dumps(a.get(k)) for a in arg_sets}) > 1)
+        for name, arg_sets in by_name.items()
+    }
+    labels = []
+    for run in runs:
+        strategy = run["config"]["strategy"]
+        keys = varying[strategy["name"]]
+        suffix = ", ".join(f"{k}={strategy['args'].get(k)}" for k in keys)
+        labels.append(f"{strategy['name']}({suffix})" if suffix else strategy["name"])
+    return labels
+
+
+@dataclass
+class Collection:
+    """Everything a report is built from.
+
+    Attributes:
+        metrics: Tidy frame, one row per run x setting x metric.
+        runs: One row per run: ids, protocol, strategy label, buffer, seed, matrices, extras.
+        protocols: Protocol id -> human description.
+        skipped: One message per file that could not be used.
+    """
+
+    metrics: pd.DataFrame
+    runs: pd.DataFrame
+    protocols: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def collect(results_dir: Path) -> Collection:
+    """Load every ``*.json`` run result under ``results_dir`` (recursively).
+
+    Malformed or partial files are skipped and reported by name.
+
+    Raises:
+        ResultsError: The directory does not exist.
+    """
+    if not results_dir.is_dir():
+        raise ResultsError(f"results directory {results_dir} not found")
+    loaded, skipped = [], []
+    for path in sorted(results_dir.rglob("*.json")):
+        try:
+            result = load_result(path)
+            for setting in SETTINGS:
+                result["metrics"][setting]
+                result["accuracy"][setting]
+        except ResultsError as exc:
+            skipped.append(str(exc))
+            continue
+        except (KeyError, TypeError):
+            skipped.append(f"{path}: missing metrics or accuracy for class_il/task_il")
+            continue
+        result["_file"] = str(path)
+        loaded.append(result)
+
+    protocols: dict[str, str] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for result in loaded:
+        protocol = protocol_of(result["config"])
+        pid = protocol_id(protocol)
+        protocols[pid] = describe_protocol(protocol)
+        groups.setdefault(pid, []).append(result)
+
+    metric_rows, run_rows = [], []
+    for pid, runs in groups.items():
+        for run, label in zip(runs, _strategy_labels(runs), strict=True):
+            config = run["config"]
+            base = {
+                "protocol": pid,
+                "benchmark": config["benchmark"]["name"],
+                "strategy": label,
+                "buffer_size": int(config["buffer_size"]),
+                "seed": int(config["seed"]),
+                "run_id": run["run_id"],
+            }
+            run_rows.append(
+                {
+                    **base,
+                    "file": run["_file"],
+                    "evaluated_after_task": run["evaluated_after_task"],
+                    "class_il": run["accuracy"]["class_il"],
+                    "task_il": run["accuracy"]["task_il"],
+                    "extras": run.get("extras", {}),
+                }
+            )
+            for setting in SETTINGS:
+                for metric in METRICS:
+                    value = run["metrics"][setting].get(metric)
+                    if value is not None:
+                        metric_rows.append({**base, "setting": setting, "metric": metric, "value": float(value)})
+    columns = ["protocol", "benchmark", "strategy", "buffer_size", "seed", "run_id", "setting", "metric", "value"]
+    return Collection(
+        metrics=pd.DataFrame(metric_rows, columns=columns),
+        runs=pd.DataFrame(run_rows),
+        protocols=protocols,
+        skipped=skipped,
+    )

@@ -1,0 +1,73 @@
+"""Aggregation over seeds and paired t-tests, as tidy frames."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pandas as pd
+from scipy import stats
+
+ALPHA = 0.05
+KEYS = ["protocol", "benchmark", "setting", "buffer_size", "strategy", "metric"]
+
+
+def aggregate(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample standard deviation and seed count per protocol/setting/buffer/strategy/metric."""
+    grouped = metrics.groupby(KEYS, sort=True)["value"]
+    summary = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    summary["seeds"] = grouped.apply(lambda s: tuple(sorted(metrics.loc[s.index, "seed"]))).to_numpy()
+    return summary
+
+
+def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Paired t-tests (``scipy.stats.ttest_rel``) of ``reference`` against every other strategy.
+
+    Seeds are matched by value within each protocol, setting, buffer size and metric.
+    ``significant`` is true where the reference is better (higher) at the 95% level.
+    Fewer than two paired seeds: no test (t and p are NaN).
+    """
+    rows = []
+    for (protocol, benchmark, setting, buffer_size, metric), block in metrics.groupby(
+        ["protocol", "benchmark", "setting", "buffer_size", "metric"], sort=True
+    ):
+        ref = block[block["strategy"] == reference].set_index("seed")["value"]
+        if ref.empty:
+            continue
+        for strategy, other_block in block[block["strategy"] != reference].groupby("strategy"):
+            other = other_block.set_index("seed")["value"]
+            seeds = sorted(set(ref.index) & set(other.index))
+            t_stat = p_value = math.nan
+            if len(seeds) >= 2:
+                with warnings.catch_warnings():  # identical pairs: scipy returns nan, as it should
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    result = stats.ttest_rel(ref.loc[seeds].to_numpy(), other.loc[seeds].to_numpy())
+                t_stat, p_value = float(result.statistic), float(result.pvalue)
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "benchmark": benchmark,
+                    "setting": setting,
+                    "buffer_size": buffer_size,
+                    "metric": metric,
+                    "reference": reference,
+                    "strategy": strategy,
+                    "n_pairs": len(seeds),
+                    "t": t_stat,
+                    "p": p_value,
+                    "significant": bool(p_value < ALPHA and t_stat > 0),
+                }
+            )
+    columns = [
+        "protocol",
+        "benchmark",
+        "setting",
+        "buffer_size",
+        "metric",
+        "reference",
+        "strategy",
+        "n_pairs",
+        "t",
+        "p",
+    ]
+    return pd.DataFrame(rows, columns=[*columns, "significant"])

@@ -1,0 +1,165 @@
+"""Comparison tables in the paper's layout, rendered from one tidy frame.
+
+Rows: reference strategies without a buffer (Fine-tune, Joint; A-infinity only), then one
+row per strategy with a buffer. Columns: one group per buffer size with A1, A-infinity,
+Am and BWT as mean±std over seeds. The best value of each column (among strategies with a
+buffer) is marked, and a • marks the cells where the reference strategy is significantly
+better (paired t-test, 95%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+METRIC_NAMES = {"A1": "A1", "Ainf": "A∞", "Am": "Am", "BWT": "BWT"}
+METRIC_NAMES_TEX = {"A1": "$A_1$", "Ainf": "$A_\\infty$", "Am": "$A_m$", "BWT": "BWT"}
+SETTING_NAMES = {"class_il": "class-IL", "task_il": "task-IL"}
+
+
+@dataclass
+class Table:
+    """One table: cells as numbers plus marks, ready to render in any format.
+
+    Attributes:
+        title: Benchmark, setting and protocol id.
+        protocol: Human description of the protocol.
+        benchmark, setting, protocol_id: What the table shows.
+        mean, std, n: Frames indexed by strategy, columns (buffer size, metric).
+        best, significant: Boolean frames of the same shape.
+        notes: Seed coverage and test caveats, one line each.
+    """
+
+    title: str
+    protocol: str
+    benchmark: str
+    setting: str
+    protocol_id: str
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    n: pd.DataFrame
+    best: pd.DataFrame
+    significant: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def build_tables(
+    summary: pd.DataFrame, tests: pd.DataFrame, protocols: dict[str, str], reference: str | None
+) -> list[Table]:
+    """One :class:`Table` per protocol and setting."""
+    tables = []
+    for (protocol, benchmark, setting), block in summary.groupby(["protocol", "benchmark", "setting"], sort=True):
+        buffered = block[block["buffer_size"] > 0]
+        bufferless = block[block["buffer_size"] == 0]
+        buffers = sorted(buffered["buffer_size"].unique()) or [0]
+        metrics = [m for m in METRIC_NAMES if m in set(block["metric"])]
+        columns = pd.MultiIndex.from_tuples([(int(b), m) for b in buffers for m in metrics], names=["M", "metric"])
+        order = sorted(bufferless["strategy"].unique()) + sorted(buffered["strategy"].unique())
+        frames = {
+            k: pd.DataFrame(index=pd.Index(order, name="strategy"), columns=columns, dtype=float)
+            for k in ("mean", "std", "n")
+        }
+        for row in block.itertuples():
+            targets = [int(row.buffer_size)] if row.buffer_size > 0 else buffers
+            if row.buffer_size == 0 and row.metric != "Ainf":
+                continue  # reference rows: A-infinity only, as they have no buffer
+            for b in targets:
+                for key in frames:
+                    frames[key].loc[row.strategy, (b, row.metric)] = getattr(row, key)
+        best = pd.DataFrame(False, index=frames["mean"].index, columns=columns)
+        buffered_rows = sorted(buffered["strategy"].unique())
+        for column in columns:
+            values = frames["mean"].loc[buffered_rows, column].dropna()
+            if len(values) > 1:
+                best.loc[values.index[values == values.max()], column] = True
+        significant = pd.DataFrame(False, index=frames["mean"].index, columns=columns)
+        notes: list[str] = []
+        block_tests = tests[(tests["protocol"] == protocol) & (tests["setting"] == setting)]
+        for test in block_tests.itertuples():
+            if test.significant and test.strategy in significant.index and (test.buffer_size, test.metric) in columns:
+                significant.loc[test.strategy, (int(test.buffer_size), test.metric)] = True
+        untested = sorted({t.strategy for t in block_tests.itertuples() if t.n_pairs < 2})
+        if reference is None:
+            notes.append("no t-tests: the reference strategy has no runs here")
+        else:
+            notes.append(f"• reference {reference} significantly better (paired t-test over matched seeds, p < 0.05)")
+            if untested:
+                notes.append(f"no t-test (fewer than two paired seeds) for: {', '.join(untested)}")
+        all_seeds = set()
+        for seeds in block["seeds"]:
+            all_seeds |= set(seeds)
+        for (strategy, buffer_size), group in block.groupby(["strategy", "buffer_size"]):
+            present = set().union(*group["seeds"])
+            missing = sorted(all_seeds - present)
+            if missing:
+                where = f" (M={buffer_size})" if buffer_size else ""
+                notes.append(f"{strategy}{where}: {len(present)} seeds, missing {', '.join(map(str, missing))}")
+        title = f"{benchmark} — {SETTING_NAMES.get(setting, setting)} — protocol {protocol}"
+        tables.append(
+            Table(
+                title=title,
+                protocol=protocols.get(str(protocol), ""),
+                benchmark=str(benchmark),
+                setting=str(setting),
+                protocol_id=str(protocol),
+                mean=frames["mean"],
+                std=frames["std"],
+                n=frames["n"],
+                best=best,
+                significant=significant,
+                notes=notes,
+            )
+        )
+    return tables
+
+
+def _cell(table: Table, strategy: str, column: tuple[int, str], bold: tuple[str, str], bullet: str) -> str:
+    mean = table.mean.loc[strategy, column]
+    if pd.isna(mean):
+        return "–"
+    std, n = table.std.loc[strategy, column], table.n.loc[strategy, column]
+    text = f"{mean:.2f}" if n < 2 or pd.isna(std) else f"{mean:.2f}±{std:.2f}"
+    if table.best.loc[strategy, column]:
+        text = f"{bold[0]}{text}{bold[1]}"
+    if table.significant.loc[strategy, column]:
+        text += bullet
+    return text
+
+
+def display_frame(table: Table, tex: bool = False) -> pd.DataFrame:
+    """The table as a frame of formatted strings (markdown or LaTeX marks)."""
+    bold = ("\\textbf{", "}") if tex else ("**", "**")
+    bullet = "$^\\bullet$" if tex else " •"
+    names = METRIC_NAMES_TEX if tex else METRIC_NAMES
+    data = {
+        (f"M={b}" if b else "", names[m]): [_cell(table, s, (b, m), bold, bullet) for s in table.mean.index]
+        for b, m in table.mean.columns
+    }
+    index = [s.replace("_", "\\_") if tex else s for s in table.mean.index]
+    frame = pd.DataFrame(data, index=pd.Index(index, name="strategy"))
+    frame.columns = pd.MultiIndex.from_tuples(list(data), names=["", ""])
+    return frame
+
+
+def to_markdown(table: Table) -> str:
+    """The table as markdown, with its title, protocol and notes."""
+    frame = display_frame(table)
+    flat = frame.copy()
+    flat.columns = [f"{b} {m}".strip() for b, m in frame.columns]
+    lines = [f"### {table.title}", "", f"Protocol: {table.protocol}", "", flat.to_markdown(), ""]
+    lines += [f"- {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    """The table as a booktabs LaTeX table."""
+    frame = display_frame(table, tex=True)
+    body: str = frame.style.to_latex(
+        hrules=True,
+        multicol_align="c",
+        column_format="l" + "c" * len(frame.columns),
+        caption=f"{table.title.replace('_', chr(92) + '_')}. {table.protocol.replace('_', chr(92) + '_')}",
+    )
+    notes = "".join(f"% {note}\n" for note in table.notes)
+    return notes + body
