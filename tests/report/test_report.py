@@ -1,0 +1,194 @@
+"""Reports from hand-made run results."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from clbench.cli import main
+from clbench.report import build_report, write_report
+from clbench.report.tables import to_latex, to_markdown
+from clbench.results import SCHEMA_VERSION, write_json_atomic
+
+SEEDS = (1231, 1232, 1233)
+
+
+def _record(strategy, buffer_size, seed, final, epochs=5, args=None, joint=False, influence=None):
+    """A two-task run whose class-IL final row averages to ``final``."""
+    config = {
+        "experiment": "t",
+        "benchmark": {"name": "synthetic", "args": {"n_tasks": 2}},
+        "strategy": {"name": strategy, "args": args or {}},
+        "backbone": {"name": "mlp", "args": {}},
+        "buffer_size": buffer_size,
+        "seed": seed,
+        "training": {
+            "epochs": epochs,
+            "lr": 0.1,
+            "momentum": 0.0,
+            "batch_size": 32,
+            "replay_batch_size": 32,
+            "lr_milestones": [],
+            "lr_gamma": 0.1,
+        },
+        "device": "cpu",
+        "deterministic": True,
+    }
+    if joint:
+        matrix = [[final, final]]
+        metrics = {"A1": None, "Ainf": final, "Am": None, "BWT": None}
+        after = [1]
+    else:
+        matrix = [[90.0, 0.0], [final - 5, final + 5]]
+        metrics = {"A1": (90 + final + 5) / 2, "Ainf": final, "Am": (90 + final) / 2, "BWT": final - 5 - 90}
+        after = [0, 1]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": f"synthetic-{strategy}-{args}-m{buffer_size}-s{seed}-e{epochs}",
+        "config": config,
+        "task_classes": [[0, 1], [2, 3]],
+        "evaluated_after_task": after,
+        "accuracy": {"class_il": matrix, "task_il": matrix},
+        "metrics": {"class_il": metrics, "task_il": metrics},
+        "extras": {"influence": influence} if influence else {},
+    }
+
+
+ER = {1231: 40.0, 1232: 42.0, 1233: 41.0}
+METASP = {1231: 50.0, 1232: 49.0, 1233: 52.0}
+TIE = {1231: 50.0, 1232: 49.0, 1233: 52.0}
+
+
+def _influence():
+    entry = {"positive": 3, "negative": 5, "histogram": {"edges": [0, 1, 2, 3, 4, 5], "counts": [1, 2, 3, 1, 1]}}
+    return [
+        {"task": 0, "meta_steps": 0, "S": entry, "P": entry, "SP": entry},
+        {"task": 1, "meta_steps": 4, "S": entry, "P": entry, "SP": entry},
+    ]
+
+
+@pytest.fixture
+def results(tmp_path):
+    folder = tmp_path / "runs"
+    for seed in SEEDS:
+        write_json_atomic(folder / f"er{seed}.json", _record("er", 500, seed, ER[seed]))
+        write_json_atomic(
+            folder / f"ms{seed}.json", _record("metasp_rehsel", 500, seed, METASP[seed], influence=_influence())
+        )
+        write_json_atomic(folder / f"tie{seed}.json", _record("metasp", 500, seed, TIE[seed]))
+        write_json_atomic(folder / f"ft{seed}.json", _record("finetune", 0, seed, 20.0 + seed % 2))
+        write_json_atomic(folder / f"joint{seed}.json", _record("joint", 0, seed, 80.0, joint=True))
+    return folder
+
+
+def test_t_statistics_equal_scipy(results):
+    report = build_report(results)
+    assert report.reference == "metasp_rehsel"
+    row = report.tests.query("setting == 'class_il' and metric == 'Ainf' and strategy == 'er'").iloc[0]
+    expected = stats.ttest_rel([METASP[s] for s in SEEDS], [ER[s] for s in SEEDS])
+    assert row["t"] == pytest.approx(expected.statistic)
+    assert row["p"] == pytest.approx(expected.pvalue)
+    assert row["n_pairs"] == 3 and row["significant"]
+
+
+def test_known_better_gets_a_bullet_and_a_tie_does_not(results):
+    report = build_report(results)
+    table = next(t for t in report.tables if t.setting == "class_il")
+    assert table.significant.loc["er", (500, "Ainf")]
+    assert not table.significant.loc["metasp", (500, "Ainf")]  # identical numbers: no test result
+    tie = report.tests.query("setting == 'class_il' and metric == 'Ainf' and strategy == 'metasp'").iloc[0]
+    assert math.isnan(tie["p"]) and not tie["significant"]
+    markdown = to_markdown(table)
+    er_line = next(line for line in markdown.splitlines() if line.startswith("| er "))
+    assert "•" in er_line
+    assert "•" not in next(line for line in markdown.splitlines() if line.startswith("| metasp "))
+
+
+def test_cells_are_mean_plus_minus_sample_std_and_best_is_bold(results):
+    table = next(t for t in build_report(results).tables if t.setting == "class_il")
+    markdown = to_markdown(table)
+    values = [METASP[s] for s in SEEDS]
+    expected = f"{np.mean(values):.2f}±{np.std(values, ddof=1):.2f}"
+    assert f"**{expected}**" in markdown  # MetaSP+RehSel ties metasp on A-infinity; both best
+    assert table.best.loc["metasp_rehsel", (500, "Ainf")] and not table.best.loc["er", (500, "Ainf")]
+
+
+def test_reference_rows_show_a_final_only_and_are_not_ranked(results):
+    table = next(t for t in build_report(results).tables if t.setting == "class_il")
+    assert list(table.mean.index[:2]) == ["finetune", "joint"]
+    assert table.mean.loc["joint", (500, "Ainf")] == 80.0
+    assert math.isnan(table.mean.loc["finetune", (500, "A1")])
+    assert not table.best.loc["joint", (500, "Ainf")]  # the upper bound is not a competitor
+
+
+def test_latex_is_booktabs_and_balanced(results):
+    tex = to_latex(build_report(results).tables[0])
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert tex.count(rule) == 1
+    assert tex.count("{") == tex.count("}")
+    assert tex.count("\\begin{") == tex.count("\\end{")
+    assert "$^\\bullet$" in tex and "\\textbf{" in tex
+    body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")]
+    columns = {line.count("&") for line in body.splitlines() if "&" in line}
+    assert columns == {4}
+
+
+def test_different_protocols_are_never_pooled(results):
+    write_json_atomic(results / "long.json", _record("er", 500, 1231, 99.0, epochs=50))
+    report = build_report(results)
+    protocols = {t.protocol_id for t in report.tables}
+    assert len(protocols) == 2
+    main_table = next(
+        t
+        for t in report.tables
+        if t.setting == "class_il" and "er" in t.mean.index and t.n.loc["er", (500, "Ainf")] == 3
+    )
+    assert main_table.mean.loc["er", (500, "Ainf")] == pytest.approx(np.mean(list(ER.values())))
+    assert "5 epochs/task" in main_table.protocol
+
+
+def test_missing_seeds_are_reported(results):
+    (results / "er1233.json").unlink()
+    table = next(t for t in build_report(results).tables if t.setting == "class_il")
+    assert any(note.startswith("er (M=500): 2 seeds, missing 1233") for note in table.notes)
+    assert table.n.loc["er", (500, "Ainf")] == 2
+
+
+def test_malformed_files_are_skipped_by_name(results, capsys):
+    (results / "broken.json").write_text("{not json")
+    (results / "partial.json").write_text('{"schema_version": 1, "run_id": "x"}')
+    out = results.parent / "report"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "broken.json" in captured.err and "partial.json" in captured.err
+    assert "metasp_rehsel" in captured.out
+    assert (out / "report.md").is_file() and (out / "ttests.csv").is_file()
+
+
+def test_figures_and_files_are_written(results, tmp_path):
+    written = write_report(build_report(results), tmp_path / "out")
+    names = {p.name for p in written}
+    assert any(n.endswith("_curve.png") for n in names) and any(n.endswith("_curve.pdf") for n in names)
+    assert any(n.endswith("_matrix.png") for n in names)
+    assert any(n.endswith("_influence.png") for n in names)
+    assert {"metrics_long.csv", "summary.csv", "ttests.csv", "report.md"} <= names
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_varying_strategy_arguments_give_separate_rows(tmp_path):
+    folder = tmp_path / "runs"
+    for seed in SEEDS:
+        for selection, value in (("random", 45.0), ("rehsel", 50.0)):
+            record = _record("metasp_rehsel", 500, seed, value + seed % 3, args={"selection": selection})
+            record["run_id"] += selection
+            write_json_atomic(folder / f"{selection}{seed}.json", record)
+    report = build_report(folder, reference="metasp_rehsel(selection=rehsel)")
+    assert set(report.tables[0].mean.index) == {"metasp_rehsel(selection=random)", "metasp_rehsel(selection=rehsel)"}
+
+
+def test_unknown_reference_and_format_are_one_line_errors(results, capsys):
+    assert main(["report", str(results), "--reference", "nope"]) == 2
+    assert "unknown reference strategy 'nope'; valid choices: er, finetune" in capsys.readouterr().err
+    assert main(["report", str(results), "--format", "html"]) == 2
+    assert "unknown report format 'html'; valid choices: md, tex, csv" in capsys.readouterr().err
