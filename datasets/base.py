@@ -78,11 +78,18 @@ class ImageSplits:
 
 
 class ImageArrayDataset(Dataset[tuple[torch.Tensor, int]]):
-    """A map-style dataset over in-memory uint8 images, returning CHW uint8 tensors."""
+    """A map-style dataset over in-memory images, normalised once, returning CHW float tensors.
 
-    def __init__(self, arrays: ImageArrays) -> None:
-        """Wrap ``arrays``; images are converted to CHW once, up front."""
-        self.images = torch.from_numpy(np.ascontiguousarray(arrays.images.transpose(0, 3, 1, 2)))
+    Normalising the whole split up front (one vectorised pass) leaves only the random
+    augmentation to per-example transforms; evaluation needs none at all.
+    """
+
+    def __init__(self, arrays: ImageArrays, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Convert ``arrays`` to normalised CHW float32 tensors."""
+        images = torch.from_numpy(np.ascontiguousarray(arrays.images.transpose(0, 3, 1, 2)))
+        shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.images = (images.float().div_(255.0) - shift).div_(scale)
         self.targets: list[int] = arrays.labels.tolist()
 
     def __len__(self) -> int:
@@ -92,14 +99,20 @@ class ImageArrayDataset(Dataset[tuple[torch.Tensor, int]]):
         return self.images[index], self.targets[index]
 
 
-def make_transforms(splits: ImageSplits) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Training and evaluation transforms on CHW uint8 tensors."""
+def make_train_transform(splits: ImageSplits) -> Callable[..., Any] | None:
+    """Random crop (pad 4) + horizontal flip on normalised CHW tensors, or None.
+
+    The padding is black in pixel space, i.e. (0 - mean) / std after normalisation, as with
+    the usual crop-before-normalise pipeline.
+    """
+    if not splits.augment:
+        return None
     from torchvision.transforms import v2
 
-    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(splits.mean), list(splits.std))]
     height = splits.train.images.shape[1]
-    augment: list[Any] = [v2.RandomCrop(height, padding=4), v2.RandomHorizontalFlip()] if splits.augment else []
-    return v2.Compose(augment + to_float), v2.Compose(to_float)
+    black = [(0.0 - m) / s for m, s in zip(splits.mean, splits.std, strict=True)]
+    augment: Callable[..., Any] = v2.Compose([v2.RandomCrop(height, padding=4, fill=black), v2.RandomHorizontalFlip()])
+    return augment
 
 
 @dataclass(frozen=True)
@@ -170,15 +183,14 @@ def build_benchmark(name: str, splits: ImageSplits, n_tasks: int, class_order: C
     n_classes = len(splits.train.class_names)
     order = class_order_for(n_classes, class_order, seed)
     tasks = split_into_tasks(order, n_tasks)
-    train_transform, eval_transform = make_transforms(splits)
     scenario = nc_benchmark(
-        ImageArrayDataset(splits.train),
-        ImageArrayDataset(splits.test),
+        ImageArrayDataset(splits.train, splits.mean, splits.std),
+        ImageArrayDataset(splits.test, splits.mean, splits.std),
         n_experiences=n_tasks,
         task_labels=False,
         fixed_class_order=order,
-        train_transform=train_transform,
-        eval_transform=eval_transform,
+        train_transform=make_train_transform(splits),
+        eval_transform=None,
     )
     _, height, width, channels = splits.train.images.shape
     return Benchmark(
