@@ -41,6 +41,11 @@ STRATEGIES: Registry[StrategyFactory] = Registry(
         "clbench.strategies.joint",
         "clbench.strategies.er",
         "clbench.strategies.metasp",
+        "clbench.strategies.gem",
+        "clbench.strategies.agem",
+        "clbench.strategies.gdumb",
+        "clbench.strategies.mir",
+        "clbench.strategies.gss",
     ),
 )
 

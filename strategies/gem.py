@@ -1,0 +1,50 @@
+"""GEM (Lopez-Paz & Ranzato, NeurIPS 2017) from Avalanche, with a clear error if the QP fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from clbench.errors import ClbenchError
+from clbench.strategies.base import STRATEGIES, StrategyContext
+
+
+@dataclass(frozen=True)
+class GEMArgs:
+    """Arguments of GEM."""
+
+    memory_strength: float = field(
+        default=0.5, metadata={"help": "offset gamma added to the projected gradient's constraints (GEM paper: 0.5)"}
+    )
+
+
+class GEMQuadProgError(ClbenchError):
+    """GEM's quadratic program could not be solved."""
+
+
+@STRATEGIES.register(
+    "gem",
+    args=GEMArgs,
+    help="Gradient Episodic Memory: project gradients so no past task's loss rises",
+    uses_buffer=True,
+)
+def build_gem(ctx: StrategyContext, args: GEMArgs) -> Any:
+    """Avalanche's ``GEMPlugin`` on ``Naive``.
+
+    Memory budget: GEM stores ``patterns_per_experience`` examples of every task;
+    clbench sets it to ``buffer_size // n_tasks`` so the memory holds at most
+    ``buffer_size`` examples after the last task (the GEM paper's way of splitting a budget).
+    The reference gradients use every stored example of each past task.
+    """
+    from avalanche.training.plugins import GEMPlugin
+    from avalanche.training.supervised import Naive
+
+    class CheckedGEMPlugin(GEMPlugin):  # type: ignore[misc]
+        def solve_quadprog(self, g: Any) -> Any:
+            try:
+                return super().solve_quadprog(g)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                raise GEMQuadProgError(f"GEM's quadratic program failed ({exc}); try another memory_strength") from exc
+
+    per_task = max(1, ctx.buffer_size // ctx.benchmark.n_tasks)
+    return Naive(**ctx.template_kwargs(CheckedGEMPlugin(per_task, args.memory_strength)))
