@@ -46,6 +46,8 @@ STRATEGIES: Registry[StrategyFactory] = Registry(
         "clbench.strategies.gdumb",
         "clbench.strategies.mir",
         "clbench.strategies.gss",
+        "clbench.strategies.gmed",
+        "clbench.strategies.hal",
     ),
 )
 

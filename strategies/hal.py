@@ -1,0 +1,210 @@
+"""HAL: hindsight anchor learning (Chaudhry et al., AAAI 2021), on top of ER.
+
+After each task HAL learns one *anchor* input per class of that task: a point whose loss
+would rise most if training went on, found by gradient ascent on the forgetting proxy
+
+    l(e, c; theta_M) - l(e, c; theta_t) - gamma * ||phi(e; theta_t) - phi_mean||^2,
+
+where theta_t are the weights at the end of the task, theta_M the same weights fine-tuned
+for a few steps on the replay buffer (a glimpse of future updates), and phi_mean a running
+mean (decay ``beta``) of the current batches' penultimate features, which keeps the anchor
+near the data. While training later tasks, every ER step adds
+
+    lambda * mean (f(e; theta) - f(e; theta~))^2,  theta~ = theta - lr * grad l_ER(theta),
+
+i.e. the anchors' outputs after the replay step are pulled back to where they were.
+
+Memory accounting: anchors are inputs the method keeps, so they count against the
+budget: the reservoir buffer holds ``buffer_size - n_classes`` examples and up to
+``n_classes`` anchors. Defaults (lambda 0.1, beta 0.5, gamma 0.1, 100 anchor steps, 10
+fine-tuning steps) follow the HAL paper's reported ranges and the public Mammoth port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+from torch.func import functional_call, grad
+
+from clbench.errors import ClbenchError
+from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.tensor_buffer import TensorReservoirBuffer
+
+
+@dataclass(frozen=True)
+class HALArgs:
+    """Arguments of HAL."""
+
+    anchor_weight: float = field(default=0.1, metadata={"help": "lambda: weight of the anchor-stability loss"})
+    feature_decay: float = field(default=0.5, metadata={"help": "beta: decay of the running mean of features"})
+    feature_weight: float = field(default=0.1, metadata={"help": "gamma: pull of anchors toward the mean features"})
+    anchor_steps: int = field(default=100, metadata={"help": "gradient steps that learn each anchor"})
+    anchor_lr: float | None = field(default=None, metadata={"help": "anchor learning rate; default the run's lr"})
+    finetune_steps: int = field(default=10, metadata={"help": "SGD steps on the buffer that give theta_M"})
+
+
+def learn_anchor(
+    model: nn.Module,
+    finetuned: Params,
+    label: int,
+    mean_features: torch.Tensor,
+    shape: tuple[int, ...],
+    steps: int,
+    lr: float,
+    feature_weight: float,
+) -> torch.Tensor:
+    """Gradient ascent on the forgetting proxy for one class; returns the anchor input."""
+    anchor = torch.rand((1, *shape), device=mean_features.device, requires_grad=True)
+    optimizer = torch.optim.SGD([anchor], lr=lr)
+    target = torch.tensor([label], device=mean_features.device)
+    was_training = model.training
+    model.eval()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_future = F.cross_entropy(functional_call(model, finetuned, (anchor,), strict=False), target)
+        loss_now = F.cross_entropy(model(anchor), target)
+        closeness = ((model.features(anchor) - mean_features) ** 2).sum()  # type: ignore[operator]
+        (-(loss_future - loss_now - feature_weight * closeness)).backward()
+        optimizer.step()
+    model.train(was_training)
+    model.zero_grad(set_to_none=True)
+    return anchor.detach()[0]
+
+
+class HAL(SupervisedTemplate):  # type: ignore[misc]
+    """ER with hindsight anchors (all plugin hooks fire)."""
+
+    def __init__(self, *, args: HALArgs, storage: TensorReservoirBuffer, replay_batch_size: int, **kwargs: Any):
+        """Create the strategy."""
+        super().__init__(**kwargs)
+        self.args = args
+        self.storage = storage
+        self.replay_batch_size = replay_batch_size
+        self.anchors = torch.zeros(0)
+        self.anchor_labels = torch.zeros(0, dtype=torch.long)
+        self.mean_features: torch.Tensor | None = None
+
+    def _anchor_loss(self) -> torch.Tensor:
+        """Lambda * mean (f(e; theta) - f(e; theta~))^2 with theta~ after a plain replay step."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        params = trainable_params(self.model)
+        grads = {
+            name: p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+            for name, p in self.model.named_parameters()
+            if p.requires_grad
+        }
+        stepped = {name: params[name] - lr * grads[name] for name in params}
+        anchors = self.anchors.to(self.device)
+        was_training = self.model.training
+        self.model.eval()  # anchors are single points, not a batch to normalise with
+        with torch.no_grad():
+            after_step = functional_call(self.model, stepped, (anchors,), strict=False)
+        loss: torch.Tensor = self.args.anchor_weight * ((self.model(anchors) - after_step) ** 2).mean()
+        self.model.train(was_training)
+        return loss
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """One epoch of ER steps with the anchor-stability term."""
+        for batch in self.dataloader:
+            self.mbatch = batch
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            n_new = int(self.mb_x.shape[0])
+            if len(self.storage) > 0:
+                mem_x, mem_y, _ = self.storage.sample(self.replay_batch_size, self.device)
+                self.mbatch = [
+                    torch.cat([self.mb_x, mem_x]),
+                    torch.cat([self.mb_y, mem_y]),
+                    torch.cat([self.mb_task_id, torch.zeros_like(mem_y)]),
+                ]
+            self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            self._before_forward(**kwargs)
+            self.mb_output = self.forward()
+            self._after_forward(**kwargs)
+            self.loss += self.criterion()
+            self._before_backward(**kwargs)
+            self.backward()
+            if len(self.anchors) > 0:
+                anchor_loss = self._anchor_loss()
+                anchor_loss.backward()  # accumulates onto the replay gradient
+                self.loss = self.loss + anchor_loss.detach()
+            self._after_backward(**kwargs)
+            self._before_update(**kwargs)
+            self.optimizer_step()
+            self._after_update(**kwargs)
+            self._after_training_iteration(**kwargs)
+            with torch.no_grad():
+                features = self.model.features(self.mb_x[:n_new]).mean(0)
+                beta = self.args.feature_decay
+                self.mean_features = (
+                    features if self.mean_features is None else beta * self.mean_features + (1 - beta) * features
+                )
+
+    def _finetuned_params(self) -> Params:
+        loss_vec = per_example_loss_fn(self.model)
+        params = trainable_params(self.model)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        with batchnorm_stats_frozen(self.model):
+            for _ in range(self.args.finetune_steps):
+                x, y, _ = self.storage.sample(self.replay_batch_size, self.device)
+                step = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
+                params = {k: params[k] - lr * step[k] for k in params}
+        return params
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        self.storage.post_adapt(self, self.experience)
+        if self.mean_features is not None:
+            finetuned = self._finetuned_params()
+            lr = self.args.anchor_lr or float(self.optimizer.param_groups[0]["lr"])
+            shape = tuple(self.mb_x.shape[1:])
+            new = [
+                learn_anchor(
+                    self.model,
+                    finetuned,
+                    int(c),
+                    self.mean_features,
+                    shape,
+                    self.args.anchor_steps,
+                    lr,
+                    self.args.feature_weight,
+                )
+                for c in self.experience.classes_in_this_experience
+            ]
+            labels = torch.as_tensor([int(c) for c in self.experience.classes_in_this_experience])
+            self.anchors = (
+                torch.cat([self.anchors.to(self.device), torch.stack(new)]) if len(self.anchors) else torch.stack(new)
+            )
+            self.anchor_labels = torch.cat([self.anchor_labels, labels])
+        super()._after_training_exp(**kwargs)
+
+    def clbench_extras(self) -> dict[str, Any]:
+        """The anchors' classes and the buffer size."""
+        return {"anchor_labels": self.anchor_labels.tolist(), "memory_size": len(self.storage)}
+
+
+@STRATEGIES.register(
+    "hal", args=HALArgs, help="ER + hindsight anchors that keep forgetting-prone outputs stable", uses_buffer=True
+)
+def build_hal(ctx: StrategyContext, args: HALArgs) -> HAL:
+    """HAL with ``buffer_size - n_classes`` replay slots plus one anchor per class."""
+    replay_slots = ctx.buffer_size - ctx.benchmark.n_classes
+    if replay_slots < 1:
+        raise ClbenchError(
+            f"hal needs buffer_size > n_classes = {ctx.benchmark.n_classes} (anchors count against the budget), "
+            f"got buffer_size {ctx.buffer_size}"
+        )
+    return HAL(
+        args=args,
+        storage=TensorReservoirBuffer(replay_slots),
+        replay_batch_size=ctx.training.replay_batch_size,
+        **ctx.template_kwargs(),
+    )

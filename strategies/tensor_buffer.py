@@ -1,0 +1,78 @@
+"""A reservoir buffer that stores its examples as tensors, so strategies can edit them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from avalanche.training.storage_policy import ExemplarsBuffer
+
+
+class TensorReservoirBuffer(ExemplarsBuffer):  # type: ignore[misc]
+    """Reservoir sampling over the stream, holding inputs and labels as tensors.
+
+    Updated after each experience: every example seen so far has the same chance to be
+    in the buffer (random keys; the ``max_size`` largest are kept), as in Avalanche's
+    ``ReservoirSamplingBuffer``. Inputs are stored without training augmentation (the
+    experience's evaluation view) so that in-place edits persist.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        """Create an empty buffer of ``max_size`` examples."""
+        super().__init__(max_size)
+        self.x = torch.zeros(0)
+        self.y = torch.zeros(0, dtype=torch.long)
+        self.edit_counts = torch.zeros(0, dtype=torch.long)
+        self._keys = torch.zeros(0)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def buffer(self) -> Any:
+        """The stored examples as an Avalanche dataset (built on demand)."""
+        from avalanche.benchmarks.utils.classification_dataset import (
+            _make_taskaware_tensor_classification_dataset,
+        )
+
+        return _make_taskaware_tensor_classification_dataset(self.x, self.y, targets=self.y.tolist())
+
+    @buffer.setter
+    def buffer(self, value: Any) -> None:
+        # The tensors are the source of truth; Avalanche's base class assigns an empty
+        # dataset at construction, which is ignored.
+        pass
+
+    def sample(self, count: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` random examples (without replacement) and their positions."""
+        positions = torch.randperm(len(self))[:count]
+        return self.x[positions].to(device), self.y[positions].to(device), positions
+
+    def write(self, positions: torch.Tensor, x: torch.Tensor) -> None:
+        """Replace the stored inputs at ``positions`` and count the edit."""
+        self.x[positions] = x.detach().to(self.x.device, self.x.dtype)
+        self.edit_counts[positions] += 1
+
+    def post_adapt(self, agent: Any, exp: Any) -> None:
+        """Add the experience's examples by reservoir sampling."""
+        dataset = exp.dataset.eval()
+        items = [dataset[i] for i in range(len(dataset))]
+        new_x = torch.stack([item[0] for item in items])
+        new_y = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+        keys = torch.cat([self._keys, torch.rand(len(new_y))])
+        x = torch.cat([self.x, new_x]) if len(self) else new_x
+        y = torch.cat([self.y, new_y])
+        counts = torch.cat([self.edit_counts, torch.zeros(len(new_y), dtype=torch.long)])
+        keep = torch.argsort(keys, descending=True)[: self.max_size]
+        self.x, self.y, self.edit_counts, self._keys = x[keep], y[keep], counts[keep], keys[keep]
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        """Keep the ``new_size`` examples with the largest reservoir keys."""
+        self.max_size = new_size
+        keep = torch.argsort(self._keys, descending=True)[:new_size]
+        self.x, self.y, self.edit_counts, self._keys = (
+            self.x[keep],
+            self.y[keep],
+            self.edit_counts[keep],
+            self._keys[keep],
+        )
