@@ -1,6 +1,5 @@
 """Every strategy through the CLI, memory budgets, GMED's edits and HAL's anchors."""
 
-
 import pytest
 import torch
 import yaml
