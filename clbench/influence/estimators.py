@@ -1,0 +1,325 @@
+"""Influence estimators: one thin class each, one interface, registered by name.
+
+Convention (shared with MetaSP): the influence of training example i on a measurement
+loss L is dL/d eps_i when example i is up-weighted by eps_i. **Positive = harmful.**
+
+For the inverse-curvature estimators (Koh & Liang 2017), up-weighting example i in the
+mean training loss moves the optimum by -H^-1 grad l_i, so
+``I_i = -grad L^T (H + damping I)^-1 grad l_i``. They compute s = (H + damping I)^-1 grad L
+once and all I_i with one forward-mode JVP of the per-example loss vector along s.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import grad, jvp
+
+from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.influence.hessian import (
+    MatVec,
+    gnvp_fn,
+    hvp_fn,
+    ihvp_cg_fn,
+    ihvp_exact_fn,
+    ihvp_lissa_fn,
+    ihvp_neumann_fn,
+)
+from clbench.influence.meta import meta_influence
+from clbench.registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Curvature = Literal["full", "gauss_newton"]
+
+
+@dataclass(frozen=True)
+class InfluenceResult:
+    """Influence of each training example on each measurement set's mean loss.
+
+    Attributes:
+        influence: One (n_train,) tensor per measurement set; positive = harmful.
+        measurement_loss: Each measurement set's mean loss (at the parameters used).
+        seconds: Wall-clock time of the computation.
+    """
+
+    influence: tuple[torch.Tensor, ...]
+    measurement_loss: tuple[float, ...]
+    seconds: float = 0.0
+
+
+class Estimator(ABC):
+    """An influence estimator."""
+
+    name = "estimator"
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
+        """Influence of each example of ``train`` on each measurement set.
+
+        Args:
+            model: The network (not modified; BatchNorm statistics are frozen).
+            train: The training examples (for curvature estimators: also the data whose
+                mean loss defines the curvature).
+            measurements: Measurement sets.
+            lr: The learning rate, for estimators that model an SGD step.
+        """
+
+    def matrix(self, model: nn.Module, train: Batch, test: Batch, lr: float) -> torch.Tensor:
+        """The (n_train, n_test) influence of each training on each test example's loss."""
+        singles = [(test[0][j : j + 1], test[1][j : j + 1]) for j in range(len(test[1]))]
+        return torch.stack(self(model, train, singles, lr).influence, dim=1)
+
+
+ESTIMATORS: Registry[Callable[[Any], Estimator]] = Registry(
+    "influence estimator", "clbench.estimators", builtin_modules=("clbench.influence.estimators",)
+)
+
+
+def _timed(fn: Callable[[], tuple[tuple[torch.Tensor, ...], tuple[float, ...]]]) -> InfluenceResult:
+    tic = time.perf_counter()
+    influence, losses = fn()
+    return InfluenceResult(influence, losses, time.perf_counter() - tic)
+
+
+class InverseCurvatureEstimator(Estimator):
+    """``I_i = -grad L^T ihvp(grad l_i)`` with an inverse-curvature solver."""
+
+    def __init__(self, curvature: Curvature = "full") -> None:
+        """Use the Hessian (``full``) or the Gauss-Newton matrix."""
+        self.curvature = curvature
+
+    def _matvec(self, model: nn.Module, params: Params, batch: Batch) -> MatVec:
+        if self.curvature == "gauss_newton":
+            return gnvp_fn(model, params, batch)
+        return hvp_fn(per_example_loss_fn(model), params, batch)
+
+    @abstractmethod
+    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+        """The inverse-curvature product at ``params``."""
+
+    def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
+        """See :class:`Estimator`."""
+
+        def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
+            loss_vec = per_example_loss_fn(model)
+            with batchnorm_stats_frozen(model):
+                params = trainable_params(model)
+                solve = self._solver(model, params, train)
+                influences, losses = [], []
+                for x, y in measurements:
+                    measurement_grad = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
+                    with torch.no_grad():
+                        losses.append(float(loss_vec(params, x, y).mean()))
+                    s = solve(measurement_grad)
+                    directional = jvp(lambda p: loss_vec(p, *train), (params,), (s,))[1]
+                    influences.append(-directional.detach())
+            return tuple(influences), tuple(losses)
+
+        return _timed(compute)
+
+
+@dataclass(frozen=True)
+class ExactArgs:
+    """Arguments of the exact estimator."""
+
+    hessian: Curvature = field(default="full", metadata={"help": "full Hessian or Gauss-Newton"})
+    damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
+
+
+class ExactEstimator(InverseCurvatureEstimator):
+    """Dense (H + damping I)^-1: the ground truth for small models."""
+
+    name = "exact"
+
+    def __init__(self, args: ExactArgs) -> None:
+        """Create the estimator."""
+        super().__init__(args.hessian)
+        self.args = args
+
+    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+        return ihvp_exact_fn(self._matvec(model, params, train), params, self.args.damping)
+
+
+@dataclass(frozen=True)
+class CGArgs:
+    """Arguments of the conjugate-gradient estimator."""
+
+    hessian: Curvature = field(default="full", metadata={"help": "full Hessian or Gauss-Newton"})
+    damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
+    max_iter: int = field(default=100, metadata={"help": "CG iterations at most"})
+    tol: float = field(default=1e-10, metadata={"help": "stop when ||r||^2 <= tol ||v||^2"})
+
+
+class CGEstimator(InverseCurvatureEstimator):
+    """Conjugate gradients on (H + damping I) s = grad L."""
+
+    name = "cg"
+
+    def __init__(self, args: CGArgs) -> None:
+        """Create the estimator."""
+        super().__init__(args.hessian)
+        self.args = args
+
+    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+        return ihvp_cg_fn(self._matvec(model, params, train), self.args.damping, self.args.max_iter, self.args.tol)
+
+
+@dataclass(frozen=True)
+class LissaArgs:
+    """Arguments of the LiSSA estimator."""
+
+    hessian: Curvature = field(default="full", metadata={"help": "full Hessian or Gauss-Newton"})
+    damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
+    scale: float = field(default=10.0, metadata={"help": "must exceed the curvature's largest eigenvalue"})
+    depth: int = field(default=100, metadata={"help": "recursion steps"})
+    repeats: int = field(default=1, metadata={"help": "independent recursions averaged"})
+    batch_size: int | None = field(default=None, metadata={"help": "mini-batch per curvature product; None: all"})
+
+
+class LissaEstimator(InverseCurvatureEstimator):
+    """LiSSA with optional mini-batch curvature products."""
+
+    name = "lissa"
+
+    def __init__(self, args: LissaArgs) -> None:
+        """Create the estimator."""
+        super().__init__(args.hessian)
+        self.args = args
+
+    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+        n = train[1].shape[0]
+        full = self._matvec(model, params, train)
+        size = self.args.batch_size
+
+        def matvec_for_batch(step: int) -> MatVec:
+            if size is None or size >= n:
+                return full
+            chosen = torch.randint(0, n, (size,), device=train[1].device)
+            return self._matvec(model, params, (train[0][chosen], train[1][chosen]))
+
+        return ihvp_lissa_fn(matvec_for_batch, self.args.damping, self.args.scale, self.args.depth, self.args.repeats)
+
+
+@dataclass(frozen=True)
+class NeumannArgs:
+    """Arguments of the truncated Neumann-series estimator (Lorraine et al. 2020)."""
+
+    hessian: Curvature = field(default="full", metadata={"help": "full Hessian or Gauss-Newton"})
+    damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
+    alpha: float = field(default=0.1, metadata={"help": "series step; needs alpha * ||H|| < 2"})
+    terms: int = field(default=50, metadata={"help": "number of series terms"})
+
+
+class NeumannEstimator(InverseCurvatureEstimator):
+    """H^-1 ~= alpha sum_j (I - alpha H)^j."""
+
+    name = "neumann"
+
+    def __init__(self, args: NeumannArgs) -> None:
+        """Create the estimator."""
+        super().__init__(args.hessian)
+        self.args = args
+
+    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+        return ihvp_neumann_fn(self._matvec(model, params, train), self.args.damping, self.args.alpha, self.args.terms)
+
+
+@dataclass(frozen=True)
+class IdentityArgs:
+    """Arguments of the identity approximation."""
+
+    scale: float | None = field(
+        default=None, metadata={"help": "H^-1 ~= scale * I; default the learning rate (one SGD step)"}
+    )
+
+
+class IdentityEstimator(Estimator):
+    """H^-1 ~= scale * I: ``I_i = -scale * grad L^T grad l_i``.
+
+    This is the inverse-Hessian approximation of Luketina et al. (2016), whose
+    hyper-gradient looks one SGD step ahead (scale = learning rate), and of Larsen et al.
+    (1996), who take the Hessian as the identity: influence becomes the (scaled) gradient
+    alignment of each training example with the measurement loss.
+    """
+
+    name = "identity"
+
+    def __init__(self, args: IdentityArgs) -> None:
+        """Create the estimator."""
+        self.args = args
+
+    def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
+        """See :class:`Estimator`."""
+        scale = self.args.scale if self.args.scale is not None else lr
+
+        def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
+            loss_vec = per_example_loss_fn(model)
+            with batchnorm_stats_frozen(model):
+                params = trainable_params(model)
+                influences, losses = [], []
+                for x, y in measurements:
+                    g = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
+                    with torch.no_grad():
+                        losses.append(float(loss_vec(params, x, y).mean()))
+                    directional = jvp(lambda p: loss_vec(p, *train), (params,), (g,))[1]
+                    influences.append(-scale * directional.detach())
+            return tuple(influences), tuple(losses)
+
+        return _timed(compute)
+
+
+@dataclass(frozen=True)
+class MetaArgs:
+    """Arguments of MetaSP's pseudo-update influence."""
+
+    steps: int = field(default=1, metadata={"help": "SGD pseudo steps differentiated through"})
+    lr: float | None = field(default=None, metadata={"help": "pseudo-step size; default the learning rate"})
+
+
+class MetaEstimator(Estimator):
+    """MetaSP's pseudo-update influence.
+
+    d L(theta_K(eps)) / d eps after K SGD pseudo steps on the (1 + eps)-weighted mean
+    training loss (:func:`clbench.influence.meta.meta_influence`).
+    """
+
+    name = "meta"
+
+    def __init__(self, args: MetaArgs) -> None:
+        """Create the estimator."""
+        self.args = args
+
+    def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
+        """See :class:`Estimator`."""
+        step = self.args.lr if self.args.lr is not None else lr
+
+        def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
+            result = meta_influence(model, train, measurements, lr=step, steps=self.args.steps)
+            return result.influence, result.measurement_loss
+
+        return _timed(compute)
+
+
+for _cls, _args, _help in (
+    (ExactEstimator, ExactArgs, "dense (H + damping I)^-1, the ground truth for small models"),
+    (CGEstimator, CGArgs, "conjugate gradients"),
+    (LissaEstimator, LissaArgs, "LiSSA stochastic recursion"),
+    (NeumannEstimator, NeumannArgs, "truncated Neumann series (Lorraine et al. 2020)"),
+    (IdentityEstimator, IdentityArgs, "H^-1 ~= lr * I (Luketina et al. 2016; Larsen et al. 1996)"),
+    (MetaEstimator, MetaArgs, "MetaSP's exact pseudo-update influence"),
+):
+    ESTIMATORS.register(_cls.name, args=_args, help=_help)(_cls)
+
+
+def make_estimator(name: str, args: dict[str, Any] | None = None) -> Estimator:
+    """Build a registered estimator from raw arguments (validated)."""
+    from clbench.config import from_mapping
+
+    entry = ESTIMATORS.get(name)
+    return entry.factory(from_mapping(entry.args, args or {}, f"estimator {name}"))
