@@ -51,6 +51,7 @@ def learning_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
                     mean, std = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
                     axis.plot(tasks, mean, marker="o", label=strategy)
                     axis.fill_between(tasks, mean - std, mean + std, alpha=0.2)
+                axis.set_xticks(range(1, int(block["evaluated_after_task"].map(len).max()) + 1))
                 axis.set_xlabel("tasks learned")
                 axis.set_ylabel(f"average {SETTING_NAMES[setting]} accuracy (%)")
                 axis.set_title(f"{benchmark}, M={buffer_size}" if buffer_size else benchmark)
