@@ -49,6 +49,11 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
     report.add_argument("--no-figures", action="store_true", help="skip the figures")
 
+    fidelity = commands.add_parser("influence-bench", help="compare influence estimators with the exact influence")
+    fidelity.add_argument("config", help="fidelity YAML (see experiments/influence_fidelity.yaml)")
+    fidelity.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
+
     bench = commands.add_parser("bench", help="print speed figures (see clbench.bench)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
@@ -62,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     listing = commands.add_parser("list", help="list registered strategies, benchmarks, backbones and loggers")
-    listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers"])
+    listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers", "estimators"])
     listing.add_argument("--args", action="store_true", help="also show each component's arguments")
     return parser
 
@@ -82,6 +87,7 @@ def _describe_args(args_type: type) -> list[str]:
 def _cmd_list(kind: str | None, show_args: bool) -> int:
     from clbench.backbones import BACKBONES
     from clbench.datasets.base import BENCHMARKS
+    from clbench.influence.estimators import ESTIMATORS
     from clbench.loggers import LOGGERS
     from clbench.strategies.base import STRATEGIES
 
@@ -90,6 +96,7 @@ def _cmd_list(kind: str | None, show_args: bool) -> int:
         "benchmarks": BENCHMARKS,
         "backbones": BACKBONES,
         "loggers": LOGGERS,
+        "estimators": ESTIMATORS,
     }
     for name, registry in registries.items():
         if kind is not None and kind != name:
@@ -146,6 +153,18 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_influence_bench(ns: argparse.Namespace) -> int:
+    from clbench.influence.bench import load_fidelity_config, run_fidelity, to_markdown, write_fidelity
+
+    config = load_fidelity_config(ns.config, ns.overrides)
+    result = run_fidelity(config)
+    out = Path(ns.out) if ns.out else Path("runs") / "influence" / config.name
+    write_fidelity(result, out)
+    print(to_markdown(result))
+    print(f"written to {out}")
+    return 0
+
+
 def _cmd_bench(ns: argparse.Namespace) -> int:
     import platform
 
@@ -189,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(ns)
         if ns.command == "report":
             return _cmd_report(ns)
+        if ns.command == "influence-bench":
+            return _cmd_influence_bench(ns)
         if ns.command == "bench":
             return _cmd_bench(ns)
     except ClbenchError as exc:

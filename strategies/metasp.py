@@ -53,6 +53,16 @@ class MetaSPArgs:
     heldout_fraction: float = field(
         default=0.1, metadata={"help": "share of each task's training data held out when new_validation=heldout"}
     )
+    influence: str = field(
+        default="meta",
+        metadata={
+            "help": "influence estimator (clbench list estimators): meta = the paper's, exact; or identity, "
+            "neumann, lissa, cg"
+        },
+    )
+    influence_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "arguments of the influence estimator"}
+    )
     gamma_min: float = field(default=0.001, metadata={"help": "lower clip of the MGDA weight (paper's code)"})
     gamma_max: float = field(default=0.999, metadata={"help": "upper clip of the MGDA weight (paper's code)"})
 
@@ -152,6 +162,7 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
         storage: MetaSPBuffer,
         ledger: InfluenceLedger,
         replay_batch_size: int,
+        influence_fn: Callable[..., Any] = meta_influence,
         **template_kwargs: Any,
     ) -> None:
         """Create the strategy.
@@ -161,6 +172,7 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
             storage: The rehearsal buffer, updated after each task.
             ledger: Where each example's fused influence is accumulated (read by RehSel).
             replay_batch_size: Size of B_old.
+            influence_fn: ``(model, batch, measurements, lr=, steps=)`` -> influence result.
             **template_kwargs: Passed to ``SupervisedTemplate``.
         """
         super().__init__(**template_kwargs)
@@ -168,6 +180,7 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
         self.storage = storage
         self.ledger = ledger
         self.replay_batch_size = replay_batch_size
+        self.influence_fn = influence_fn
         self.val_size = max(1, round(args.val_fraction * storage.max_size))
         self.mb_index: torch.Tensor | None = None
         self._memory_positions: torch.Tensor | None = None
@@ -237,6 +250,7 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
             plasticity_set=self._sample_new_validation(),
             lr=float(self.optimizer.param_groups[0]["lr"]),
             args=self.args,
+            influence_fn=self.influence_fn,
         )
         self._record(fusion, n_new)
         return fusion.weights
@@ -317,6 +331,25 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
         return {"influence": self.influence_log, "buffer_class_counts": {str(k): v for k, v in sorted(counts.items())}}
 
 
+def influence_function(args: MetaSPArgs) -> Callable[..., Any]:
+    """The influence computation MetaSP's arguments ask for.
+
+    ``meta`` is the paper's pseudo-update influence (exact, ``pseudo_steps`` steps); any
+    other registered estimator is evaluated with the batch B as its training set, so its
+    curvature is that of the batch loss.
+    """
+    if args.influence == "meta" and not args.influence_args:
+        return meta_influence
+    from clbench.influence.estimators import make_estimator
+
+    estimator = make_estimator(args.influence, args.influence_args)
+
+    def compute(model: torch.nn.Module, batch: Batch, measurements: list[Batch], lr: float, steps: int) -> Any:
+        return estimator(model, batch, measurements, lr)
+
+    return compute
+
+
 def _build(ctx: StrategyContext, args: MetaSPArgs, selection: str, features: FeatureKind) -> MetaSP:
     ledger = InfluenceLedger()
     storage = MetaSPBuffer(ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features)
@@ -325,6 +358,7 @@ def _build(ctx: StrategyContext, args: MetaSPArgs, selection: str, features: Fea
         storage=storage,
         ledger=ledger,
         replay_batch_size=ctx.training.replay_batch_size,
+        influence_fn=influence_function(args),
         **ctx.template_kwargs(),
     )
 

@@ -25,6 +25,7 @@ def metasp_runs(tmp_path_factory):
         ],
         "strategies": [
             {"name": "metasp", "args": {"meta_epochs": 1}},
+            {"name": "metasp", "args": {"meta_epochs": 1, "influence": "neumann", "influence_args": {"terms": 3}}},
             {"name": "metasp_rehsel", "args": {"meta_epochs": 1, "warmup": "replay"}},
             {
                 "name": "metasp_rehsel",
@@ -51,13 +52,44 @@ def metasp_runs(tmp_path_factory):
 
 
 def test_both_strategies_produce_full_results(metasp_runs):
-    assert len(metasp_runs) == 3
+    assert len(metasp_runs) == 4
     assert {r["config"]["strategy"]["name"] for r in metasp_runs} == {"metasp", "metasp_rehsel"}
     for result in metasp_runs:
         for setting in ("class_il", "task_il"):
             matrix = np.asarray(result["accuracy"][setting])
             assert matrix.shape == (3, 3)
             assert result["metrics"][setting]["BWT"] is not None
+
+
+def test_other_influence_estimators_drive_metasp(metasp_runs):
+    by_estimator = {
+        r["config"]["strategy"]["args"]["influence"]: r
+        for r in metasp_runs
+        if r["config"]["strategy"]["name"] == "metasp"
+    }
+    assert set(by_estimator) == {"meta", "neumann"}
+    meta, neumann = by_estimator["meta"], by_estimator["neumann"]
+    assert neumann["extras"]["influence"][1]["meta_steps"] == meta["extras"]["influence"][1]["meta_steps"] > 0
+    assert neumann["extras"]["influence"][1]["SP"] != meta["extras"]["influence"][1]["SP"]
+
+
+def test_unknown_estimator_is_a_one_line_error(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad",
+                "benchmarks": [{"name": "synthetic", "args": {"n_tasks": 2, "n_classes": 4, "train_per_class": 4}}],
+                "strategies": [{"name": "metasp", "args": {"influence": "oracle"}}],
+                "buffer_sizes": [4],
+                "seeds": [1],
+                "training": {"epochs": 1},
+                "device": "cpu",
+            }
+        )
+    )
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "unknown influence estimator 'oracle'; valid choices: cg, exact" in capsys.readouterr().err
 
 
 def test_meta_steps_follow_the_schedule(metasp_runs):

@@ -1,0 +1,198 @@
+"""``clbench influence-bench``: how faithful and how costly each influence estimator is.
+
+The MetaSP paper's comparison: a one-hidden-layer network trained on a Fashion-MNIST
+subset (default 1,000 training and 500 test examples); for every estimator, the
+influence of each training example on the mean test loss, compared with the exact
+damped-Hessian influence: sign confusion counts (positive = harmful), Pearson and
+Spearman correlation, wall-clock time and peak memory.
+
+The training objective includes an L2 term (``weight_decay``), so the exact reference
+uses damping = weight_decay: it is then the Hessian of the objective actually minimised.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clbench.config import ComponentSpec, config_to_dict, from_mapping
+from clbench.errors import ConfigError
+from clbench.influence.estimators import make_estimator
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """A fidelity benchmark: data, network, training and the estimators to compare."""
+
+    name: str = field(metadata={"help": "benchmark name; the output folder's name"})
+    estimators: tuple[ComponentSpec, ...] = field(metadata={"help": "estimators compared with the reference"})
+    reference: ComponentSpec = field(
+        default_factory=lambda: ComponentSpec("exact"), metadata={"help": "ground-truth estimator"}
+    )
+    data: Literal["fmnist", "synthetic"] = field(default="fmnist", metadata={"help": "fmnist or synthetic"})
+    data_path: str = field(default="/usr/share/datasets/fashion-mnist", metadata={"help": "Fashion-MNIST IDX folder"})
+    n_train: int = field(default=1000, metadata={"help": "training examples"})
+    n_test: int = field(default=500, metadata={"help": "test examples"})
+    hidden: int = field(default=8, metadata={"help": "hidden units of the one-hidden-layer network"})
+    epochs: int = field(default=300, metadata={"help": "full-batch gradient-descent steps"})
+    lr: float = field(default=0.5, metadata={"help": "learning rate (also the meta/identity step)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "L2 strength; the reference's damping"})
+    seed: int = field(default=0, metadata={"help": "seed of the subset and the initialisation"})
+    dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "arithmetic precision"})
+
+
+def _load(config: FidelityConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    rng = np.random.default_rng(config.seed)
+    if config.data == "synthetic":
+        centers = rng.normal(size=(3, 10))
+        total = config.n_train + config.n_test
+        labels = rng.integers(0, 3, total)
+        inputs = centers[labels] + rng.normal(scale=1.5, size=(total, 10))
+        x, y = torch.as_tensor(inputs), torch.as_tensor(labels)
+        return (x[: config.n_train], y[: config.n_train]), (x[config.n_train :], y[config.n_train :])
+    from clbench.datasets.fashion_mnist import _read_idx_pair
+
+    splits = []
+    for prefix, count in (("train", config.n_train), ("t10k", config.n_test)):
+        arrays = _read_idx_pair(config.data_path, prefix)
+        chosen = rng.choice(len(arrays.labels), size=count, replace=False)
+        images = arrays.images[chosen].reshape(count, -1).astype(np.float64) / 255.0
+        splits.append((torch.as_tensor((images - 0.2860) / 0.3530), torch.as_tensor(arrays.labels[chosen])))
+    return splits[0], splits[1]
+
+
+def _train(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], config: FidelityConfig) -> float:
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    for _ in range(config.epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(model(train[0]), train[1]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(F.cross_entropy(model(train[0]), train[1]))
+
+
+def compare(estimate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Sign confusion (positive = harmful) and correlations of an estimate with the reference."""
+    from scipy import stats
+
+    est, ref = estimate.detach().cpu().double().numpy(), reference.detach().cpu().double().numpy()
+    return {
+        "TP": int(((est > 0) & (ref > 0)).sum()),
+        "TN": int(((est < 0) & (ref < 0)).sum()),
+        "FP": int(((est > 0) & (ref < 0)).sum()),
+        "FN": int(((est < 0) & (ref > 0)).sum()),
+        "pearson": float(stats.pearsonr(est, ref).statistic),
+        "spearman": float(stats.spearmanr(est, ref).statistic),
+    }
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
+    """Train the network, run the reference and every estimator, compare them."""
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    torch.manual_seed(config.seed)
+    train, test = _load(config)
+    train = (train[0].to(dtype), train[1])
+    test = (test[0].to(dtype), test[1])
+    model = nn.Sequential(nn.Linear(train[0].shape[1], config.hidden), nn.Tanh(), nn.Linear(config.hidden, 10)).to(
+        dtype
+    )
+    train_loss = _train(model, train, config)
+    rows: list[dict[str, Any]] = []
+    reference_influence = None
+    for spec in (config.reference, *config.estimators):
+        args = dict(spec.args)
+        if spec.name in ("exact", "cg", "lissa", "neumann") and "damping" not in args:
+            args["damping"] = config.weight_decay
+        estimator = make_estimator(spec.name, args)
+        rss_before = _peak_rss_mib()
+        tic = time.perf_counter()
+        result = estimator(model, train, [test], config.lr)
+        seconds = time.perf_counter() - tic
+        influence = result.influence[0]
+        if reference_influence is None:
+            reference_influence = influence
+        label = spec.name + (
+            "(" + ", ".join(f"{k}={v}" for k, v in sorted(spec.args.items())) + ")" if spec.args else ""
+        )
+        rows.append(
+            {
+                "estimator": label,
+                "seconds": seconds,
+                "peak_rss_growth_mib": max(0.0, _peak_rss_mib() - rss_before),
+                **compare(influence, reference_influence),
+            }
+        )
+    return {
+        "config": config_to_dict(config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final_train_loss": train_loss,
+        "environment": {
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+        },
+        "rows": rows,
+    }
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The comparison as a markdown table."""
+    import pandas as pd
+
+    frame = pd.DataFrame(result["rows"]).set_index("estimator")
+    for column in ("seconds", "peak_rss_growth_mib", "pearson", "spearman"):
+        frame[column] = frame[column].map(lambda v: f"{v:.4f}")
+    config = result["config"]
+    header = (
+        f"# Influence fidelity: {config['name']}\n\n"
+        f"{config['data']} ({config['n_train']} train, {config['n_test']} test), "
+        f"one hidden layer of {config['hidden']} ({result['parameters']} parameters), {config['epochs']} full-batch "
+        f"steps at lr {config['lr']}, weight decay {config['weight_decay']} (final training loss "
+        f"{result['final_train_loss']:.4f}). Reference: the first row. Positive influence = harmful; TP/TN/FP/FN "
+        "count training examples by the signs of estimate and reference. Peak memory is the growth of the "
+        "process's peak resident set (0 when it did not exceed an earlier peak).\n\n"
+    )
+    table: str = frame.to_markdown()
+    return header + table + "\n"
+
+
+def load_fidelity_config(path: str | Path, overrides: list[str] | None = None) -> FidelityConfig:
+    """Read and validate a fidelity-benchmark YAML file."""
+    import yaml
+
+    from clbench.config import apply_overrides
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    raw = apply_overrides(yaml.safe_load(file.read_text()) or {}, overrides or [])
+    raw["estimators"] = [{"name": e} if isinstance(e, str) else e for e in raw.get("estimators", [])]
+    if isinstance(raw.get("reference"), str):
+        raw["reference"] = {"name": raw["reference"]}
+    return from_mapping(FidelityConfig, raw, file.name)
+
+
+def write_fidelity(result: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``fidelity.json`` and ``fidelity.md`` into ``out``."""
+    from clbench.results import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "fidelity.json", result)
+    (out / "fidelity.md").write_text(to_markdown(result))
+    return [out / "fidelity.json", out / "fidelity.md"]
+
+
+__all__ = ["FidelityConfig", "compare", "load_fidelity_config", "run_fidelity", "to_markdown", "write_fidelity"]

@@ -1,0 +1,60 @@
+import torch
+import yaml
+
+from clbench.cli import main
+from clbench.config import ComponentSpec
+from clbench.influence.bench import FidelityConfig, compare, run_fidelity
+
+
+def test_compare_counts_signs_and_correlates():
+    estimate = torch.tensor([1.0, -1.0, 2.0, -2.0])
+    reference = torch.tensor([1.0, 1.0, -1.0, -2.0])
+    result = compare(estimate, reference)
+    assert (result["TP"], result["TN"], result["FP"], result["FN"]) == (1, 1, 1, 1)
+    assert abs(compare(reference, reference)["pearson"] - 1.0) < 1e-12
+
+
+def _config(**changes):
+    base = {
+        "name": "tiny",
+        "data": "synthetic",
+        "n_train": 60,
+        "n_test": 20,
+        "hidden": 4,
+        "epochs": 100,
+        "estimators": (ComponentSpec("cg", {"max_iter": 200}), ComponentSpec("identity")),
+    }
+    return FidelityConfig(**{**base, **changes})
+
+
+def test_fidelity_rows_against_the_exact_reference():
+    result = run_fidelity(_config())
+    rows = {row["estimator"]: row for row in result["rows"]}
+    assert abs(rows["exact"]["pearson"] - 1.0) < 1e-12 and rows["exact"]["TP"] + rows["exact"]["TN"] == 60
+    assert rows["cg(max_iter=200)"]["pearson"] > 0.9999
+    assert rows["cg(max_iter=200)"]["FP"] + rows["cg(max_iter=200)"]["FN"] == 0
+    assert -1.0 <= rows["identity"]["spearman"] <= 1.0
+    assert all(row["seconds"] >= 0 for row in rows.values())
+
+
+def test_influence_bench_cli_writes_its_report(tmp_path, capsys):
+    config = tmp_path / "fid.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "data": "synthetic",
+                "n_train": 40,
+                "n_test": 10,
+                "hidden": 3,
+                "epochs": 20,
+                "estimators": ["identity", {"name": "neumann", "args": {"terms": 5}}],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["influence-bench", str(config), "--out", str(out)]) == 0
+    assert (out / "fidelity.json").is_file() and (out / "fidelity.md").is_file()
+    assert "neumann(terms=5)" in capsys.readouterr().out
+    assert main(["influence-bench", str(config), "--set", "estimators=[oracle]"]) == 2
+    assert "unknown influence estimator 'oracle'" in capsys.readouterr().err
