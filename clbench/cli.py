@@ -50,7 +50,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-figures", action="store_true", help="skip the figures")
 
     fidelity = commands.add_parser("influence-bench", help="compare influence estimators with the exact influence")
-    fidelity.add_argument("config", help="fidelity YAML (see experiments/influence_fidelity.yaml)")
+    fidelity.add_argument("config", help="fidelity YAML (see experiments/influence/fidelity.yaml)")
     fidelity.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
 

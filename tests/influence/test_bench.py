@@ -58,3 +58,14 @@ def test_influence_bench_cli_writes_its_report(tmp_path, capsys):
     assert "neumann(terms=5)" in capsys.readouterr().out
     assert main(["influence-bench", str(config), "--set", "estimators=[oracle]"]) == 2
     assert "unknown influence estimator 'oracle'" in capsys.readouterr().err
+
+
+def test_shipped_fidelity_configs_validate():
+    from pathlib import Path
+
+    from clbench.influence.bench import load_fidelity_config
+
+    configs = sorted((Path(__file__).parents[2] / "experiments" / "influence").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert load_fidelity_config(path).estimators
