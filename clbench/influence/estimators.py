@@ -77,7 +77,9 @@ class Estimator(ABC):
 
 
 ESTIMATORS: Registry[Callable[[Any], Estimator]] = Registry(
-    "influence estimator", "clbench.estimators", builtin_modules=("clbench.influence.estimators",)
+    "influence estimator",
+    "clbench.estimators",
+    builtin_modules=("clbench.influence.estimators", "clbench.influence.hydra"),
 )
 
 

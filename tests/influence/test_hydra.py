@@ -1,0 +1,62 @@
+"""HYDRA's recurrences against autograd through a short unrolled training run."""
+
+import pytest
+import torch
+from torch import nn
+
+from clbench.influence.estimators import make_estimator
+from clbench.influence.hydra import (
+    HydraArgs,
+    hydra_contribution,
+    train_with_hypergradients,
+    trajectory_influence,
+    trajectory_influence_autograd,
+)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    generator = torch.Generator().manual_seed(1)
+    train = (torch.randn(12, 4, generator=generator), torch.randint(0, 3, (12,), generator=generator))
+    test = (torch.randn(6, 4, generator=generator), torch.randint(0, 3, (6,), generator=generator))
+    return model, train, test
+
+
+ARGS = HydraArgs(epochs=2, batch_size=5, momentum=0.9, weight_decay=0.01)
+
+
+def test_hessian_aware_recurrence_equals_autograd_through_training():
+    model, train, test = _problem()
+    trajectory = train_with_hypergradients(model, train, 0.2, ARGS)
+    got = trajectory_influence(model, trajectory, test)
+    want = trajectory_influence_autograd(model, train, 0.2, ARGS, test)
+    assert want.abs().max() > 1e-4
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_approximation_drops_curvature_but_keeps_the_picture():
+    model, train, test = _problem()
+    exact = trajectory_influence_autograd(model, train, 0.2, ARGS, test)
+    fast = make_estimator(
+        "hydra", {"hessian_aware": False, "epochs": 2, "batch_size": 5, "momentum": 0.9, "weight_decay": 0.01}
+    )(model, train, [test], 0.2).influence[0]
+    assert not torch.allclose(fast, exact)
+    assert torch.corrcoef(torch.stack([fast, exact]))[0, 1] > 0.5
+
+
+def test_estimator_does_not_train_the_model_and_contribution_sign():
+    model, train, test = _problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    influence = make_estimator("hydra", {"epochs": 1, "batch_size": 6})(model, train, [test], 0.1).influence[0]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    torch.testing.assert_close(hydra_contribution(influence), -influence / 12)
