@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.func import functional_call, grad
 
 from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params
 from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.step_template import StepTemplate
 from clbench.strategies.tensor_buffer import TensorReservoirBuffer
 
 
@@ -82,7 +82,7 @@ def edit_memory(
     return edited
 
 
-class GMED(SupervisedTemplate):  # type: ignore[misc]
+class GMED(StepTemplate):
     """ER whose replayed memory examples are edited first (all plugin hooks fire)."""
 
     def __init__(self, *, args: GMEDArgs, storage: TensorReservoirBuffer, replay_batch_size: int, **kwargs: Any):
@@ -92,39 +92,17 @@ class GMED(SupervisedTemplate):  # type: ignore[misc]
         self.storage = storage
         self.replay_batch_size = replay_batch_size
 
-    def training_epoch(self, **kwargs: Any) -> None:
-        """One epoch of ER steps with memory editing."""
-        for batch in self.dataloader:
-            self.mbatch = batch
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            if len(self.storage) > 0:
-                mem_x, mem_y, positions = self.storage.sample(self.replay_batch_size, self.device)
-                counts = self.storage.edit_counts[positions].float()
-                strides = self.args.edit_stride * self.args.edit_decay**counts
-                lr = float(self.optimizer.param_groups[0]["lr"])
-                mem_x = edit_memory(self.model, (self.mb_x, self.mb_y), mem_x, mem_y, lr, strides, self.args.edit_reg)
-                self.storage.write(positions, mem_x)
-                self.mbatch = [
-                    torch.cat([self.mb_x, mem_x]),
-                    torch.cat([self.mb_y, mem_y]),
-                    torch.cat([self.mb_task_id, torch.zeros_like(mem_y)]),
-                ]
-            self.optimizer.zero_grad()
-            self.loss = self._make_empty_loss()
-            self._before_forward(**kwargs)
-            self.mb_output = self.forward()
-            self._after_forward(**kwargs)
-            self.loss += self.criterion()
-            self._before_backward(**kwargs)
-            self.backward()
-            self._after_backward(**kwargs)
-            self._before_update(**kwargs)
-            self.optimizer_step()
-            self._after_update(**kwargs)
-            self._after_training_iteration(**kwargs)
+    def prepare_batch(self) -> None:
+        """Edit a memory mini-batch, write it back, and append it to the batch."""
+        if len(self.storage) == 0:
+            return None
+        mem_x, mem_y, positions = self.storage.sample(self.replay_batch_size, self.device)
+        strides = self.args.edit_stride * self.args.edit_decay ** self.storage.edit_counts[positions].float()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        mem_x = edit_memory(self.model, (self.mb_x, self.mb_y), mem_x, mem_y, lr, strides, self.args.edit_reg)
+        self.storage.write(positions, mem_x)
+        self.append_to_batch(mem_x, mem_y)
+        return None
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.storage.post_adapt(self, self.experience)

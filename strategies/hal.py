@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.func import functional_call, grad
 
 from clbench.errors import ClbenchError
 from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
 from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.step_template import StepTemplate
 from clbench.strategies.tensor_buffer import TensorReservoirBuffer
 
 
@@ -77,7 +77,7 @@ def learn_anchor(
     return anchor.detach()[0]
 
 
-class HAL(SupervisedTemplate):  # type: ignore[misc]
+class HAL(StepTemplate):
     """ER with hindsight anchors (all plugin hooks fire)."""
 
     def __init__(self, *, args: HALArgs, storage: TensorReservoirBuffer, replay_batch_size: int, **kwargs: Any):
@@ -89,6 +89,7 @@ class HAL(SupervisedTemplate):  # type: ignore[misc]
         self.anchors = torch.zeros(0)
         self.anchor_labels = torch.zeros(0, dtype=torch.long)
         self.mean_features: torch.Tensor | None = None
+        self._n_new = 0
 
     def _anchor_loss(self) -> torch.Tensor:
         """Lambda * mean (f(e; theta) - f(e; theta~))^2 with theta~ after a plain replay step."""
@@ -109,45 +110,28 @@ class HAL(SupervisedTemplate):  # type: ignore[misc]
         self.model.train(was_training)
         return loss
 
-    def training_epoch(self, **kwargs: Any) -> None:
-        """One epoch of ER steps with the anchor-stability term."""
-        for batch in self.dataloader:
-            self.mbatch = batch
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            n_new = int(self.mb_x.shape[0])
-            if len(self.storage) > 0:
-                mem_x, mem_y, _ = self.storage.sample(self.replay_batch_size, self.device)
-                self.mbatch = [
-                    torch.cat([self.mb_x, mem_x]),
-                    torch.cat([self.mb_y, mem_y]),
-                    torch.cat([self.mb_task_id, torch.zeros_like(mem_y)]),
-                ]
-            self.optimizer.zero_grad()
-            self.loss = self._make_empty_loss()
-            self._before_forward(**kwargs)
-            self.mb_output = self.forward()
-            self._after_forward(**kwargs)
-            self.loss += self.criterion()
-            self._before_backward(**kwargs)
-            self.backward()
-            if len(self.anchors) > 0:
-                anchor_loss = self._anchor_loss()
-                anchor_loss.backward()  # accumulates onto the replay gradient
-                self.loss = self.loss + anchor_loss.detach()
-            self._after_backward(**kwargs)
-            self._before_update(**kwargs)
-            self.optimizer_step()
-            self._after_update(**kwargs)
-            self._after_training_iteration(**kwargs)
-            with torch.no_grad():
-                features = self.model.features(self.mb_x[:n_new]).mean(0)
-                beta = self.args.feature_decay
-                self.mean_features = (
-                    features if self.mean_features is None else beta * self.mean_features + (1 - beta) * features
-                )
+    def prepare_batch(self) -> None:
+        """Append a replayed memory mini-batch."""
+        self._n_new = int(self.mb_x.shape[0])
+        if len(self.storage) > 0:
+            mem_x, mem_y, _ = self.storage.sample(self.replay_batch_size, self.device)
+            self.append_to_batch(mem_x, mem_y)
+        return None
+
+    def after_loss_backward(self) -> None:
+        """Add the anchor-stability gradient onto the replay gradient."""
+        if len(self.anchors) > 0:
+            anchor_loss = self._anchor_loss()
+            anchor_loss.backward()
+            self.loss = self.loss + anchor_loss.detach()
+
+    def after_step(self) -> None:
+        """Update the running mean of the current task's features."""
+        with torch.no_grad():
+            features = self.model.features(self.mb_x[: self._n_new]).mean(0)
+        beta = self.args.feature_decay
+        previous = self.mean_features
+        self.mean_features = features if previous is None else beta * previous + (1 - beta) * features
 
     def _finetuned_params(self) -> Params:
         loss_vec = per_example_loss_fn(self.model)

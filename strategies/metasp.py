@@ -24,14 +24,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader, Dataset
 
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.meta import MetaInfluence, meta_influence
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, MetaSPBuffer
+from clbench.strategies.step_template import StepTemplate
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
     }
 
 
-class MetaSP(SupervisedTemplate):  # type: ignore[misc]
+class MetaSP(StepTemplate):
     """MetaSP as an Avalanche strategy; every plugin hook fires as in ``SupervisedTemplate``."""
 
     def __init__(
@@ -189,6 +188,7 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
         self._task_values: dict[str, list[np.ndarray]] = {"S": [], "P": [], "SP": []}
         self._gammas: list[float] = []
         self.influence_log: list[dict[str, Any]] = []
+        self._epoch_phase: Literal["plain", "replay", "meta"] = "plain"
 
     # --- data ------------------------------------------------------------------------
     def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **kwargs: Any) -> None:
@@ -272,41 +272,17 @@ class MetaSP(SupervisedTemplate):  # type: ignore[misc]
 
     def training_epoch(self, **kwargs: Any) -> None:
         """One epoch: plain, replay or MetaSP steps depending on the schedule."""
-        phase = self._phase()
-        for batch in self.dataloader:
-            self.mbatch = batch
-            if self._stop_training:
-                break
-            self._unpack_minibatch()
-            self._before_training_iteration(**kwargs)
-            n_new = int(self.mb_x.shape[0])
-            if phase != "plain":
-                old_x, old_y, self._memory_positions = self._sample_memory(self.replay_batch_size, train=True)
-                old_t = torch.zeros_like(old_y)
-                self.mbatch = [
-                    torch.cat([self.mb_x, old_x]),
-                    torch.cat([self.mb_y, old_y]),
-                    torch.cat([self.mb_task_id, old_t]),
-                ]
-            weights = self._meta_weights(n_new) if phase == "meta" else None
+        self._epoch_phase = self._phase()
+        super().training_epoch(**kwargs)
 
-            self.optimizer.zero_grad()
-            self.loss = self._make_empty_loss()
-            self._before_forward(**kwargs)
-            self.mb_output = self.forward()
-            self._after_forward(**kwargs)
-            if weights is None:
-                self.loss += self.criterion()
-            else:
-                per_example = F.cross_entropy(self.mb_output, self.mb_y, reduction="none")
-                self.loss += (weights * per_example).sum()
-            self._before_backward(**kwargs)
-            self.backward()
-            self._after_backward(**kwargs)
-            self._before_update(**kwargs)
-            self.optimizer_step()
-            self._after_update(**kwargs)
-            self._after_training_iteration(**kwargs)
+    def prepare_batch(self) -> torch.Tensor | None:
+        """Append B_old (replay and MetaSP phases); MetaSP steps return influence weights."""
+        if self._epoch_phase == "plain":
+            return None
+        n_new = int(self.mb_x.shape[0])
+        old_x, old_y, self._memory_positions = self._sample_memory(self.replay_batch_size, train=True)
+        self.append_to_batch(old_x, old_y)
+        return self._meta_weights(n_new) if self._epoch_phase == "meta" else None
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.storage.post_adapt(self, self.experience)

@@ -8,13 +8,7 @@ from clbench.influence.estimators import ESTIMATORS, make_estimator
 from clbench.influence.functional import per_example_loss_fn, trainable_params
 from clbench.influence.hessian import dense_matrix, gnvp_fn, hvp_fn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _data(n=24, d=5, classes=3, seed=0):

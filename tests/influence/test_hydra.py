@@ -13,13 +13,7 @@ from clbench.influence.hydra import (
     trajectory_influence_autograd,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _problem():

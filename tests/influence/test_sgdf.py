@@ -8,13 +8,7 @@ from clbench.influence.functional import per_example_loss_fn
 from clbench.influence.hessian import hvp_fn, ihvp_exact_fn, ihvp_lissa_fn
 from clbench.influence.sgdf import TangentState, regularity_scores, sgdf
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _problem():

@@ -1,0 +1,70 @@
+"""One training step, every plugin hook firing, for strategies with their own step.
+
+Avalanche's ``er_ace.py`` pattern, written once: subclasses override the small methods
+below instead of re-writing ``training_epoch``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.templates import SupervisedTemplate
+
+
+class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
+    """A ``SupervisedTemplate`` whose step is assembled from overridable parts.
+
+    Per mini-batch: unpack -> ``before_training_iteration`` -> :meth:`prepare_batch`
+    (may append replayed examples, may return per-example loss weights) -> forward ->
+    loss (weighted if weights were returned) -> backward -> :meth:`after_loss_backward`
+    (extra gradient terms) -> update -> ``after_training_iteration`` -> :meth:`after_step`.
+    """
+
+    def prepare_batch(self) -> torch.Tensor | None:
+        """Change the batch before the forward pass; return per-example weights or None."""
+        return None
+
+    def after_loss_backward(self) -> None:
+        """Add gradient terms after the main loss's backward pass."""
+
+    def after_step(self) -> None:
+        """Run after the optimiser step and all its hooks."""
+
+    def append_to_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Concatenate examples (e.g. replayed ones, task label 0) to the current mini-batch."""
+        self.mbatch = [
+            torch.cat([self.mb_x, x]),
+            torch.cat([self.mb_y, y]),
+            torch.cat([self.mb_task_id, torch.zeros_like(y)]),
+        ]
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """One epoch of assembled steps."""
+        for batch in self.dataloader:
+            self.mbatch = batch
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            weights = self.prepare_batch()
+            self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            self._before_forward(**kwargs)
+            self.mb_output = self.forward()
+            self._after_forward(**kwargs)
+            if weights is None:
+                self.loss += self.criterion()
+            else:
+                per_example = F.cross_entropy(self.mb_output, self.mb_y, reduction="none")
+                self.loss += (weights * per_example).sum()
+            self._before_backward(**kwargs)
+            self.backward()
+            self.after_loss_backward()
+            self._after_backward(**kwargs)
+            self._before_update(**kwargs)
+            self.optimizer_step()
+            self._after_update(**kwargs)
+            self._after_training_iteration(**kwargs)
+            self.after_step()
