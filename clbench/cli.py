@@ -41,6 +41,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", default=None, help="dataset root (default: $CLBENCH_DATA_ROOT or ~/.cache/clbench)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="list the runs of the grid and exit")
+    run.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default 1)")
 
     report = commands.add_parser("report", help="tables, paired t-tests and figures from run results")
     report.add_argument("results_dir", help="folder of run JSON files (searched recursively)")
@@ -114,6 +115,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from clbench.config import load_experiment
     from clbench.runner import expand_grid, output_dir_for, run_grid
 
+    if ns.jobs < 1:
+        raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
     experiment = load_experiment(ns.config, ns.overrides)
     out = output_dir_for(experiment, ns.out)
     if ns.dry_run:
@@ -125,6 +128,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         out,
         data_root=Path(ns.data_root) if ns.data_root else None,
         progress=not ns.no_progress,
+        jobs=ns.jobs,
+        plugin_files=tuple(ns.plugin),
     )
     print(
         f"{len(summary.finished)} run(s) finished, {len(summary.skipped)} skipped, "

@@ -8,6 +8,7 @@ of the class-IL and of the task-IL accuracy matrix. The result is written atomic
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -30,7 +31,7 @@ from clbench.backbones import BACKBONES
 from clbench.config import ComponentSpec, ExperimentConfig, RunConfig, config_to_dict, from_mapping
 from clbench.datasets.base import BENCHMARKS, Benchmark, DataContext, load_benchmark
 from clbench.datasets.sources import default_data_root
-from clbench.errors import ClbenchError, UnknownNameError
+from clbench.errors import ClbenchError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
 from clbench.loggers import LOGGERS
 from clbench.metrics import summarize, summarize_final_only
@@ -325,19 +326,77 @@ def _quiet_avalanche() -> Iterator[None]:
         yield
 
 
+def _execute_and_write(
+    run: RunConfig,
+    root: Path,
+    loggers: tuple[str, ...],
+    output_dir: Path,
+    on_epoch: Callable[[], None] | None = None,
+    benchmark: Benchmark | None = None,
+) -> str | None:
+    """Run one config and write its JSON; on a crash write ``<run_id>.error.txt``.
+
+    Returns:
+        None on success, else the one-line failure message.
+
+    Raises:
+        ClbenchError: An error the user caused (it would fail every run alike).
+    """
+    try:
+        record = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
+    except ClbenchError:
+        raise
+    except Exception as exc:  # one crashing run must not stop the grid
+        (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
+        return f"{exc.__class__.__name__}: {exc}"
+    write_json_atomic(output_dir / f"{run.run_id}.json", record)
+    (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
+    return None
+
+
+def _init_worker(plugin_files: tuple[str, ...], threads: int) -> None:
+    from clbench.registry import load_plugin_file
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for plugin in plugin_files:
+        load_plugin_file(plugin)
+
+
+def _worker(payload: tuple[dict[str, Any], str, tuple[str, ...], str]) -> tuple[str, str | None, str | None]:
+    """Run one config in a worker process; returns (run id, failure, user error)."""
+    import multiprocessing
+
+    raw, root, loggers, output_dir = payload
+    run = from_mapping(RunConfig, raw, "run")
+    if run.device in ("auto", "cuda") and torch.cuda.is_available():
+        identity = multiprocessing.current_process()._identity
+        slot = (identity[0] - 1) if identity else 0
+        run = dataclasses.replace(run, device=f"cuda:{slot % torch.cuda.device_count()}")
+    try:
+        return run.run_id, _execute_and_write(run, Path(root), loggers, Path(output_dir)), None
+    except ClbenchError as exc:
+        return run.run_id, None, str(exc)
+
+
 def run_grid(
     experiment: ExperimentConfig,
     output_dir: Path,
     data_root: Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    jobs: int = 1,
+    plugin_files: tuple[str, ...] = (),
 ) -> GridSummary:
-    """Run every unfinished run of an experiment, one after another.
+    """Run every unfinished run of an experiment, inline or ``jobs`` at a time.
 
     Finished runs (a complete result file exists) are skipped, so an interrupted grid
     resumes. A run that crashes is reported, its traceback written beside the results as
     ``<run_id>.error.txt``, and the grid goes on; errors a user caused
-    (:class:`ClbenchError`) stop the grid at once.
+    (:class:`ClbenchError`) stop the grid. With ``jobs > 1`` runs go to worker processes
+    (spawned; CPU threads shared out, GPUs assigned round-robin when the device is
+    ``auto`` or ``cuda``); the results are the same files.
     """
     import yaml
     from tqdm import tqdm
@@ -356,38 +415,50 @@ def run_grid(
             todo.append(run)
     if summary.skipped:
         echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
-    cache: dict[tuple[str, str, int], Benchmark] = {}
+
+    def settle(run_id: str, failure: str | None) -> None:
+        if failure is None:
+            summary.finished.append(run_id)
+        else:
+            summary.failed[run_id] = failure
+            echo(f"run {run_id} failed: {failure} (traceback in {output_dir / (run_id + '.error.txt')})")
+
     with _quiet_avalanche(), tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, position=0) as bar:
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            payloads = [(run.to_dict(), str(root), experiment.loggers, str(output_dir)) for run in todo]
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads)) as pool:
+                futures = [pool.submit(_worker, payload) for payload in payloads]
+                for future in as_completed(futures):
+                    run_id, failure, user_error = future.result()
+                    if user_error is not None:
+                        for pending in futures:
+                            pending.cancel()
+                        raise ClbenchError(user_error)
+                    settle(run_id, failure)
+                    bar.update(1)
+            return summary
+        cache: dict[tuple[str, str, int], Benchmark] = {}
         for run in todo:
             bar.set_postfix_str(run.run_id)
-            n_epochs = run.training.epochs * (
-                1 if STRATEGIES.get(run.strategy.name).traits.get("trains_jointly") else 0
-            )
             key = (run.benchmark.name, repr(sorted(run.benchmark.args.items())), run.seed)
             if key not in cache:
                 cache.clear()
                 cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(root, run.seed))
             benchmark = cache[key]
-            total_epochs = n_epochs or run.training.epochs * benchmark.n_tasks
+            joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
+            total_epochs = run.training.epochs * (1 if joint else benchmark.n_tasks)
             with tqdm(
                 total=total_epochs, desc="epochs", unit="ep", leave=False, disable=not progress, position=1
             ) as epochs:
-                try:
-                    record = execute_run(
-                        run, root, experiment.loggers, output_dir / "logs", lambda: epochs.update(1), benchmark
-                    )
-                except (ClbenchError, UnknownNameError):
-                    raise
-                except Exception as exc:  # one crashing run must not stop the grid
-                    error_file = output_dir / f"{run.run_id}.error.txt"
-                    error_file.write_text(traceback.format_exc())
-                    summary.failed[run.run_id] = f"{exc.__class__.__name__}: {exc}"
-                    echo(f"run {run.run_id} failed: {exc.__class__.__name__}: {exc} (traceback in {error_file})")
-                    bar.update(1)
-                    continue
-            write_json_atomic(output_dir / f"{run.run_id}.json", record)
-            (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
-            summary.finished.append(run.run_id)
+                failure = _execute_and_write(
+                    run, root, experiment.loggers, output_dir, lambda: epochs.update(1), benchmark
+                )
+            settle(run.run_id, failure)
             bar.update(1)
     return summary
 

@@ -118,3 +118,49 @@ def test_list_shows_registered_components(capsys):
     printed = capsys.readouterr().out
     for name in ("finetune", "er", "joint", "split_cifar10", "split_cifar100", "split_miniimagenet", "resnet18"):
         assert name in printed
+
+
+def test_parallel_jobs_give_the_same_files(grid_run, tmp_path):
+    config, out = grid_run
+    parallel = tmp_path / "parallel"
+    assert main(["run", str(config), "--out", str(parallel), "--no-progress", "--jobs", "2"]) == 0
+    inline = {p.name: load_result(p) for p in out.glob("*.json")}
+    jobs = {p.name: load_result(p) for p in parallel.glob("*.json")}
+    assert set(jobs) == set(inline)
+    for name, result in jobs.items():
+        assert result["accuracy"] == inline[name]["accuracy"], name
+
+
+CRASHY = """
+from clbench.strategies import STRATEGIES
+from clbench.strategies.finetune import build_finetune
+
+
+@STRATEGIES.register("crashy", help="fails on seed 2")
+def build(ctx, args):
+    if ctx.seed == 2:
+        raise RuntimeError("boom on seed 2")
+    return build_finetune(ctx, args)
+"""
+
+
+@pytest.fixture(scope="module")
+def crashy_plugin(tmp_path_factory):
+    # one file for the whole module: a plugin imported once per process registers once
+    plugin = tmp_path_factory.mktemp("plugin") / "crashy.py"
+    plugin.write_text(CRASHY)
+    return plugin
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_crashing_run_is_reported_and_the_grid_goes_on(tmp_path, capsys, jobs, crashy_plugin):
+    plugin = crashy_plugin
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({**GRID, "strategies": ["crashy"], "seeds": [1, 2, 3]}))
+    out = tmp_path / "out"
+    assert main(["--plugin", str(plugin), "run", str(config), "--out", str(out), "--no-progress", "--jobs", jobs]) == 1
+    captured = capsys.readouterr()
+    assert "2 run(s) finished, 0 skipped, 1 failed" in captured.out
+    assert "boom on seed 2" in captured.err
+    assert len(list(out.glob("*.json"))) == 2
+    assert len(list(out.glob("*.error.txt"))) == 1
