@@ -161,7 +161,11 @@ def _make_evaluator(loggers: list[Any]) -> Any:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
-        return EvaluationPlugin(accuracy_metrics(epoch=True), loss_metrics(epoch=True), loggers=loggers)
+        return EvaluationPlugin(
+            accuracy_metrics(epoch=True, experience=True),
+            loss_metrics(epoch=True, experience=True),
+            loggers=loggers,
+        )
 
 
 @dataclass

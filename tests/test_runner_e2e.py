@@ -164,3 +164,16 @@ def test_a_crashing_run_is_reported_and_the_grid_goes_on(tmp_path, capsys, jobs,
     assert "boom on seed 2" in captured.err
     assert len(list(out.glob("*.json"))) == 2
     assert len(list(out.glob("*.error.txt"))) == 1
+
+
+def test_avalanche_csv_logger_sees_the_same_evaluation(tmp_path):
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({**GRID, "strategies": ["finetune"], "seeds": [1231], "loggers": ["csv"]}))
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    (result_file,) = out.glob("*.json")
+    result = load_result(result_file)
+    rows = (out / "logs" / result["run_id"] / "eval_results.csv").read_text().splitlines()[1:]
+    # Avalanche's own accuracy takes the argmax over all classes: class-IL on learned tasks
+    first = [r.split(",") for r in rows if r.startswith("0,0,")][0]
+    assert float(first[2]) * 100 == pytest.approx(result["accuracy"]["class_il"][0][0], abs=1e-6)
