@@ -175,5 +175,5 @@ def test_avalanche_csv_logger_sees_the_same_evaluation(tmp_path):
     result = load_result(result_file)
     rows = (out / "logs" / result["run_id"] / "eval_results.csv").read_text().splitlines()[1:]
     # Avalanche's own accuracy takes the argmax over all classes: class-IL on learned tasks
-    first = [r.split(",") for r in rows if r.startswith("0,0,")][0]
+    first = next(r.split(",") for r in rows if r.startswith("0,0,"))
     assert float(first[2]) * 100 == pytest.approx(result["accuracy"]["class_il"][0][0], abs=1e-6)
