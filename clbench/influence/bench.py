@@ -51,6 +51,15 @@ class FidelityConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "L2 strength; the reference's damping"})
     seed: int = field(default=0, metadata={"help": "seed of the subset and the initialisation"})
     dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "arithmetic precision"})
+    mode: Literal["static", "trajectory"] = field(
+        default="static",
+        metadata={
+            "help": "static: influence at a trained minimum vs `reference`; trajectory: HYDRA's comparison, "
+            "the Hessian-aware trajectory hypergradient is the reference (small conv net, SGD)"
+        },
+    )
+    momentum: float = field(default=0.9, metadata={"help": "trajectory mode: SGD momentum"})
+    batch_size: int = field(default=32, metadata={"help": "trajectory mode: SGD mini-batch"})
 
 
 def _load(config: FidelityConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -134,42 +143,94 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _label(spec: ComponentSpec) -> str:
+    if not spec.args:
+        return spec.name
+    return spec.name + "(" + ", ".join(f"{k}={v}" for k, v in sorted(spec.args.items())) + ")"
+
+
+def _static_estimator(spec: ComponentSpec, weight_decay: float) -> Any:
+    args = dict(spec.args)
+    if spec.name in ("exact", "cg", "lissa", "neumann") and "damping" not in args:
+        args["damping"] = weight_decay  # the Hessian of the objective with its L2 term
+    return make_estimator(spec.name, args)
+
+
+def _measured(fn: Any) -> tuple[Any, float, float]:
+    rss_before = _peak_rss_mib()
+    tic = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - tic, max(0.0, _peak_rss_mib() - rss_before)
+
+
+def _network(config: FidelityConfig, inputs: int, dtype: torch.dtype) -> nn.Module:
+    if config.mode == "trajectory" and config.data == "fmnist":
+        side = round(inputs**0.5)
+        channels = config.hidden
+        size = (side - 5) // 2 + 1
+        return nn.Sequential(
+            nn.Unflatten(1, (1, side, side)),
+            nn.Conv2d(1, channels, 5, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(channels * size * size, 10),
+        ).to(dtype)
+    return nn.Sequential(nn.Linear(inputs, config.hidden), nn.Tanh(), nn.Linear(config.hidden, 10)).to(dtype)
+
+
 def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
     """Train the network, run the reference and every estimator, compare them."""
+    from clbench.influence.hydra import HydraArgs, train_with_hypergradients, trajectory_influence
+
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     torch.manual_seed(config.seed)
     train, test = _load(config)
     train = (train[0].to(dtype), train[1])
     test = (test[0].to(dtype), test[1])
-    model = nn.Sequential(nn.Linear(train[0].shape[1], config.hidden), nn.Tanh(), nn.Linear(config.hidden, 10)).to(
-        dtype
-    )
-    training = _train(model, train, config)
+    model = _network(config, train[0].shape[1], dtype)
     rows: list[dict[str, Any]] = []
-    reference_influence = None
-    for spec in (config.reference, *config.estimators):
-        args = dict(spec.args)
-        if spec.name in ("exact", "cg", "lissa", "neumann") and "damping" not in args:
-            args["damping"] = config.weight_decay
-        estimator = make_estimator(spec.name, args)
-        rss_before = _peak_rss_mib()
-        tic = time.perf_counter()
-        result = estimator(model, train, [test], config.lr)
-        seconds = time.perf_counter() - tic
-        influence = result.influence[0]
-        if reference_influence is None:
-            reference_influence = influence
-        label = spec.name + (
-            "(" + ", ".join(f"{k}={v}" for k, v in sorted(spec.args.items())) + ")" if spec.args else ""
-        )
+    reference: torch.Tensor | None = None
+
+    def add(label: str, influence: torch.Tensor, seconds: float, rss: float) -> None:
+        nonlocal reference
+        if reference is None:
+            reference = influence
         rows.append(
-            {
-                "estimator": label,
-                "seconds": seconds,
-                "peak_rss_growth_mib": max(0.0, _peak_rss_mib() - rss_before),
-                **compare(influence, reference_influence),
-            }
+            {"estimator": label, "seconds": seconds, "peak_rss_growth_mib": rss, **compare(influence, reference)}
         )
+
+    if config.mode == "trajectory":
+        final_params: dict[str, torch.Tensor] | None = None
+        for aware in (True, False):
+            hydra = HydraArgs(
+                hessian_aware=aware,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                seed=config.seed,
+            )
+
+            def follow(hydra: HydraArgs = hydra) -> Any:
+                return train_with_hypergradients(model, train, config.lr, hydra)
+
+            trajectory, seconds, rss = _measured(follow)
+            final_params = final_params or trajectory.params
+            label = "hydra(hessian_aware)" if aware else "hydra(fast)"
+            add(label, trajectory_influence(model, trajectory, test), seconds, rss)
+        assert final_params is not None
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                parameter.copy_(final_params[name])
+        training = {"train_loss": float(F.cross_entropy(model(train[0]), train[1]).detach())}
+        specs: tuple[ComponentSpec, ...] = config.estimators
+    else:
+        training = _train(model, train, config)
+        specs = (config.reference, *config.estimators)
+    for spec in specs:
+        estimator = _static_estimator(spec, config.weight_decay)
+        result, seconds, rss = _measured(lambda estimator=estimator: estimator(model, train, [test], config.lr))
+        add(_label(spec), result.influence[0], seconds, rss)
     return {
         "config": config_to_dict(config),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -188,20 +249,33 @@ def to_markdown(result: dict[str, Any]) -> str:
     import pandas as pd
 
     frame = pd.DataFrame(result["rows"]).set_index("estimator")
-    for column in ("seconds", "peak_rss_growth_mib", "pearson", "spearman"):
+    frame["sign_error_rate"] = (frame["FP"] + frame["FN"]) / (frame["TP"] + frame["TN"] + frame["FP"] + frame["FN"])
+    for column in ("seconds", "peak_rss_growth_mib", "pearson", "spearman", "sign_error_rate"):
         frame[column] = frame[column].map(lambda v: f"{v:.4f}")
     config = result["config"]
-    header = (
-        f"# Influence fidelity: {config['name']}\n\n"
-        f"{config['data']} ({config['n_train']} train, {config['n_test']} test), "
-        f"one hidden layer of {config['hidden']} ({result['parameters']} parameters), trained by {config['optimizer']} "
-        f"({config['epochs']} full-batch iterations) on cross-entropy + weight decay {config['weight_decay']}: "
-        f"training loss {result['training']['train_loss']:.4f}, gradient norm of the objective "
-        f"{result['training']['gradient_norm']:.2e}. Reference: the first row, with damping = weight decay "
-        "(the Hessian of the objective minimised). Positive influence = harmful; TP/TN/FP/FN "
-        "count training examples by the signs of estimate and reference. Peak memory is the growth of the "
-        "process's peak resident set (0 when it did not exceed an earlier peak).\n\n"
+    common = (
+        "Positive influence = harmful; TP/TN/FP/FN count training examples by the signs of estimate and "
+        "reference, sign error rate = (FP + FN) / N. Peak memory is the growth of the process's peak resident "
+        "set (0 when it did not exceed an earlier peak).\n\n"
     )
+    data = f"{config['data']} ({config['n_train']} train, {config['n_test']} test)"
+    if config["mode"] == "trajectory":
+        setting = (
+            f"{data}, a small network ({result['parameters']} parameters) trained from its initialisation by SGD "
+            f"(lr {config['lr']}, momentum {config['momentum']}, weight decay {config['weight_decay']}, batch "
+            f"{config['batch_size']}, {config['epochs']} epochs; final training loss "
+            f"{result['training']['train_loss']:.4f}). Reference: HYDRA's Hessian-aware trajectory hypergradient "
+            "(first row); static estimators are evaluated at the final weights. "
+        )
+    else:
+        setting = (
+            f"{data}, one hidden layer of {config['hidden']} ({result['parameters']} parameters), trained by "
+            f"{config['optimizer']} ({config['epochs']} full-batch iterations) on cross-entropy + weight decay "
+            f"{config['weight_decay']}: training loss {result['training']['train_loss']:.4f}, gradient norm of the "
+            f"objective {result['training']['gradient_norm']:.2e}. Reference: the first row, with damping = weight "
+            "decay (the Hessian of the objective minimised). "
+        )
+    header = f"# Influence fidelity: {config['name']}\n\n" + setting + common
     table: str = frame.to_markdown()
     return header + table + "\n"
 

@@ -69,3 +69,12 @@ def test_shipped_fidelity_configs_validate():
     assert configs
     for path in configs:
         assert load_fidelity_config(path).estimators
+
+
+def test_trajectory_mode_compares_with_hessian_aware_hydra():
+    result = run_fidelity(_config(mode="trajectory", n_train=30, n_test=10, epochs=1, batch_size=8, lr=0.1))
+    labels = [row["estimator"] for row in result["rows"]]
+    assert labels[:2] == ["hydra(hessian_aware)", "hydra(fast)"]
+    assert labels[2:] == ["cg(max_iter=200)", "identity"]
+    assert abs(result["rows"][0]["spearman"] - 1.0) < 1e-12
+    assert result["rows"][1]["spearman"] < 1.0 - 1e-9  # the fast approximation is not exact
