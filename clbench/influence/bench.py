@@ -60,6 +60,14 @@ class FidelityConfig:
     )
     momentum: float = field(default=0.9, metadata={"help": "trajectory mode: SGD momentum"})
     batch_size: int = field(default=32, metadata={"help": "trajectory mode: SGD mini-batch"})
+    retrain_points: int = field(
+        default=0,
+        metadata={
+            "help": "static mode: training points (largest exact |influence|) whose removal is also "
+            "measured by warm-start leave-one-out retraining and by the PBRF (Bae et al. 2022)"
+        },
+    )
+    retrain_iterations: int = field(default=100, metadata={"help": "L-BFGS iterations of each warm-start retraining"})
 
 
 def _load(config: FidelityConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -227,11 +235,17 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
     else:
         training = _train(model, train, config)
         specs = (config.reference, *config.estimators)
+    influences: dict[str, torch.Tensor] = {}
     for spec in specs:
         estimator = _static_estimator(spec, config.weight_decay)
         result, seconds, rss = _measured(lambda estimator=estimator: estimator(model, train, [test], config.lr))
         add(_label(spec), result.influence[0], seconds, rss)
+        influences[_label(spec)] = result.influence[0]
+    retraining = None
+    if config.mode == "static" and config.retrain_points > 0:
+        retraining = _retraining_check(model, train, test, config, influences)
     return {
+        "retraining": retraining,
         "config": config_to_dict(config),
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": training,
@@ -242,6 +256,101 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
         },
         "rows": rows,
     }
+
+
+def _minimise(model: nn.Module, objective: Any, iterations: int) -> None:
+    lbfgs = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=iterations,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-16,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        lbfgs.zero_grad()
+        loss: torch.Tensor = objective()
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+
+
+def _retraining_check(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    config: FidelityConfig,
+    influences: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Bae et al. (2022): compare predicted removal effects with two retrained answers.
+
+    Removing example i is up-weighting it by eps = -1/n, so an estimator predicts the test
+    loss change -I_i / n. The answers: warm-start leave-one-out retraining (minimise the
+    objective without i from theta*), and the proximal Bregman response function (PBRF):
+    minimise (1/n) sum_j D(f_theta(x_j), f_theta*(x_j)) - (1/n) l(z_i; theta)
+    + (damping / 2) ||theta - theta*||^2 from theta*, D the Bregman divergence of softmax
+    cross-entropy on the logits.
+    """
+    import copy
+
+    from scipy import stats
+
+    n = train[1].shape[0]
+    reference = next(iter(influences.values()))
+    chosen = torch.argsort(reference.abs(), descending=True)[: config.retrain_points].tolist()
+    with torch.no_grad():
+        base_test = float(F.cross_entropy(model(test[0]), test[1]))
+        anchor_logits = model(train[0])
+    anchor_params = [p.detach().clone() for p in model.parameters()]
+    loo, pbrf = [], []
+    for i in chosen:
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[i] = False
+        leave_out = copy.deepcopy(model)
+
+        def without_i(net: nn.Module = leave_out, keep: torch.Tensor = keep) -> torch.Tensor:
+            penalty = sum((p**2).sum() for p in net.parameters())
+            losses = F.cross_entropy(net(train[0]), train[1], reduction="none")
+            return losses[keep].sum() / n + 0.5 * config.weight_decay * penalty
+
+        _minimise(leave_out, without_i, config.retrain_iterations)
+        with torch.no_grad():
+            loo.append(float(F.cross_entropy(leave_out(test[0]), test[1])) - base_test)
+
+        proximal = copy.deepcopy(model)
+
+        def bregman_response(net: nn.Module = proximal, i: int = i) -> torch.Tensor:
+            logits = net(train[0])
+            soft = torch.softmax(anchor_logits, dim=1)
+            divergence = (
+                torch.logsumexp(logits, 1)
+                - torch.logsumexp(anchor_logits, 1)
+                - (soft * (logits - anchor_logits)).sum(1)
+            ).mean()
+            removed = F.cross_entropy(logits[i : i + 1], train[1][i : i + 1]) / n
+            distance = sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor_params, strict=True))
+            response: torch.Tensor = divergence - removed + 0.5 * config.weight_decay * distance
+            return response
+
+        _minimise(proximal, bregman_response, config.retrain_iterations)
+        with torch.no_grad():
+            pbrf.append(float(F.cross_entropy(proximal(test[0]), test[1])) - base_test)
+    rows = []
+    for label, influence in influences.items():
+        predicted = (-influence[chosen] / n).detach().cpu().double().numpy()
+        rows.append(
+            {
+                "estimator": label,
+                "pearson_loo": float(stats.pearsonr(predicted, loo).statistic),
+                "spearman_loo": float(stats.spearmanr(predicted, loo).statistic),
+                "pearson_pbrf": float(stats.pearsonr(predicted, pbrf).statistic),
+                "spearman_pbrf": float(stats.spearmanr(predicted, pbrf).statistic),
+            }
+        )
+    return {"points": chosen, "loo_change": loo, "pbrf_change": pbrf, "rows": rows}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -277,7 +386,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         )
     header = f"# Influence fidelity: {config['name']}\n\n" + setting + common
     table: str = frame.to_markdown()
-    return header + table + "\n"
+    text = header + table + "\n"
+    retraining = result.get("retraining")
+    if retraining:
+        check = pd.DataFrame(retraining["rows"]).set_index("estimator")
+        text += (
+            f"\n## Removal of {len(retraining['points'])} training points (Bae et al. 2022)\n\n"
+            "Each estimator's predicted test-loss change when a point is removed (-I/n), correlated over the "
+            "points with warm-start leave-one-out retraining (LOO) and with the proximal Bregman response "
+            "function (PBRF).\n\n" + check.to_markdown(floatfmt=".4f") + "\n"
+        )
+    return text
 
 
 def load_fidelity_config(path: str | Path, overrides: list[str] | None = None) -> FidelityConfig:
