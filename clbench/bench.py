@@ -104,3 +104,77 @@ def format_rows(rows: list[dict[str, Any]], header: str) -> str:
         peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
         lines.append(f"{row['method']:26s} {row['ms_per_step']:10.2f} {row['x_er']:7.2f} {peak:>9s}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class IhvpBenchArgs:
+    """Arguments of ``clbench bench ihvp``."""
+
+    examples: int = field(default=200, metadata={"help": "training examples of the curvature"})
+    inputs: int = field(default=20, metadata={"help": "input features of the MLP"})
+    hidden: int = field(default=16, metadata={"help": "hidden units"})
+    damping: float = field(default=0.5, metadata={"help": "added to the diagonal"})
+    iterations: tuple[int, ...] = field(default=(20, 100), metadata={"help": "CG / LiSSA iteration counts"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
+    """Clbench's inverse-HVP solvers vs dattri's (if installed), against the exact solve.
+
+    Rows: solver, iterations, seconds, relative error to the exact (H + damping I)^-1 v.
+    """
+    from torch import nn
+
+    from clbench.influence.functional import per_example_loss_fn, trainable_params
+    from clbench.influence.hessian import _flatten, _unflatten, hvp_fn, ihvp_cg_fn, ihvp_exact_fn, ihvp_lissa_fn
+
+    torch.manual_seed(args.seed)
+    model = nn.Sequential(nn.Linear(args.inputs, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 5)).double()
+    x = torch.randn(args.examples, args.inputs, dtype=torch.float64)
+    y = torch.randint(0, 5, (args.examples,))
+    params = trainable_params(model)
+    loss_vec = per_example_loss_fn(model)
+    matvec = hvp_fn(loss_vec, params, (x, y))
+    v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
+    exact = _flatten(ihvp_exact_fn(matvec, params, args.damping)(_unflatten(v, params)))
+
+    def error(estimate: torch.Tensor) -> float:
+        return float((estimate.reshape(-1) - exact).norm() / exact.norm())
+
+    def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
+        tic = time.perf_counter()
+        value = fn()
+        return time.perf_counter() - tic, error(value)
+
+    solvers: list[tuple[str, Callable[[int], Callable[[], torch.Tensor]]]] = [
+        ("clbench cg", lambda k: lambda: _flatten(ihvp_cg_fn(matvec, args.damping, k, 1e-30)(_unflatten(v, params)))),
+        (
+            "clbench lissa",
+            lambda k: (
+                lambda: _flatten(
+                    ihvp_lissa_fn(lambda _: matvec, args.damping, scale=2.0, depth=k)(_unflatten(v, params))
+                )
+            ),
+        ),
+    ]
+    try:
+        from dattri.func.hessian import ihvp_cg
+
+        def flat_loss(theta: torch.Tensor) -> torch.Tensor:
+            return loss_vec(_unflatten(theta, params), x, y).mean()
+
+        theta = _flatten(params)
+        solvers += [
+            (
+                "dattri ihvp_cg",
+                lambda k: lambda: ihvp_cg(flat_loss, max_iter=k, tol=1e-30, regularization=args.damping)((theta,), v),
+            ),
+        ]
+    except ImportError:
+        pass
+    rows = []
+    for name, make in solvers:
+        for k in args.iterations:
+            seconds, relative = timed(make(k))
+            rows.append({"solver": name, "iterations": k, "seconds": seconds, "relative_error": relative})
+    return rows

@@ -67,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="device, nf, new, memory, val, n_classes, pseudo_steps, warmup, repeats, seed",
     )
 
+    ihvp = bench_kinds.add_parser("ihvp", help="clbench's inverse-HVP solvers vs dattri's (if installed)")
+    ihvp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     listing = commands.add_parser("list", help="list registered strategies, benchmarks, backbones and loggers")
     listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers", "estimators"])
     listing.add_argument("--args", action="store_true", help="also show each component's arguments")
@@ -175,13 +178,20 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 
     import torch
 
-    from clbench.bench import StepBenchArgs, bench_step, format_rows
+    from clbench.bench import IhvpBenchArgs, StepBenchArgs, bench_ihvp, bench_step, format_rows
     from clbench.config import from_mapping, parse_override
 
     raw: dict[str, Any] = {}
     for text in ns.overrides:
         path, value = parse_override(text)
         raw[".".join(path)] = value
+    if ns.bench == "ihvp":
+        import pandas as pd
+
+        ihvp_args = from_mapping(IhvpBenchArgs, raw, "bench ihvp")
+        print(f"clbench bench ihvp: {ihvp_args} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+        print(pd.DataFrame(bench_ihvp(ihvp_args)).to_markdown(index=False, floatfmt=".3g"))
+        return 0
     args = from_mapping(StepBenchArgs, raw, "bench step")
     rows = bench_step(args)
     device = rows and (

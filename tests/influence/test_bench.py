@@ -87,3 +87,11 @@ def test_retraining_check_correlates_exact_influence_with_leave_one_out():
     # on this seeded problem (measured: 0.96 and 0.94) the exact influence tracks both answers
     assert check["exact"]["pearson_pbrf"] > 0.8
     assert check["exact"]["pearson_loo"] > 0.8
+
+
+def test_bench_ihvp_solvers_reach_the_exact_solve():
+    from clbench.bench import IhvpBenchArgs, bench_ihvp
+
+    rows = bench_ihvp(IhvpBenchArgs(examples=40, inputs=5, hidden=4, iterations=(100,)))
+    errors = {row["solver"]: row["relative_error"] for row in rows}
+    assert errors["clbench cg"] < 1e-10 and errors["clbench lissa"] < 1e-3
