@@ -42,6 +42,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="list the runs of the grid and exit")
     run.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default 1)")
+    run.add_argument(
+        "--launcher",
+        choices=["inline", "slurm", "local"],
+        default="inline",
+        help="inline (this process, or --jobs processes), slurm (a submitit job array), local (submitit, no cluster)",
+    )
 
     report = commands.add_parser("report", help="tables, paired t-tests and figures from run results")
     report.add_argument("results_dir", help="folder of run JSON files (searched recursively)")
@@ -126,14 +132,25 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         for run in expand_grid(experiment):
             print(run.run_id)
         return 0
-    summary = run_grid(
-        experiment,
-        out,
-        data_root=Path(ns.data_root) if ns.data_root else None,
-        progress=not ns.no_progress,
-        jobs=ns.jobs,
-        plugin_files=tuple(ns.plugin),
-    )
+    if ns.launcher != "inline":
+        from clbench.runner import submit_grid
+
+        summary = submit_grid(
+            experiment,
+            out,
+            cluster=ns.launcher,
+            data_root=Path(ns.data_root) if ns.data_root else None,
+            plugin_files=tuple(ns.plugin),
+        )
+    else:
+        summary = run_grid(
+            experiment,
+            out,
+            data_root=Path(ns.data_root) if ns.data_root else None,
+            progress=not ns.no_progress,
+            jobs=ns.jobs,
+            plugin_files=tuple(ns.plugin),
+        )
     print(
         f"{len(summary.finished)} run(s) finished, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; results in {out}"

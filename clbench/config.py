@@ -70,6 +70,18 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """Resources of each run when the grid is submitted with ``--launcher slurm``."""
+
+    partition: str | None = field(default=None, metadata={"help": "Slurm partition; default the cluster's"})
+    gpus_per_task: int = field(default=1, metadata={"help": "GPUs of each run"})
+    cpus_per_task: int = field(default=8, metadata={"help": "CPU cores of each run"})
+    mem_gb: int | None = field(default=None, metadata={"help": "memory of each run; default the cluster's"})
+    timeout_min: int = field(default=240, metadata={"help": "time limit of each run in minutes"})
+    array_parallelism: int = field(default=64, metadata={"help": "runs of the job array running at once"})
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment file: a grid of runs plus where their results go."""
 
@@ -91,6 +103,7 @@ class ExperimentConfig:
     )
     loggers: tuple[str, ...] = field(default=(), metadata=_help("Avalanche loggers to attach (see `clbench list`)"))
     deterministic: bool = field(default=True, metadata=_help("use deterministic kernels where PyTorch has them"))
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata=_help("resources for --launcher slurm"))
 
 
 @dataclass(frozen=True)

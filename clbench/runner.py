@@ -467,4 +467,75 @@ def run_grid(
     return summary
 
 
-__all__ = ["GridSummary", "execute_run", "expand_grid", "output_dir_for", "run_grid"]
+def _remote_run(payload: tuple[dict[str, Any], str, tuple[str, ...], str], plugin_files: tuple[str, ...]) -> Any:
+    """Entry point of one submitted run (a Slurm array task or a local process)."""
+    _init_worker(plugin_files, torch.get_num_threads())
+    return _worker(payload)
+
+
+def submit_grid(
+    experiment: ExperimentConfig,
+    output_dir: Path,
+    cluster: str = "slurm",
+    data_root: Path | None = None,
+    echo: Callable[[str], None] = print,
+    plugin_files: tuple[str, ...] = (),
+) -> GridSummary:
+    """Submit every unfinished run as one task of a submitit job array and wait for them.
+
+    Each task writes the same ``<run_id>.json`` as an inline run; submitit's logs go to
+    ``<output_dir>/submitit/``. Interrupting the wait leaves the jobs running; re-running the
+    command later submits only what is still missing. ``cluster`` is ``slurm``, or ``local``
+    (submitit's local executor, used by the tests).
+    """
+    import submitit
+    import yaml
+
+    runs = expand_grid(experiment)
+    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "experiment.resolved.yaml").write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
+    summary = GridSummary()
+    todo = []
+    for run in runs:
+        if is_finished(output_dir / f"{run.run_id}.json"):
+            summary.skipped.append(run.run_id)
+        else:
+            todo.append(run)
+    if not todo:
+        return summary
+    slurm = experiment.slurm
+    executor = submitit.AutoExecutor(folder=output_dir / "submitit", cluster=cluster)
+    parameters: dict[str, Any] = {
+        "timeout_min": slurm.timeout_min,
+        "gpus_per_node": slurm.gpus_per_task,
+        "cpus_per_task": slurm.cpus_per_task,
+        "slurm_array_parallelism": slurm.array_parallelism,
+        "name": f"clbench-{experiment.name}",
+    }
+    if slurm.partition:
+        parameters["slurm_partition"] = slurm.partition
+    if slurm.mem_gb:
+        parameters["mem_gb"] = slurm.mem_gb
+    if cluster == "local":
+        parameters["gpus_per_node"] = min(slurm.gpus_per_task, torch.cuda.device_count())
+    executor.update_parameters(**parameters)
+    payloads = [(run.to_dict(), str(root), experiment.loggers, str(output_dir)) for run in todo]
+    jobs = executor.map_array(_remote_run, payloads, [plugin_files] * len(payloads))
+    echo(f"submitted {len(jobs)} run(s) to {cluster}: job {jobs[0].job_id.split('_')[0]}")
+    for run, job in zip(todo, jobs, strict=True):
+        try:
+            run_id, failure, user_error = job.result()
+        except Exception as exc:  # the task itself died (time limit, node failure, ...)
+            summary.failed[run.run_id] = f"job {job.job_id}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+            continue
+        if user_error is not None:
+            raise ClbenchError(user_error)
+        if failure is None:
+            summary.finished.append(run_id)
+        else:
+            summary.failed[run_id] = failure
+    return summary
+
+
+__all__ = ["GridSummary", "execute_run", "expand_grid", "output_dir_for", "run_grid", "submit_grid"]

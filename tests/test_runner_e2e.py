@@ -177,3 +177,17 @@ def test_avalanche_csv_logger_sees_the_same_evaluation(tmp_path):
     # Avalanche's own accuracy takes the argmax over all classes: class-IL on learned tasks
     first = next(r.split(",") for r in rows if r.startswith("0,0,"))
     assert float(first[2]) * 100 == pytest.approx(result["accuracy"]["class_il"][0][0], abs=1e-6)
+
+
+def test_submitit_local_launcher_writes_the_same_files(grid_run, tmp_path, capsys):
+    config, out = grid_run
+    submitted = tmp_path / "submitted"
+    assert main(["run", str(config), "--out", str(submitted), "--launcher", "local", "--set", "strategies=[er]"]) == 0
+    assert "submitted 2 run(s) to local" in capsys.readouterr().out
+    files = sorted(submitted.glob("*.json"))
+    assert len(files) == 2
+    for path in files:
+        assert load_result(path)["accuracy"] == load_result(out / path.name)["accuracy"]
+    # a second submission finds nothing to do
+    assert main(["run", str(config), "--out", str(submitted), "--launcher", "local", "--set", "strategies=[er]"]) == 0
+    assert "0 run(s) finished, 2 skipped" in capsys.readouterr().out
