@@ -139,12 +139,12 @@ def _per_cluster(
         if len(members) == 0:
             continue
         # lexsort: the last key is primary; ties on the primary go to the centroid's nearest
-        primary = score(candidates.influence[members]) if score is not None else distances[members]
+        primary = score(candidates.influence[members])
         best = members[np.lexsort((distances[members], primary))[0]]
         chosen.append(int(best))
     if len(chosen) < k:  # empty clusters: fill with the best remaining by the same score
         rest = np.setdiff1d(np.arange(n), chosen)
-        primary = score(candidates.influence[rest]) if score is not None else distances[rest]
+        primary = score(candidates.influence[rest])
         chosen.extend(rest[np.lexsort((distances[rest], primary))][: k - len(chosen)].tolist())
     return candidates.positions[np.asarray(chosen, dtype=np.int64)]
 
