@@ -122,3 +122,25 @@ def test_final_buffer_is_full_and_class_balanced(metasp_runs):
         counts = list(result["extras"]["buffer_class_counts"].values())
         assert sum(counts) == BUFFER
         assert len(counts) == 6 and max(counts) - min(counts) <= 1
+
+
+def test_metasp_rehsel_is_deterministic(tmp_path):
+    config = {
+        "name": "again",
+        "benchmarks": [{"name": "synthetic", "args": {"n_tasks": 2, "n_classes": 4, "train_per_class": 16}}],
+        "strategies": [{"name": "metasp_rehsel", "args": {"meta_epochs": 1}}],
+        "buffer_sizes": [8],
+        "seeds": [7],
+        "backbone": {"name": "mlp", "args": {"hidden": [8]}},
+        "training": {"epochs": 2, "batch_size": 8, "replay_batch_size": 4},
+        "device": "cpu",
+    }
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump(config))
+    results = []
+    for out in ("a", "b"):
+        assert main(["run", str(path), "--out", str(tmp_path / out), "--no-progress"]) == 0
+        (file,) = (tmp_path / out).glob("*.json")
+        results.append(load_result(file))
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    assert results[0]["extras"] == results[1]["extras"]
