@@ -20,7 +20,7 @@ def _write_images(folder, classes, per_class, size, seed=0, fmt="png"):
         target = folder / name
         target.mkdir(parents=True, exist_ok=True)
         for k in range(per_class):
-            pixels = np.full((size, size, 3), 40 * c, dtype=np.uint8) + rng.integers(
+            pixels = np.full((size, size, 3), (40 * c) % 250, dtype=np.uint8) + rng.integers(
                 0, 5, (size, size, 3), dtype=np.uint8
             )
             Image.fromarray(pixels).save(target / f"{k:03d}.{fmt}")
@@ -158,3 +158,18 @@ def test_idx_reader_round_trip_and_corruption(tmp_path):
 def test_missing_fashion_folder_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_benchmark("split_fmnist", {"path": str(tmp_path / "none")}, DataContext(tmp_path, 1))
+
+
+@pytest.mark.parametrize("name", ["split_cifar10", "split_cifar100"])
+def test_missing_torchvision_files_are_a_one_line_error(tmp_path, name):
+    with pytest.raises(DataError) as info:
+        load_benchmark(name, {"source": "torchvision", "download": False}, DataContext(tmp_path, 1))
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path) in message and "source: folder" in message
+
+
+def test_split_cifar100_reads_image_folder(tmp_path):
+    classes = [f"c{i:02d}" for i in range(10)]
+    _split_folder(tmp_path / "cifar100", classes, 1, 1)
+    bench = load_benchmark("split_cifar100", {"source": "folder"}, DataContext(tmp_path, 1))
+    assert bench.n_tasks == 10 and bench.task_classes[3] == (3,)
