@@ -384,6 +384,26 @@ def _worker(payload: tuple[dict[str, Any], str, tuple[str, ...], str]) -> tuple[
         return run.run_id, None, str(exc)
 
 
+def _prepare_grid(
+    experiment: ExperimentConfig, output_dir: Path, data_root: Path | None
+) -> tuple[Path, GridSummary, list[RunConfig]]:
+    """Expand the grid, save the resolved config, and split finished from unfinished runs."""
+    import yaml
+
+    runs = expand_grid(experiment)
+    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "experiment.resolved.yaml").write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
+    summary = GridSummary()
+    todo = []
+    for run in runs:
+        if is_finished(output_dir / f"{run.run_id}.json"):
+            summary.skipped.append(run.run_id)
+        else:
+            todo.append(run)
+    return root, summary, todo
+
+
 def run_grid(
     experiment: ExperimentConfig,
     output_dir: Path,
@@ -402,21 +422,9 @@ def run_grid(
     (spawned; CPU threads shared out, GPUs assigned round-robin when the device is
     ``auto`` or ``cuda``); the results are the same files.
     """
-    import yaml
     from tqdm import tqdm
 
-    runs = expand_grid(experiment)
-    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resolved = output_dir / "experiment.resolved.yaml"
-    resolved.write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
-    summary = GridSummary()
-    todo = []
-    for run in runs:
-        if is_finished(output_dir / f"{run.run_id}.json"):
-            summary.skipped.append(run.run_id)
-        else:
-            todo.append(run)
+    root, summary, todo = _prepare_grid(experiment, output_dir, data_root)
     if summary.skipped:
         echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
 
@@ -489,19 +497,8 @@ def submit_grid(
     (submitit's local executor, used by the tests).
     """
     import submitit
-    import yaml
 
-    runs = expand_grid(experiment)
-    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "experiment.resolved.yaml").write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
-    summary = GridSummary()
-    todo = []
-    for run in runs:
-        if is_finished(output_dir / f"{run.run_id}.json"):
-            summary.skipped.append(run.run_id)
-        else:
-            todo.append(run)
+    root, summary, todo = _prepare_grid(experiment, output_dir, data_root)
     if not todo:
         return summary
     slurm = experiment.slurm
