@@ -98,23 +98,13 @@ def _objective(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], weigh
 def _train(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], config: FidelityConfig) -> dict[str, float]:
     """Minimise mean cross-entropy + (weight_decay / 2) ||theta||^2; report where it ended."""
     if config.optimizer == "lbfgs":
-        lbfgs = torch.optim.LBFGS(
-            model.parameters(),
-            lr=1.0,
-            max_iter=config.epochs,
+        _minimise(
+            model,
+            lambda: _objective(model, train, config.weight_decay),
+            config.epochs,
             tolerance_grad=1e-10,
             tolerance_change=1e-14,
-            history_size=50,
-            line_search_fn="strong_wolfe",
         )
-
-        def closure() -> torch.Tensor:
-            lbfgs.zero_grad()
-            loss = _objective(model, train, config.weight_decay)
-            loss.backward()
-            return loss
-
-        lbfgs.step(closure)
     else:
         sgd = torch.optim.SGD(model.parameters(), lr=config.lr)
         for _ in range(config.epochs):
@@ -258,13 +248,20 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
     }
 
 
-def _minimise(model: nn.Module, objective: Any, iterations: int) -> None:
+def _minimise(
+    model: nn.Module,
+    objective: Any,
+    iterations: int,
+    tolerance_grad: float = 1e-12,
+    tolerance_change: float = 1e-16,
+) -> None:
+    """Full-batch L-BFGS with a strong-Wolfe line search on ``objective()``."""
     lbfgs = torch.optim.LBFGS(
         model.parameters(),
         lr=1.0,
         max_iter=iterations,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-16,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
         history_size=50,
         line_search_fn="strong_wolfe",
     )
