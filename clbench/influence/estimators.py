@@ -102,7 +102,7 @@ class InverseCurvatureEstimator(Estimator):
         return hvp_fn(per_example_loss_fn(model), params, batch)
 
     @abstractmethod
-    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+    def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         """The inverse-curvature product at ``params``."""
 
     def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
@@ -112,7 +112,7 @@ class InverseCurvatureEstimator(Estimator):
             loss_vec = per_example_loss_fn(model)
             with batchnorm_stats_frozen(model):
                 params = trainable_params(model)
-                solve = self._solver(model, params, train)
+                solve = self._solver(model, params, train, lr)
                 influences, losses = [], []
                 for x, y in measurements:
                     measurement_grad = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
@@ -144,7 +144,7 @@ class ExactEstimator(InverseCurvatureEstimator):
         super().__init__(args.hessian)
         self.args = args
 
-    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+    def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         return ihvp_exact_fn(self._matvec(model, params, train), params, self.args.damping)
 
 
@@ -168,7 +168,7 @@ class CGEstimator(InverseCurvatureEstimator):
         super().__init__(args.hessian)
         self.args = args
 
-    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+    def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         return ihvp_cg_fn(self._matvec(model, params, train), self.args.damping, self.args.max_iter, self.args.tol)
 
 
@@ -194,7 +194,7 @@ class LissaEstimator(InverseCurvatureEstimator):
         super().__init__(args.hessian)
         self.args = args
 
-    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+    def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         n = train[1].shape[0]
         full = self._matvec(model, params, train)
         size = self.args.batch_size
@@ -228,7 +228,7 @@ class NeumannEstimator(InverseCurvatureEstimator):
         super().__init__(args.hessian)
         self.args = args
 
-    def _solver(self, model: nn.Module, params: Params, train: Batch) -> Callable[[Params], Params]:
+    def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         return ihvp_neumann_fn(self._matvec(model, params, train), self.args.damping, self.args.alpha, self.args.terms)
 
 
@@ -241,7 +241,7 @@ class IdentityArgs:
     )
 
 
-class IdentityEstimator(Estimator):
+class IdentityEstimator(InverseCurvatureEstimator):
     """H^-1 ~= scale * I: ``I_i = -scale * grad L^T grad l_i``.
 
     This is the inverse-Hessian approximation of Luketina et al. (2016), whose
@@ -254,26 +254,12 @@ class IdentityEstimator(Estimator):
 
     def __init__(self, args: IdentityArgs) -> None:
         """Create the estimator."""
+        super().__init__()
         self.args = args
 
-    def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
-        """See :class:`Estimator`."""
+    def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         scale = self.args.scale if self.args.scale is not None else lr
-
-        def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
-            loss_vec = per_example_loss_fn(model)
-            with batchnorm_stats_frozen(model):
-                params = trainable_params(model)
-                influences, losses = [], []
-                for x, y in measurements:
-                    g = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
-                    with torch.no_grad():
-                        losses.append(float(loss_vec(params, x, y).mean()))
-                    directional = jvp(lambda p: loss_vec(p, *train), (params,), (g,))[1]
-                    influences.append(-scale * directional.detach())
-            return tuple(influences), tuple(losses)
-
-        return _timed(compute)
+        return lambda v: {k: scale * t for k, t in v.items()}
 
 
 @dataclass(frozen=True)
