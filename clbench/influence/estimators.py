@@ -19,9 +19,15 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import jvp
 
-from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.influence.functional import (
+    Params,
+    batchnorm_stats_frozen,
+    mean_loss_gradient,
+    per_example_loss_fn,
+    trainable_params,
+)
 from clbench.influence.hessian import (
     MatVec,
     gnvp_fn,
@@ -115,9 +121,8 @@ class InverseCurvatureEstimator(Estimator):
                 solve = self._solver(model, params, train, lr)
                 influences, losses = [], []
                 for x, y in measurements:
-                    measurement_grad = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
-                    with torch.no_grad():
-                        losses.append(float(loss_vec(params, x, y).mean()))
+                    measurement_grad, loss = mean_loss_gradient(loss_vec, params, x, y)
+                    losses.append(loss)
                     s = solve(measurement_grad)
                     directional = jvp(lambda p: loss_vec(p, *train), (params,), (s,))[1]
                     influences.append(-directional.detach())

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad_and_value
 
 Params = dict[str, torch.Tensor]
 LossVector = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,6 +36,12 @@ def per_example_loss_fn(model: nn.Module) -> LossVector:
         return F.cross_entropy(logits, y, reduction="none")
 
     return loss
+
+
+def mean_loss_gradient(loss_vec: LossVector, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[Params, float]:
+    """Gradient and value of the mean loss on (x, y), from one forward and one backward pass."""
+    gradient, value = grad_and_value(lambda p: loss_vec(p, x, y).mean())(params)
+    return gradient, float(value.detach())
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from clbench.influence.functional import (
     LossVector,
     Params,
     batchnorm_stats_frozen,
+    mean_loss_gradient,
     per_example_loss_fn,
     trainable_params,
 )
@@ -107,16 +108,11 @@ def meta_influence(
         trajectory = _pseudo_trajectory(loss_vec, trainable_params(model), batch, lr, steps)
         final = trajectory[-1]
 
-        def loss_with_value(params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            value = mean_loss(params, x, y)
-            return value, value.detach()
-
-        grad_and_loss = grad(loss_with_value, has_aux=True)
         adjoints, losses = [], []
         for x_val, y_val in measurements:
-            val_grad, val_loss = grad_and_loss(final, x_val, y_val)
+            val_grad, val_loss = mean_loss_gradient(loss_vec, final, x_val, y_val)
             adjoints.append(val_grad)
-            losses.append(float(val_loss.detach()))
+            losses.append(val_loss)
         # One adjoint per measurement set, stacked on a leading axis: vmap batches the
         # tangent computations while the primal forward of each JVP runs once.
         lam = {name: torch.stack([a[name] for a in adjoints]) for name in final}
