@@ -178,3 +178,151 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
             seconds, relative = timed(make(k))
             rows.append({"solver": name, "iterations": k, "seconds": seconds, "relative_error": relative})
     return rows
+
+
+@dataclass(frozen=True)
+class LoopBenchArgs:
+    """Arguments of ``clbench bench loop``."""
+
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    nf: int = field(default=64, metadata={"help": "ResNet-18 width (64 full, 20 reduced)"})
+    train_per_class: int = field(default=1000, metadata={"help": "training images per class (10 classes, 5 tasks)"})
+    test_images: int = field(default=10000, metadata={"help": "test images (the eval timing covers all of them)"})
+    strategies: tuple[str, ...] = field(default=("er", "metasp"), metadata={"help": "strategies to time"})
+    data_paths: tuple[str, ...] = field(default=("avalanche", "device"), metadata={"help": "data paths to compare"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 or bf16 (device path only)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels-last (device path only)"})
+    batch_size: int = field(default=32, metadata={"help": "current-task examples per step"})
+    replay_batch_size: int = field(default=32, metadata={"help": "memory examples per step"})
+    buffer_size: int = field(default=500, metadata={"help": "rehearsal buffer size"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+def _cifar_shaped(args: LoopBenchArgs) -> Any:
+    """Random uint8 images shaped like Split CIFAR-10 (timing needs no real pixels)."""
+    import numpy as np
+
+    from clbench.datasets.base import ImageArrays, ImageSplits, build_benchmark
+
+    rng = np.random.default_rng(args.seed)
+    names = tuple(f"c{i}" for i in range(10))
+
+    def split(n: int) -> ImageArrays:
+        labels = np.arange(n, dtype=np.int64) % 10
+        return ImageArrays(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), labels, names)
+
+    splits = ImageSplits(
+        train=split(10 * args.train_per_class),
+        test=split(args.test_images),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        augment=True,
+    )
+    return build_benchmark("cifar_shaped", splits, 5, "fixed", args.seed)
+
+
+class _IterationClock:
+    """Wall time between consecutive training iterations (so data fetching is included)."""
+
+    def __init__(self, device: torch.device) -> None:
+        from avalanche.core import SupervisedPlugin
+
+        self.device = device
+        self.gaps: list[float] = []
+        self._last: float | None = None
+        clock = self
+
+        class Plugin(SupervisedPlugin):  # type: ignore[misc]
+            def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+                clock._sync()
+                clock._last = time.perf_counter()
+
+            def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+                clock._sync()
+                now = time.perf_counter()
+                if clock._last is not None:
+                    clock.gaps.append(1000 * (now - clock._last))
+                clock._last = now
+
+        self.plugin = Plugin()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def take_median(self, skip: int = 3) -> float:
+        """Median ms per iteration since the last call, without the first ``skip`` ones."""
+        gaps = self.gaps[skip:] or self.gaps
+        self.gaps = []
+        return sorted(gaps)[len(gaps) // 2]
+
+
+def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
+    """Full training iterations and evaluation through the strategy template, per data path.
+
+    For each strategy and data path: ms per iteration on task 1 (no memory yet) and on
+    task 2 (with replay; MetaSP runs MetaSP steps there), and seconds to evaluate the whole
+    test set once. Every iteration includes fetching its mini-batch.
+    """
+    from clbench.backbones import CifarResNet18
+    from clbench.config import TrainingConfig, from_mapping
+    from clbench.runner import _device_path_options, resolve_device
+    from clbench.strategies.base import STRATEGIES, StrategyContext
+
+    device = resolve_device(args.device)
+    benchmark = _cifar_shaped(args)
+    rows: list[dict[str, Any]] = []
+    for strategy_name in args.strategies:
+        for data_path in args.data_paths:
+            training = from_mapping(
+                TrainingConfig,
+                {
+                    "epochs": 1,
+                    "batch_size": args.batch_size,
+                    "replay_batch_size": args.replay_batch_size,
+                    "data_path": data_path,
+                    "precision": args.precision if data_path == "device" else "fp32",
+                    "channels_last": args.channels_last and data_path == "device",
+                },
+                "bench loop",
+            )
+            torch.manual_seed(args.seed)
+            model = CifarResNet18(3, 10, nf=args.nf).to(device)
+            if training.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            clock = _IterationClock(device)
+            entry = STRATEGIES.get(strategy_name)
+            strategy_args: dict[str, Any] = {"meta_epochs": 1} if strategy_name.startswith("metasp") else {}
+            context = StrategyContext(
+                model=model,
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                criterion=torch.nn.CrossEntropyLoss(),
+                training=training,
+                buffer_size=args.buffer_size,
+                device=device,
+                benchmark=benchmark,
+                seed=args.seed,
+                plugins=[clock.plugin],
+                device_path=_device_path_options(training, args.seed),
+            )
+            strategy = entry.factory(context, from_mapping(entry.args, strategy_args, f"strategy {strategy_name}"))
+            stream = benchmark.scenario.train_stream
+            strategy.train(stream[0], eval_streams=[])
+            first = clock.take_median()
+            strategy.train(stream[1], eval_streams=[])
+            second = clock.take_median()
+            strategy.eval(benchmark.scenario.test_stream[:1])  # warm-up of the eval path
+            clock._sync()
+            tic = time.perf_counter()
+            strategy.eval(benchmark.scenario.test_stream)
+            clock._sync()
+            rows.append(
+                {
+                    "strategy": strategy_name,
+                    "data_path": data_path,
+                    "ms_per_iter_task1": first,
+                    "ms_per_iter_task2": second,
+                    "eval_s": time.perf_counter() - tic,
+                }
+            )
+    return rows

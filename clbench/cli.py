@@ -73,6 +73,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="device, nf, new, memory, val, n_classes, pseudo_steps, warmup, repeats, seed",
     )
 
+    loop = bench_kinds.add_parser(
+        "loop", help="full training iterations and test-set evaluation: Avalanche data path vs device path"
+    )
+    loop.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     ihvp = bench_kinds.add_parser("ihvp", help="clbench's inverse-HVP solvers vs dattri's (if installed)")
     ihvp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -190,12 +195,28 @@ def _cmd_influence_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(ns: argparse.Namespace) -> int:
+def _device_name(requested: str) -> str:
     import platform
 
     import torch
 
-    from clbench.bench import IhvpBenchArgs, StepBenchArgs, bench_ihvp, bench_step, format_rows
+    if torch.cuda.is_available() and requested != "cpu":
+        return torch.cuda.get_device_name()
+    return platform.processor() or "cpu"
+
+
+def _cmd_bench(ns: argparse.Namespace) -> int:
+    import torch
+
+    from clbench.bench import (
+        IhvpBenchArgs,
+        LoopBenchArgs,
+        StepBenchArgs,
+        bench_ihvp,
+        bench_loop,
+        bench_step,
+        format_rows,
+    )
     from clbench.config import from_mapping, parse_override
 
     raw: dict[str, Any] = {}
@@ -209,13 +230,19 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         print(f"clbench bench ihvp: {ihvp_args} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
         print(pd.DataFrame(bench_ihvp(ihvp_args)).to_markdown(index=False, floatfmt=".3g"))
         return 0
+    if ns.bench == "loop":
+        import pandas as pd
+
+        loop_args = from_mapping(LoopBenchArgs, raw, "bench loop")
+        print(
+            f"clbench bench loop: {loop_args} on {_device_name(loop_args.device)} (torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads)"
+        )
+        print(pd.DataFrame(bench_loop(loop_args)).to_markdown(index=False, floatfmt=".4g"))
+        return 0
     args = from_mapping(StepBenchArgs, raw, "bench step")
     rows = bench_step(args)
-    device = rows and (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available() and args.device != "cpu"
-        else platform.processor() or "cpu"
-    )
+    device = _device_name(args.device)
     header = (
         f"clbench bench step: ResNet-18 nf={args.nf}, {args.new} new + {args.memory} memory, |V|={args.val}, "
         f"pseudo_steps={args.pseudo_steps}, median of {args.repeats} on {device} (torch {torch.__version__}, "

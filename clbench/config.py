@@ -66,7 +66,18 @@ class TrainingConfig:
     )
     lr_gamma: float = field(default=0.1, metadata=_help("lr decay factor at each milestone"))
     eval_batch_size: int = field(default=256, metadata=_help("mini-batch size for evaluation"))
-    num_workers: int = field(default=0, metadata=_help("data-loader worker processes"))
+    num_workers: int = field(default=0, metadata=_help("data-loader worker processes (avalanche data path)"))
+    data_path: Literal["avalanche", "device"] = field(
+        default="avalanche",
+        metadata=_help(
+            "avalanche: Avalanche's loaders, per-example transforms; device: images kept on the device as "
+            "uint8, mini-batches gathered and augmented in batch with the same sampling (faster)"
+        ),
+    )
+    channels_last: bool = field(default=False, metadata=_help("channels-last memory format (device data path)"))
+    precision: Literal["fp32", "bf16"] = field(
+        default="fp32", metadata=_help("fp32, or bf16 autocast of the strategy's forward pass (device data path)")
+    )
 
 
 @dataclass(frozen=True)

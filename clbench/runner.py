@@ -28,11 +28,19 @@ import numpy as np
 import torch
 
 from clbench.backbones import BACKBONES
-from clbench.config import ComponentSpec, ExperimentConfig, RunConfig, config_to_dict, from_mapping
+from clbench.config import (
+    ComponentSpec,
+    ExperimentConfig,
+    RunConfig,
+    TrainingConfig,
+    config_to_dict,
+    from_mapping,
+)
 from clbench.datasets.base import BENCHMARKS, Benchmark, DataContext, load_benchmark
 from clbench.datasets.sources import default_data_root
-from clbench.errors import ClbenchError
+from clbench.errors import ClbenchError, ConfigError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
+from clbench.fastdata import DevicePathOptions
 from clbench.loggers import LOGGERS
 from clbench.metrics import summarize, summarize_final_only
 from clbench.results import SCHEMA_VERSION, is_finished, write_json_atomic
@@ -57,6 +65,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     """
     for name in experiment.loggers:
         LOGGERS.get(name)
+    _device_path_options(experiment.training, 0)
     runs: list[RunConfig] = []
     for bench_spec in experiment.benchmarks:
         bench_entry = BENCHMARKS.get(bench_spec.name)
@@ -189,6 +198,22 @@ def _log_row(loggers: list[Any], task: int, row: AccuracyRow) -> None:
         logger.log_single_metric("clbench/class_il/average_seen", sum(seen) / len(seen), task)
 
 
+def _device_path_options(training: TrainingConfig, seed: int) -> DevicePathOptions | None:
+    """The device path's settings, or None for Avalanche's loaders.
+
+    Raises:
+        ConfigError: A device-path-only setting is asked for on the Avalanche path.
+    """
+    if training.data_path == "avalanche":
+        if training.channels_last or training.precision != "fp32":
+            raise ConfigError(
+                f"training.channels_last={training.channels_last} / training.precision={training.precision} "
+                "need training.data_path=device; valid choices on the avalanche path: false / fp32"
+            )
+        return None
+    return DevicePathOptions(channels_last=training.channels_last, precision=training.precision, seed=seed)
+
+
 def execute_run(
     run: RunConfig,
     data_root: Path,
@@ -224,6 +249,9 @@ def execute_run(
         from_mapping(backbone_entry.args, run.backbone.args, "backbone"), benchmark.input_shape, benchmark.n_classes
     ).to(device)
     training = run.training
+    device_path = _device_path_options(training, run.seed)
+    if training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
     )
@@ -248,6 +276,7 @@ def execute_run(
         seed=run.seed,
         plugins=plugins,
         evaluator=_make_evaluator(logger_objects),
+        device_path=device_path,
     )
     strategy = strategy_entry.factory(context, from_mapping(strategy_entry.args, run.strategy.args, "strategy"))
 

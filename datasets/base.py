@@ -58,6 +58,22 @@ class ImageArrays:
             raise ValueError("images and labels differ in length")
 
 
+def first_per_class(arrays: ImageArrays, limit: int | None) -> ImageArrays:
+    """Keep the first ``limit`` images of every class (in stored order); all when ``limit`` is None.
+
+    Raises:
+        ConfigError: ``limit`` is not positive.
+    """
+    if limit is None:
+        return arrays
+    if limit < 1:
+        raise ConfigError(f"invalid per-class limit {limit}; valid choices: a positive integer or null (all)")
+    keep = np.zeros(len(arrays.labels), dtype=bool)
+    for label in np.unique(arrays.labels):
+        keep[np.flatnonzero(arrays.labels == label)[:limit]] = True
+    return ImageArrays(arrays.images[keep], arrays.labels[keep], arrays.class_names)
+
+
 @dataclass(frozen=True)
 class ImageSplits:
     """Train and test splits of one benchmark before it is cut into tasks.
@@ -84,12 +100,23 @@ class ImageArrayDataset(Dataset[tuple[torch.Tensor, int]]):
     augmentation to per-example transforms; evaluation needs none at all.
     """
 
-    def __init__(self, arrays: ImageArrays, mean: Sequence[float], std: Sequence[float]) -> None:
-        """Convert ``arrays`` to normalised CHW float32 tensors."""
-        images = torch.from_numpy(np.ascontiguousarray(arrays.images.transpose(0, 3, 1, 2)))
-        shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.images = (images.float().div_(255.0) - shift).div_(scale)
+    def __init__(self, arrays: ImageArrays, mean: Sequence[float], std: Sequence[float], augment: bool = False) -> None:
+        """Convert ``arrays`` to normalised CHW float32 tensors.
+
+        Args:
+            arrays: The split's images and labels.
+            mean: Per-channel mean for normalisation.
+            std: Per-channel standard deviation for normalisation.
+            augment: Whether training on this split uses crop + flip (read by the device
+                data path, which augments in batch; the Avalanche path uses transforms).
+        """
+        self.pixels = torch.from_numpy(np.ascontiguousarray(arrays.images.transpose(0, 3, 1, 2)))
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.augment = augment
+        shift = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        scale = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.images = (self.pixels.float().div_(255.0) - shift).div_(scale)
         self.targets: list[int] = arrays.labels.tolist()
 
     def __len__(self) -> int:
@@ -184,7 +211,7 @@ def build_benchmark(name: str, splits: ImageSplits, n_tasks: int, class_order: C
     order = class_order_for(n_classes, class_order, seed)
     tasks = split_into_tasks(order, n_tasks)
     scenario = nc_benchmark(
-        ImageArrayDataset(splits.train, splits.mean, splits.std),
+        ImageArrayDataset(splits.train, splits.mean, splits.std, augment=splits.augment),
         ImageArrayDataset(splits.test, splits.mean, splits.std),
         n_experiences=n_tasks,
         task_labels=False,

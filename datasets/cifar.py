@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageSplits
+from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageSplits, first_per_class
 from clbench.datasets.sources import read_split_folder, read_torchvision_cifar
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -29,6 +29,9 @@ class CifarArgs:
     )
     download: bool = field(default=True, metadata={"help": "let torchvision download missing files"})
     augment: bool = field(default=True, metadata={"help": "random crop (pad 4) + horizontal flip"})
+    train_per_class: int | None = field(
+        default=None, metadata={"help": "keep only the first n training images of each class (reduced protocols)"}
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ def _load(
     else:
         root = context.data_root if args.path is None else context.data_root / args.path
         train, test = read_torchvision_cifar(name, root, args.download)
+    train = first_per_class(train, args.train_per_class)
     return ImageSplits(train=train, test=test, mean=stats[0], std=stats[1], augment=args.augment)
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits
+from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits, first_per_class
 from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
 
@@ -41,15 +41,6 @@ class FashionMnistArgs:
     )
     train_per_class: int | None = field(default=None, metadata={"help": "keep only the first n train images a class"})
     test_per_class: int | None = field(default=None, metadata={"help": "keep only the first n test images a class"})
-
-
-def _first_per_class(arrays: ImageArrays, limit: int | None) -> ImageArrays:
-    if limit is None:
-        return arrays
-    keep = np.zeros(len(arrays.labels), dtype=bool)
-    for label in np.unique(arrays.labels):
-        keep[np.flatnonzero(arrays.labels == label)[:limit]] = True
-    return ImageArrays(arrays.images[keep], arrays.labels[keep], arrays.class_names)
 
 
 def _read_idx_pair(folder: str, prefix: str) -> ImageArrays:
@@ -92,6 +83,6 @@ def split_fmnist(args: FashionMnistArgs, context: DataContext) -> ImageSplits:
                 ImageArrays(data.data.numpy()[..., None], data.targets.numpy().astype(np.int64), FASHION_CLASSES)
             )
         train, test = splits
-    train = _first_per_class(train, args.train_per_class)
-    test = _first_per_class(test, args.test_per_class)
+    train = first_per_class(train, args.train_per_class)
+    test = first_per_class(test, args.test_per_class)
     return ImageSplits(train=train, test=test, mean=(0.2860,), std=(0.3530,), augment=False)

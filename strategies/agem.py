@@ -32,4 +32,4 @@ def build_agem(ctx: StrategyContext, args: AGEMArgs) -> Any:
 
     per_task = max(1, ctx.buffer_size // ctx.benchmark.n_tasks)
     sample_size = args.sample_size or ctx.training.replay_batch_size
-    return Naive(**ctx.template_kwargs(AGEMPlugin(per_task, sample_size)))
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(AGEMPlugin(per_task, sample_size)))

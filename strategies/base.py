@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,10 @@ from torch.optim import Optimizer
 
 from clbench.config import TrainingConfig
 from clbench.datasets.base import Benchmark
+from clbench.fastdata import DevicePathOptions, with_device_path
 from clbench.registry import Registry
+
+T = TypeVar("T")
 
 StrategyFactory = Callable[["StrategyContext", Any], Any]
 
@@ -68,6 +71,7 @@ class StrategyContext:
         plugins: The runner's plugins (progress, lr schedule, accuracy collection); they
             must be passed on to the strategy.
         evaluator: The Avalanche evaluation plugin with the configured loggers.
+        device_path: Settings of the device data path, or None for Avalanche's loaders.
     """
 
     model: nn.Module
@@ -80,6 +84,17 @@ class StrategyContext:
     seed: int
     plugins: list[Any] = field(default_factory=list)
     evaluator: Any = None
+    device_path: DevicePathOptions | None = None
+
+    def strategy_class(self, template: type[T]) -> type[T]:
+        """The class to instantiate for ``template``: itself, or with the device data path mixed in.
+
+        Every factory builds its strategy through this, so ``training.data_path: device``
+        reaches every strategy (see :mod:`clbench.fastdata`).
+        """
+        if self.device_path is None:
+            return template
+        return cast("type[T]", with_device_path(cast("type", template), self.device_path))
 
     def template_kwargs(self, *extra_plugins: Any) -> dict[str, Any]:
         """Keyword arguments every ``SupervisedTemplate`` subclass accepts.

@@ -39,4 +39,4 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Any:
         task_balanced_dataloader=args.task_balanced,
         storage_policy=ReservoirSamplingBuffer(ctx.buffer_size),
     )
-    return Naive(**ctx.template_kwargs(replay))
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(replay))

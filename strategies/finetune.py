@@ -13,4 +13,4 @@ def build_finetune(ctx: StrategyContext, args: NoArgs) -> Any:
     """Avalanche's ``Naive`` strategy: no buffer, no regularisation."""
     from avalanche.training.supervised import Naive
 
-    return Naive(**ctx.template_kwargs())
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs())

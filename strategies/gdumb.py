@@ -21,4 +21,4 @@ def build_gdumb(ctx: StrategyContext, args: NoArgs) -> Any:
     from avalanche.training.plugins import GDumbPlugin
     from avalanche.training.supervised import Naive
 
-    return Naive(**ctx.template_kwargs(GDumbPlugin(mem_size=ctx.buffer_size)))
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(GDumbPlugin(mem_size=ctx.buffer_size)))

@@ -47,4 +47,4 @@ def build_gem(ctx: StrategyContext, args: GEMArgs) -> Any:
                 raise GEMQuadProgError(f"GEM's quadratic program failed ({exc}); try another memory_strength") from exc
 
     per_task = max(1, ctx.buffer_size // ctx.benchmark.n_tasks)
-    return Naive(**ctx.template_kwargs(CheckedGEMPlugin(per_task, args.memory_strength)))
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(CheckedGEMPlugin(per_task, args.memory_strength)))

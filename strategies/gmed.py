@@ -123,7 +123,7 @@ class GMED(StepTemplate):
 )
 def build_gmed(ctx: StrategyContext, args: GMEDArgs) -> GMED:
     """GMED on ER with a reservoir buffer of ``buffer_size`` examples."""
-    return GMED(
+    return ctx.strategy_class(GMED)(
         args=args,
         storage=TensorReservoirBuffer(ctx.buffer_size),
         replay_batch_size=ctx.training.replay_batch_size,

@@ -45,7 +45,7 @@ def build_gss(ctx: StrategyContext, args: GSSArgs) -> Any:
             f"gss needs buffer_size >= batch_size + {AVALANCHE_GSS_REPLAY_BATCH} = {smallest}, "
             f"got buffer_size {ctx.buffer_size}"
         )
-    return GSS_greedy(
+    return ctx.strategy_class(GSS_greedy)(
         mem_size=ctx.buffer_size,
         mem_strength=args.mem_strength,
         input_size=list(ctx.benchmark.input_shape),

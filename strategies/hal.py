@@ -186,7 +186,7 @@ def build_hal(ctx: StrategyContext, args: HALArgs) -> HAL:
             f"hal needs buffer_size > n_classes = {ctx.benchmark.n_classes} (anchors count against the budget), "
             f"got buffer_size {ctx.buffer_size}"
         )
-    return HAL(
+    return ctx.strategy_class(HAL)(
         args=args,
         storage=TensorReservoirBuffer(replay_slots),
         replay_batch_size=ctx.training.replay_batch_size,

@@ -22,4 +22,4 @@ def build_joint(ctx: StrategyContext, args: NoArgs) -> Any:
     """
     from avalanche.training.supervised import JointTraining
 
-    return JointTraining(**ctx.template_kwargs())
+    return ctx.strategy_class(JointTraining)(**ctx.template_kwargs())

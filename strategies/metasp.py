@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from clbench.fastdata import IndexedSubset
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.meta import MetaInfluence, meta_influence
 from clbench.strategies.base import STRATEGIES, StrategyContext
@@ -124,22 +125,6 @@ def influence_weights(
     return FusedInfluence(stability, plasticity, fused, gamma, example_weights(fused))
 
 
-class _Indexed(Dataset[tuple[Any, ...]]):
-    """A subset of a task's dataset whose items also carry their index in that dataset."""
-
-    def __init__(self, dataset: Any, indices: list[int]) -> None:
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[Any, ...]:
-        index = self.indices[position]
-        x, y, task, *_ = self.dataset[index]
-        return x, y, task, index
-
-
 def _summary(values: np.ndarray) -> dict[str, Any]:
     if values.size == 0:
         return {"positive": 0, "negative": 0, "histogram": {"edges": [], "counts": []}}
@@ -203,7 +188,7 @@ class MetaSP(StepTemplate):
             indices = sorted(order[n_heldout:])
         self._train_indices = indices
         self.dataloader = DataLoader(
-            _Indexed(dataset, indices), batch_size=self.train_mb_size, shuffle=shuffle, num_workers=num_workers
+            IndexedSubset(dataset, indices), batch_size=self.train_mb_size, shuffle=shuffle, num_workers=num_workers
         )
 
     def _unpack_minibatch(self) -> None:
@@ -329,7 +314,7 @@ def influence_function(args: MetaSPArgs) -> Callable[..., Any]:
 def _build(ctx: StrategyContext, args: MetaSPArgs, selection: str, features: FeatureKind) -> MetaSP:
     ledger = InfluenceLedger()
     storage = MetaSPBuffer(ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features)
-    return MetaSP(
+    return ctx.strategy_class(MetaSP)(
         args=args,
         storage=storage,
         ledger=ledger,

@@ -36,4 +36,4 @@ def build_mir(ctx: StrategyContext, args: MIRArgs) -> Any:
     plugin = MIRPlugin(
         batch_size_mem=ctx.training.replay_batch_size, mem_size=ctx.buffer_size, subsample=args.subsample
     )
-    return Naive(**ctx.template_kwargs(plugin))
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(plugin))

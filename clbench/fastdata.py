@@ -1,0 +1,428 @@
+"""The device data path: images resident on the training device as uint8, augmented in batch.
+
+Avalanche's data loaders fetch examples one by one through nested dataset wrappers and
+apply per-example transforms; on a GPU that Python work, not arithmetic, bounds a step.
+This module keeps the *sampling* of whatever loader a strategy or plugin built (plain,
+task-balanced, replay: which datasets, how many examples of each per step, shuffling,
+cycling of the smaller ones) and replaces only the *fetching*: every Avalanche dataset is
+resolved once to row numbers of the benchmark's in-memory split, the split lives on the
+device as uint8, and a whole mini-batch is gathered, cropped, flipped and normalised in a
+few tensor operations.
+
+:class:`DevicePathMixin` puts this inside Avalanche's template: it converts the train
+loader at the start of every epoch and builds the eval loader itself, so every hook and
+plugin keeps working. Strategies get it through :meth:`StrategyContext.strategy_class`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clbench.datasets.base import ImageArrayDataset
+from clbench.errors import DataError
+
+Precision = Literal["fp32", "bf16"]
+CROP_PADDING = 4
+
+
+def crop_flip(pixels: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Random-crop-with-padding and horizontal flip of a whole batch, with given draws.
+
+    Args:
+        pixels: ``uint8`` (N, C, H, W).
+        offsets: (N, 2) integer (row, column) offsets into the zero-padded image, in
+            ``[0, 2 * padding]``.
+        flips: (N,) booleans: flip this image left-right.
+        padding: Zero (black) padding on every side before cropping.
+
+    Returns:
+        The augmented batch, same shape and dtype as ``pixels``.
+    """
+    n, c, h, w = pixels.shape
+    padded = F.pad(pixels, (padding, padding, padding, padding))
+    rows = offsets[:, 0:1] + torch.arange(h, device=pixels.device)
+    cols = offsets[:, 1:2] + torch.arange(w, device=pixels.device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    picked_rows = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
+    return picked_rows.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def random_crop_flip(pixels: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+    """:func:`crop_flip` with offsets and flips drawn from ``generator`` (uniform, p = 0.5)."""
+    n = pixels.shape[0]
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=pixels.device)
+    flips = torch.rand(n, generator=generator, device=pixels.device) < 0.5
+    return crop_flip(pixels, offsets, flips, padding)
+
+
+class DeviceImages:
+    """One in-memory split copied to a device as uint8, served as normalised float batches."""
+
+    def __init__(self, source: ImageArrayDataset, device: torch.device, channels_last: bool) -> None:
+        """Copy ``source``'s pixels to ``device``."""
+        self.pixels = source.pixels.to(device)
+        self.augment = source.augment
+        self.channels_last = channels_last
+        self.shift = torch.tensor(source.mean, device=device).view(1, -1, 1, 1)
+        self.scale = torch.tensor(source.std, device=device).view(1, -1, 1, 1)
+
+    def batch(self, rows: torch.Tensor, augment: bool, generator: torch.Generator) -> torch.Tensor:
+        """Normalised float32 images of ``rows`` (training augmentation if asked and enabled)."""
+        pixels = self.pixels[rows]
+        if augment and self.augment:
+            pixels = random_crop_flip(pixels, generator)
+        images = (pixels.float().div_(255.0) - self.shift).div_(self.scale)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+class DeviceTensors:
+    """Examples stored as ready input tensors (e.g. GSS's memory), stacked once on a device.
+
+    They are served as stored, without augmentation, exactly as the Avalanche path serves
+    such a dataset (it has no transforms).
+    """
+
+    def __init__(self, examples: Sequence[Any], device: torch.device, channels_last: bool) -> None:
+        """Stack the inputs of ``examples`` (``(x, y, ...)`` tuples) on ``device``."""
+        self.inputs = torch.stack([torch.as_tensor(example[0]) for example in examples]).to(device)
+        self.channels_last = channels_last
+
+    def batch(self, rows: torch.Tensor, augment: bool, generator: torch.Generator) -> torch.Tensor:
+        """The stored inputs of ``rows``; ``augment`` and ``generator`` are ignored."""
+        images = self.inputs[rows]
+        if self.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+Storage = ImageArrayDataset | list[Any]
+"""What a dataset resolves to: an in-memory split, or a list of ready ``(x, y)`` examples."""
+
+
+class IndexedSubset(torch.utils.data.Dataset[tuple[Any, ...]]):
+    """A subset whose items also carry their index in the parent dataset, as a last element."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        """Select ``indices`` of ``dataset``."""
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[Any, ...]:
+        index = self.indices[position]
+        x, y, task, *_ = self.dataset[index]
+        return x, y, task, index
+
+
+def resolve_rows(dataset: Any) -> tuple[Storage, np.ndarray]:
+    """The storage behind an Avalanche (or torch) dataset, and the row of each item.
+
+    Walks Avalanche's flat-data wrappers (concatenations, subsets, transform groups) and
+    torch ``Subset``-like objects down to an :class:`ImageArrayDataset` or a plain list of
+    ready examples.
+
+    Raises:
+        DataError: The dataset is not built from one in-memory split.
+    """
+    return _resolve(dataset, np.arange(len(dataset), dtype=np.int64))
+
+
+def _resolve(node: Any, positions: np.ndarray) -> tuple[Storage, np.ndarray]:
+    if isinstance(node, (ImageArrayDataset, list)):
+        return node, positions
+    flat = getattr(node, "_flat_data", None)
+    if flat is not None and flat is not node:
+        return _resolve(flat, positions)
+    if isinstance(node, (IndexedSubset, torch.utils.data.Subset)):
+        return _resolve(node.dataset, np.asarray(node.indices, dtype=np.int64)[positions])
+    parts = getattr(node, "_datasets", None)
+    if parts is None:
+        raise DataError(
+            f"device data path: cannot see the images behind a {type(node).__name__}; "
+            "valid choices: training.data_path=avalanche, or datasets built from a clbench benchmark"
+        )
+    indices = getattr(node, "_indices", None)
+    if indices is not None:
+        positions = np.fromiter(indices, dtype=np.int64, count=len(indices))[positions]
+    ends = np.cumsum([len(part) for part in parts])
+    owner = np.searchsorted(ends, positions, side="right")
+    rows = np.empty_like(positions)
+    base: Storage | None = None
+    for part_id in np.unique(owner):
+        mask = owner == part_id
+        start = 0 if part_id == 0 else int(ends[part_id - 1])
+        part_base, part_rows = _resolve(parts[part_id], positions[mask] - start)
+        if base is not None and part_base is not base:
+            raise DataError("device data path: one data loader mixes images of two different splits")
+        base, rows[mask] = part_base, part_rows
+    if base is None:  # an empty dataset: any split will do, no rows are read
+        raise DataError("device data path: cannot resolve an empty dataset")
+    return base, rows
+
+
+@dataclass
+class _Source:
+    """One dataset of a loader, resolved: device rows, labels, task labels, own indices."""
+
+    images: DeviceImages | DeviceTensors
+    rows: torch.Tensor
+    targets: torch.Tensor
+    task_labels: torch.Tensor
+    batch_size: int
+    carried_index: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def _labels(dataset: Any, name: str, device: torch.device, default: int | None) -> torch.Tensor:
+    values = getattr(dataset, name, None)
+    if values is None:
+        if default is None:
+            raise DataError(f"device data path: dataset {type(dataset).__name__} has no {name}")
+        return torch.full((len(dataset),), default, dtype=torch.long, device=device)
+    return torch.as_tensor(np.asarray(list(values), dtype=np.int64), device=device)
+
+
+class DeviceBatches:
+    """Mini-batches concatenated from several resolved datasets, sampled like Avalanche's loaders.
+
+    Each epoch lasts as many steps as the termination source has batches; every other source
+    is reshuffled and cycled when exhausted (``oversample``) or stops contributing.
+    """
+
+    def __init__(
+        self,
+        sources: list[_Source],
+        termination: int,
+        shuffle: bool,
+        drop_last: bool,
+        oversample: bool,
+        augment: bool,
+        generator: torch.Generator,
+    ) -> None:
+        """Sample from ``sources``; ``termination`` indexes the one that sets the epoch length."""
+        self.sources = sources
+        self.termination = termination
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.oversample = oversample
+        self.augment = augment
+        self.generator = generator
+
+    def _batches_of(self, source: _Source) -> int:
+        full, rest = divmod(len(source), source.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def __len__(self) -> int:
+        return self._batches_of(self.sources[self.termination])
+
+    def _order(self, source: _Source) -> torch.Tensor:
+        n = len(source)
+        device = source.rows.device
+        if self.shuffle:
+            return torch.randperm(n, generator=self.generator, device=device)
+        return torch.arange(n, device=device)
+
+    def _stream(self, source: _Source) -> Iterator[torch.Tensor]:
+        """Positions of successive batches of one source (one pass)."""
+        order = self._order(source)
+        for b in range(self._batches_of(source)):
+            yield order[b * source.batch_size : (b + 1) * source.batch_size]
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        streams: list[Iterator[torch.Tensor] | None] = [
+            self._stream(s) if len(s) > 0 and s.batch_size > 0 else None for s in self.sources
+        ]
+        for _ in range(len(self)):
+            parts: list[tuple[_Source, torch.Tensor]] = []
+            for k, source in enumerate(self.sources):
+                stream = streams[k]
+                if stream is None:
+                    continue
+                chosen = next(stream, None)
+                if chosen is None and k != self.termination and self.oversample:
+                    streams[k] = stream = self._stream(source)
+                    chosen = next(stream, None)
+                if chosen is None:
+                    streams[k] = None
+                    continue
+                parts.append((source, chosen))
+            yield self._assemble(parts)
+
+    def _assemble(self, parts: list[tuple[_Source, torch.Tensor]]) -> list[torch.Tensor]:
+        images = torch.cat([s.images.batch(s.rows[p], self.augment, self.generator) for s, p in parts])
+        batch = [
+            images,
+            torch.cat([s.targets[p] for s, p in parts]),
+            torch.cat([s.task_labels[p] for s, p in parts]),
+        ]
+        if all(s.carried_index is not None for s, _ in parts):
+            batch.append(torch.cat([s.carried_index[p] for s, p in parts if s.carried_index is not None]))
+        return batch
+
+
+@dataclass(frozen=True)
+class DevicePathOptions:
+    """Settings of the device path (from the run's training config)."""
+
+    channels_last: bool = False
+    precision: Precision = "fp32"
+    seed: int = 0
+
+
+class _Splits:
+    """Device copies of the in-memory splits, made once per split and device."""
+
+    def __init__(self, device: torch.device, channels_last: bool) -> None:
+        self.device = device
+        self.channels_last = channels_last
+        self._copies: dict[int, tuple[Storage, DeviceImages | DeviceTensors]] = {}
+
+    def of(self, base: Storage) -> DeviceImages | DeviceTensors:
+        if isinstance(base, list):  # small, changes between experiences: not cached
+            return DeviceTensors(base, self.device, self.channels_last)
+        key = id(base)
+        if key not in self._copies:
+            self._copies[key] = (base, DeviceImages(base, self.device, self.channels_last))
+        return self._copies[key][1]
+
+
+def _source(dataset: Any, batch_size: int, splits: _Splits) -> _Source:
+    base, rows = resolve_rows(dataset)
+    device = splits.device
+    inner = dataset.dataset if isinstance(dataset, IndexedSubset) else dataset
+    targets = _labels(inner, "targets", device, None)
+    task_labels = _labels(inner, "targets_task_labels", device, 0)
+    carried = None
+    if isinstance(dataset, IndexedSubset):
+        carried = torch.as_tensor(dataset.indices, dtype=torch.long, device=device)
+        targets, task_labels = targets[carried], task_labels[carried]
+    return _Source(
+        images=splits.of(base),
+        rows=torch.as_tensor(rows, device=device),
+        targets=targets,
+        task_labels=task_labels,
+        batch_size=batch_size,
+        carried_index=carried,
+    )
+
+
+def convert_loader(loader: Any, splits: _Splits, augment: bool, generator: torch.Generator) -> DeviceBatches:
+    """The device equivalent of an Avalanche multi-dataset loader or a torch ``DataLoader``.
+
+    Raises:
+        DataError: The loader is of a kind whose sampling this path does not reproduce.
+    """
+    from avalanche.benchmarks.utils.data_loader import MultiDatasetDataLoader
+
+    if isinstance(loader, DeviceBatches):
+        return loader
+    if isinstance(loader, MultiDatasetDataLoader):
+        if loader.never_ending:
+            raise DataError("device data path: never-ending loaders are not supported; use data_path=avalanche")
+        kwargs = loader.loader_kwargs
+        return DeviceBatches(
+            [_source(d, b, splits) for d, b in zip(loader.datasets, loader.batch_sizes, strict=True)],
+            termination=int(loader.termination_dataset),
+            shuffle=bool(kwargs.get("shuffle", False)),
+            drop_last=bool(kwargs.get("drop_last", False)),
+            oversample=bool(loader.oversample_small_datasets),
+            augment=augment,
+            generator=generator,
+        )
+    if isinstance(loader, torch.utils.data.DataLoader):
+        batch_size = loader.batch_size
+        if batch_size is None:
+            raise DataError("device data path: a DataLoader without batch_size; use data_path=avalanche")
+        return DeviceBatches(
+            [_source(loader.dataset, batch_size, splits)],
+            termination=0,
+            shuffle=isinstance(loader.sampler, torch.utils.data.RandomSampler),
+            drop_last=bool(loader.drop_last),
+            oversample=False,
+            augment=augment,
+            generator=generator,
+        )
+    raise DataError(
+        f"device data path: cannot convert a {type(loader).__name__}; valid choices: Avalanche loaders, "
+        "torch DataLoader (or training.data_path=avalanche)"
+    )
+
+
+class DevicePathMixin:
+    """Template mixin: device-resident batches for training and evaluation, optional bf16.
+
+    Mixed in front of any ``SupervisedTemplate`` subclass (see
+    :func:`with_device_path`). Whatever train loader the template and its plugins built
+    for an experience is converted, with the same sampling, when an epoch starts; the eval
+    loader is built directly. ``forward`` runs under bf16 autocast when asked and returns
+    float32 logits, so losses and metrics stay in full precision.
+    """
+
+    device_path: DevicePathOptions = DevicePathOptions()
+    dataloader: Any
+    adapted_dataset: Any
+    eval_mb_size: int
+    device: torch.device
+    is_training: bool
+
+    def _device_state(self) -> tuple[_Splits, torch.Generator]:
+        state = getattr(self, "_device_path_state", None)
+        if state is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.device_path.seed)
+            state = (_Splits(self.device, self.device_path.channels_last), generator)
+            self._device_path_state = state
+        return state
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """Convert the experience's train loader (once), then run the template's epoch."""
+        splits, generator = self._device_state()
+        self.dataloader = convert_loader(self.dataloader, splits, augment=True, generator=generator)
+        super().training_epoch(**kwargs)  # type: ignore[misc]
+
+    def make_eval_dataloader(self, **kwargs: Any) -> None:
+        """Un-augmented device batches of the adapted eval dataset, in order."""
+        splits, generator = self._device_state()
+        self.dataloader = DeviceBatches(
+            [_source(self.adapted_dataset, self.eval_mb_size, splits)],
+            termination=0,
+            shuffle=False,
+            drop_last=False,
+            oversample=False,
+            augment=False,
+            generator=generator,
+        )
+
+    def forward(self) -> Any:
+        """The template's forward, under bf16 autocast if configured."""
+        with self._autocast():
+            output = super().forward()  # type: ignore[misc]
+        return output.float() if isinstance(output, torch.Tensor) else output
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.device_path.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+@functools.cache
+def with_device_path(template: type, options: DevicePathOptions) -> type:
+    """``template`` with :class:`DevicePathMixin` in front, configured by ``options``.
+
+    Cached, so one template and one set of options give one class (pickling, isinstance).
+    """
+    return type(f"Device{template.__name__}", (DevicePathMixin, template), {"device_path": options})
