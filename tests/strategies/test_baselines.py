@@ -17,9 +17,9 @@ BUFFER = 48
 N_CLASSES = 6
 
 
-@pytest.fixture(scope="module")
-def all_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("baselines")
+@pytest.fixture(scope="module", params=["avalanche", "device"])
+def all_runs(tmp_path_factory, request):
+    folder = tmp_path_factory.mktemp(f"baselines_{request.param}")
     config = {
         "name": "baselines",
         "benchmarks": [
@@ -45,7 +45,7 @@ def all_runs(tmp_path_factory):
         "buffer_sizes": [BUFFER],
         "seeds": [1231],
         "backbone": {"name": "mlp", "args": {"hidden": [16]}},
-        "training": {"epochs": 1, "batch_size": 8, "replay_batch_size": 8},
+        "training": {"epochs": 1, "batch_size": 8, "replay_batch_size": 8, "data_path": request.param},
         "device": "cpu",
     }
     path = folder / "all.yaml"
