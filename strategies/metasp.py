@@ -30,7 +30,7 @@ from clbench.fastdata import IndexedSubset
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.meta import MetaInfluence, meta_influence
 from clbench.strategies.base import STRATEGIES, StrategyContext
-from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, MetaSPBuffer
+from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
 from clbench.strategies.step_template import StepTemplate
 
 
@@ -76,6 +76,13 @@ class MetaSPRehSelArgs(MetaSPArgs):
     )
     features: FeatureKind = field(
         default="pixels", metadata={"help": "K-means features: flattened pixels (paper) or penultimate layer"}
+    )
+    influence_window: InfluenceWindow = field(
+        default="task",
+        metadata={
+            "help": "rank by influence measured during the latest task (paper's code resets scores per task) "
+            "or averaged over all tasks"
+        },
     )
 
 
@@ -311,9 +318,17 @@ def influence_function(args: MetaSPArgs) -> Callable[..., Any]:
     return compute
 
 
-def _build(ctx: StrategyContext, args: MetaSPArgs, selection: str, features: FeatureKind) -> MetaSP:
+def _build(
+    ctx: StrategyContext,
+    args: MetaSPArgs,
+    selection: str,
+    features: FeatureKind,
+    window: InfluenceWindow = "task",
+) -> MetaSP:
     ledger = InfluenceLedger()
-    storage = MetaSPBuffer(ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features)
+    storage = MetaSPBuffer(
+        ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features, influence_window=window
+    )
     return ctx.strategy_class(MetaSP)(
         args=args,
         storage=storage,
@@ -343,4 +358,4 @@ def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> MetaSP:
 )
 def build_metasp_rehsel(ctx: StrategyContext, args: MetaSPRehSelArgs) -> MetaSP:
     """MetaSP with RehSel (or one of its ablations) filling the buffer."""
-    return _build(ctx, args, args.selection, args.features)
+    return _build(ctx, args, args.selection, args.features, args.influence_window)

@@ -15,8 +15,9 @@ rehsel     the least harmful (mean I*)       per K-means cluster, its most benef
 ========== ================================= =========================================
 
 Influence is MetaSP's fused influence I* (negative = beneficial), averaged per example
-over every MetaSP step that saw it (:class:`InfluenceLedger`). Examples never seen count
-as neutral (0). Clusters are computed per new class (so class balance holds) on flattened
+over every MetaSP step of the latest task that saw it (:class:`InfluenceLedger`; the
+``influence_window`` argument keeps means over all tasks instead). Examples never seen
+count as neutral (0). Clusters are computed per new class (so class balance holds) on flattened
 normalised pixels (the paper) or penultimate-layer features.
 """
 
@@ -34,6 +35,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from clbench.registry import Registry
 
 FeatureKind = Literal["pixels", "penultimate"]
+InfluenceWindow = Literal["task", "all"]
 Key = tuple[int, int]  # (task index, index in that task's training dataset)
 
 
@@ -59,6 +61,11 @@ class InfluenceLedger:
                 self._count[task] = counts = np.concatenate([counts, np.zeros(grow, dtype=np.int64)])
             sums[index] += value
             counts[index] += 1
+
+    def clear(self) -> None:
+        """Forget every recorded value."""
+        self._sum.clear()
+        self._count.clear()
 
     def mean(self, keys: Sequence[Key]) -> npt.NDArray[np.float64]:
         """Mean influence of each key; 0 (neutral) for keys never recorded."""
@@ -215,13 +222,27 @@ class MetaSPBuffer(ExemplarsBuffer):  # type: ignore[misc]
         ledger: InfluenceLedger,
         seed: int,
         features: FeatureKind = "pixels",
+        influence_window: InfluenceWindow = "task",
     ) -> None:
-        """Create an empty buffer of ``max_size`` examples."""
+        """Create an empty buffer of ``max_size`` examples.
+
+        Args:
+            max_size: Capacity in examples.
+            selection: Name of the selection (``SELECTIONS``).
+            ledger: Where the strategy records each example's fused influence.
+            seed: Seed of the selection's random choices.
+            features: K-means features: flattened pixels or penultimate-layer features.
+            influence_window: ``task``: rank by influence measured while learning the
+                latest task (the ledger is cleared after each update, as the paper's code
+                resets its scores), so memory examples are judged under the current model;
+                ``all``: running means over every task.
+        """
         super().__init__(max_size)
         self.selection = SELECTIONS.get(selection).factory()
         self.selection_name = selection
         self.ledger = ledger
         self.feature_kind = features
+        self.influence_window = influence_window
         self.rng = np.random.default_rng(seed)
         self.keys: list[Key] = []
         self.labels: list[int] = []
@@ -318,3 +339,5 @@ class MetaSPBuffer(ExemplarsBuffer):  # type: ignore[misc]
         new_keys = [(task, i) for i in range(len(new_labels))]
         added = self._choose(new_keys, new_labels, new_quotas, self.selection.add_new, model)
         self._rebuild(kept_old + [new_keys[p] for p in added])
+        if self.influence_window == "task":
+            self.ledger.clear()

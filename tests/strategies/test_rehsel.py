@@ -135,3 +135,16 @@ def test_balanced_quotas_handles_rare_classes():
     assert balanced_quotas(10, {0: 2, 1: 2}) == {0: 2, 1: 2}
     assert balanced_quotas(7, {0: 5, 1: 5}) == {0: 4, 1: 3}
     assert balanced_quotas(0, {0: 5}) == {0: 0}
+
+
+@pytest.mark.parametrize(("window", "remembered"), [("task", False), ("all", True)])
+def test_influence_window_decides_whether_earlier_tasks_count(window, remembered):
+    bench = _benchmark()
+    ledger = InfluenceLedger()
+    buffer = MetaSPBuffer(4, "rehsel", ledger, seed=0, influence_window=window)
+    first = bench.scenario.train_stream[0]
+    ledger.add([0] * len(first.dataset), list(range(len(first.dataset))), [1.0] * len(first.dataset))
+    buffer.post_adapt(SimpleNamespace(), first)
+    kept = buffer.keys
+    assert bool(np.all(ledger.mean(kept) == 1.0)) is remembered
+    assert bool(np.all(ledger.mean(kept) == 0.0)) is not remembered
