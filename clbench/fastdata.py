@@ -407,6 +407,19 @@ class DevicePathMixin:
             generator=generator,
         )
 
+    def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of ``dataset[indices]`` in one batched gather on the device.
+
+        Each dataset is resolved once (and kept alive, so its ``id`` stays its own).
+        """
+        splits, generator = self._device_state()
+        cache: dict[int, tuple[Any, _Source]] = self.__dict__.setdefault("_device_fetch_cache", {})
+        if id(dataset) not in cache:
+            cache[id(dataset)] = (dataset, _source(dataset, 1, splits))
+        source = cache[id(dataset)][1]
+        positions = torch.as_tensor(list(indices), dtype=torch.long, device=source.rows.device)
+        return source.images.batch(source.rows[positions], augment, generator), source.targets[positions]
+
     def forward(self) -> Any:
         """The template's forward, under bf16 autocast if configured."""
         with self._autocast():

@@ -206,22 +206,15 @@ class MetaSP(StepTemplate):
             self.mbatch = list(data)
         super()._unpack_minibatch()
 
-    def _stack(self, items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([item[0] for item in items]).to(self.device)
-        y = torch.as_tensor([item[1] for item in items], device=self.device)
-        return x, y
-
     def _sample_memory(self, count: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         positions = torch.randperm(len(self.storage))[:count]
-        x, y = self._stack([self.storage.item(int(p), train=train) for p in positions])
+        x, y = self.fetch_examples(self.storage.buffer, positions.tolist(), augment=train)
         return x, y, positions
 
     def _sample_new_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         pool = self._heldout if self._heldout else self._train_indices
         chosen = torch.randperm(len(pool))[: self.val_size]
-        dataset = self.experience.dataset.eval()
-        items = [dataset[pool[int(c)]] for c in chosen]
-        return self._stack([(item[0], int(item[1])) for item in items])
+        return self.fetch_examples(self.experience.dataset, [pool[int(c)] for c in chosen], augment=False)
 
     # --- schedule --------------------------------------------------------------------
     def _phase(self) -> Literal["plain", "replay", "meta"]:

@@ -257,13 +257,6 @@ class MetaSPBuffer(ExemplarsBuffer):  # type: ignore[misc]
         if len(self.keys) > new_size:
             self._rebuild(self._keep_old(new_size))
 
-    def item(self, position: int, train: bool = True) -> tuple[torch.Tensor, int]:
-        """Input and label of the buffer example at ``position``."""
-        task, index = self.keys[position]
-        dataset = self._datasets[task] if train else self._datasets[task].eval()
-        x, y, *_ = dataset[index]
-        return x, int(y)
-
     def _features(
         self, task: int, indices: npt.NDArray[np.int64], model: torch.nn.Module | None
     ) -> npt.NDArray[np.float32]:

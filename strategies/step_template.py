@@ -6,6 +6,7 @@ below instead of re-writing ``training_epoch``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,6 +32,18 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
 
     def after_step(self) -> None:
         """Run after the optimiser step and all its hooks."""
+
+    def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of ``dataset[indices]`` on the device (training augmentation if ``augment``).
+
+        One example at a time through the Avalanche dataset; the device data path overrides
+        this with one batched gather (:class:`clbench.fastdata.DevicePathMixin`).
+        """
+        view = dataset.train() if augment else dataset.eval()
+        items = [view[int(i)] for i in indices]
+        x = torch.stack([item[0] for item in items]).to(self.device)
+        y = torch.as_tensor([int(item[1]) for item in items], device=self.device)
+        return x, y
 
     def append_to_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Concatenate examples (e.g. replayed ones, task label 0) to the current mini-batch."""

@@ -226,3 +226,18 @@ def test_unknown_data_path_names_the_choices(tmp_path, capsys, value):
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     message = capsys.readouterr().err
     assert value in message and "avalanche" in message and "device" in message
+
+
+def test_device_fetch_of_examples_equals_the_per_item_fetch():
+    from clbench.strategies.step_template import StepTemplate
+
+    bench = _benchmark()
+    dataset = bench.scenario.train_stream[1].dataset
+    fetched = {}
+    for name, template in (("plain", StepTemplate), ("device", with_device_path(StepTemplate, DevicePathOptions()))):
+        strategy = _strategy(template, bench, AccuracyCollector(bench.task_classes))
+        fetched[name] = strategy.fetch_examples(dataset, [7, 0, 3, 7], augment=False)
+    assert torch.equal(fetched["plain"][0], fetched["device"][0])
+    assert (
+        fetched["plain"][1].tolist() == fetched["device"][1].tolist() == [int(dataset.targets[i]) for i in (7, 0, 3, 7)]
+    )
