@@ -42,10 +42,15 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(spec.get("args", {}).items()))
 
     schedule = f", lr x{training['lr_gamma']} at {training['lr_milestones']}" if training.get("lr_milestones") else ""
+    # older result files predate the data-path settings; they ran on Avalanche's loaders in fp32
+    data_path = training.get("data_path", "avalanche")
+    precision = training.get("precision", "fp32")
+    memory_format = ", channels-last" if training.get("channels_last") else ""
     return (
         f"{bench['name']} ({args(bench)}); {backbone['name']} ({args(backbone)}); "
         f"{training['epochs']} epochs/task, SGD lr {training['lr']} momentum {training['momentum']}{schedule}, "
-        f"batch {training['batch_size']} + replay {training['replay_batch_size']}"
+        f"batch {training['batch_size']} + replay {training['replay_batch_size']}; "
+        f"{data_path} data path, {precision}{memory_format}"
     )
 
 

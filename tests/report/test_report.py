@@ -146,6 +146,7 @@ def test_different_protocols_are_never_pooled(results):
     )
     assert main_table.mean.loc["er", (500, "Ainf")] == pytest.approx(np.mean(list(ER.values())))
     assert "5 epochs/task" in main_table.protocol
+    assert "avalanche data path, fp32" in main_table.protocol
 
 
 def test_missing_seeds_are_reported(results):
