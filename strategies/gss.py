@@ -34,6 +34,12 @@ def build_gss(ctx: StrategyContext, args: GSSArgs) -> Any:
     similarity to ``mem_strength`` random memory subsets. Avalanche's GSS replays a fixed
     32 memory examples per step (``replay_batch_size`` is not used), which is why the
     buffer must hold at least ``batch_size + 32`` examples.
+
+    Known defect of Avalanche 0.6.0, not patched here: its plugin scores examples in
+    ``after_forward`` with ``zero_grad`` + ``backward`` and leaves the last example's
+    gradient in ``.grad``, which the strategy's own backward then adds to. On real Split
+    CIFAR-10 (``results/cifar10_baselines_cpu``) the strategy learns nothing after the
+    first task.
     """
     from avalanche.training.supervised import GSS_greedy
 
