@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -95,15 +95,22 @@ def _timed(fn: Callable[[], tuple[tuple[torch.Tensor, ...], tuple[float, ...]]])
     return InfluenceResult(influence, losses, time.perf_counter() - tic)
 
 
-class InverseCurvatureEstimator(Estimator):
-    """``I_i = -grad L^T ihvp(grad l_i)`` with an inverse-curvature solver."""
+ArgsT = TypeVar("ArgsT")
 
-    def __init__(self, curvature: Curvature = "full") -> None:
-        """Use the Hessian (``full``) or the Gauss-Newton matrix."""
-        self.curvature = curvature
+
+class InverseCurvatureEstimator(Estimator, Generic[ArgsT]):
+    """``I_i = -grad L^T ihvp(grad l_i)`` with an inverse-curvature solver.
+
+    Subclasses only say how to solve; the curvature (``hessian: full | gauss_newton``) is
+    read from their arguments, ``full`` when they have no such field.
+    """
+
+    def __init__(self, args: ArgsT) -> None:
+        """Create the estimator from its arguments."""
+        self.args = args
 
     def _matvec(self, model: nn.Module, params: Params, batch: Batch) -> MatVec:
-        if self.curvature == "gauss_newton":
+        if getattr(self.args, "hessian", "full") == "gauss_newton":
             return gnvp_fn(model, params, batch)
         return hvp_fn(per_example_loss_fn(model), params, batch)
 
@@ -139,15 +146,10 @@ class ExactArgs:
     damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
 
 
-class ExactEstimator(InverseCurvatureEstimator):
+class ExactEstimator(InverseCurvatureEstimator[ExactArgs]):
     """Dense (H + damping I)^-1: the ground truth for small models."""
 
     name = "exact"
-
-    def __init__(self, args: ExactArgs) -> None:
-        """Create the estimator."""
-        super().__init__(args.hessian)
-        self.args = args
 
     def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         return ihvp_exact_fn(self._matvec(model, params, train), params, self.args.damping)
@@ -163,15 +165,10 @@ class CGArgs:
     tol: float = field(default=1e-10, metadata={"help": "stop when ||r||^2 <= tol ||v||^2"})
 
 
-class CGEstimator(InverseCurvatureEstimator):
+class CGEstimator(InverseCurvatureEstimator[CGArgs]):
     """Conjugate gradients on (H + damping I) s = grad L."""
 
     name = "cg"
-
-    def __init__(self, args: CGArgs) -> None:
-        """Create the estimator."""
-        super().__init__(args.hessian)
-        self.args = args
 
     def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         return ihvp_cg_fn(self._matvec(model, params, train), self.args.damping, self.args.max_iter, self.args.tol)
@@ -189,15 +186,10 @@ class LissaArgs:
     batch_size: int | None = field(default=None, metadata={"help": "mini-batch per curvature product; None: all"})
 
 
-class LissaEstimator(InverseCurvatureEstimator):
+class LissaEstimator(InverseCurvatureEstimator[LissaArgs]):
     """LiSSA with optional mini-batch curvature products."""
 
     name = "lissa"
-
-    def __init__(self, args: LissaArgs) -> None:
-        """Create the estimator."""
-        super().__init__(args.hessian)
-        self.args = args
 
     def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         n = train[1].shape[0]
@@ -223,15 +215,10 @@ class NeumannArgs:
     terms: int = field(default=50, metadata={"help": "number of series terms"})
 
 
-class NeumannEstimator(InverseCurvatureEstimator):
+class NeumannEstimator(InverseCurvatureEstimator[NeumannArgs]):
     """H^-1 ~= alpha sum_j (I - alpha H)^j."""
 
     name = "neumann"
-
-    def __init__(self, args: NeumannArgs) -> None:
-        """Create the estimator."""
-        super().__init__(args.hessian)
-        self.args = args
 
     def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         return ihvp_neumann_fn(self._matvec(model, params, train), self.args.damping, self.args.alpha, self.args.terms)
@@ -246,7 +233,7 @@ class IdentityArgs:
     )
 
 
-class IdentityEstimator(InverseCurvatureEstimator):
+class IdentityEstimator(InverseCurvatureEstimator[IdentityArgs]):
     """H^-1 ~= scale * I: ``I_i = -scale * grad L^T grad l_i``.
 
     This is the inverse-Hessian approximation of Luketina et al. (2016), whose
@@ -256,11 +243,6 @@ class IdentityEstimator(InverseCurvatureEstimator):
     """
 
     name = "identity"
-
-    def __init__(self, args: IdentityArgs) -> None:
-        """Create the estimator."""
-        super().__init__()
-        self.args = args
 
     def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
         scale = self.args.scale if self.args.scale is not None else lr
