@@ -32,6 +32,12 @@ class StepBenchArgs:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock times cover it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _time(step: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[float, float | None]:
     """Median milliseconds per call and peak CUDA memory in MiB (None on CPU)."""
     for _ in range(warmup):
@@ -43,8 +49,7 @@ def _time(step: Callable[[], Any], device: torch.device, warmup: int, repeats: i
     for _ in range(repeats):
         tic = time.perf_counter()
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _synchronize(device)
         times.append(1000 * (time.perf_counter() - tic))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return sorted(times)[len(times) // 2], peak
@@ -234,21 +239,17 @@ class _IterationClock:
 
         class Plugin(SupervisedPlugin):  # type: ignore[misc]
             def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-                clock._sync()
+                _synchronize(clock.device)
                 clock._last = time.perf_counter()
 
             def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-                clock._sync()
+                _synchronize(clock.device)
                 now = time.perf_counter()
                 if clock._last is not None:
                     clock.gaps.append(1000 * (now - clock._last))
                 clock._last = now
 
         self.plugin = Plugin()
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def take_median(self, skip: int = 3) -> float:
         """Median ms per iteration since the last call, without the first ``skip`` ones."""
@@ -266,7 +267,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     """
     from clbench.backbones import CifarResNet18
     from clbench.config import TrainingConfig, from_mapping
-    from clbench.runner import _device_path_options, resolve_device
+    from clbench.runner import device_path_options, resolve_device
     from clbench.strategies.base import STRATEGIES, StrategyContext
 
     device = resolve_device(args.device)
@@ -303,7 +304,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
                 benchmark=benchmark,
                 seed=args.seed,
                 plugins=[clock.plugin],
-                device_path=_device_path_options(training, args.seed),
+                device_path=device_path_options(training, args.seed),
             )
             strategy = entry.factory(context, from_mapping(entry.args, strategy_args, f"strategy {strategy_name}"))
             stream = benchmark.scenario.train_stream
@@ -312,10 +313,10 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
             strategy.train(stream[1], eval_streams=[])
             second = clock.take_median()
             strategy.eval(benchmark.scenario.test_stream[:1])  # warm-up of the eval path
-            clock._sync()
+            _synchronize(clock.device)
             tic = time.perf_counter()
             strategy.eval(benchmark.scenario.test_stream)
-            clock._sync()
+            _synchronize(clock.device)
             rows.append(
                 {
                     "strategy": strategy_name,

@@ -65,7 +65,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     """
     for name in experiment.loggers:
         LOGGERS.get(name)
-    _device_path_options(experiment.training, 0)
+    device_path_options(experiment.training, 0)
     runs: list[RunConfig] = []
     for bench_spec in experiment.benchmarks:
         bench_entry = BENCHMARKS.get(bench_spec.name)
@@ -198,7 +198,7 @@ def _log_row(loggers: list[Any], task: int, row: AccuracyRow) -> None:
         logger.log_single_metric("clbench/class_il/average_seen", sum(seen) / len(seen), task)
 
 
-def _device_path_options(training: TrainingConfig, seed: int) -> DevicePathOptions | None:
+def device_path_options(training: TrainingConfig, seed: int) -> DevicePathOptions | None:
     """The device path's settings, or None for Avalanche's loaders.
 
     Raises:
@@ -249,7 +249,7 @@ def execute_run(
         from_mapping(backbone_entry.args, run.backbone.args, "backbone"), benchmark.input_shape, benchmark.n_classes
     ).to(device)
     training = run.training
-    device_path = _device_path_options(training, run.seed)
+    device_path = device_path_options(training, run.seed)
     if training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
