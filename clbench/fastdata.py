@@ -320,6 +320,21 @@ def _source(dataset: Any, batch_size: int, splits: _Splits) -> _Source:
     )
 
 
+def _one_dataset(
+    source: _Source, shuffle: bool, drop_last: bool, augment: bool, generator: torch.Generator
+) -> DeviceBatches:
+    """Batches of a single dataset (a plain loader, or evaluation)."""
+    return DeviceBatches(
+        [source],
+        termination=0,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        oversample=False,
+        augment=augment,
+        generator=generator,
+    )
+
+
 def convert_loader(loader: Any, splits: _Splits, augment: bool, generator: torch.Generator) -> DeviceBatches:
     """The device equivalent of an Avalanche multi-dataset loader or a torch ``DataLoader``.
 
@@ -347,12 +362,10 @@ def convert_loader(loader: Any, splits: _Splits, augment: bool, generator: torch
         batch_size = loader.batch_size
         if batch_size is None:
             raise DataError("device data path: a DataLoader without batch_size; use data_path=avalanche")
-        return DeviceBatches(
-            [_source(loader.dataset, batch_size, splits)],
-            termination=0,
+        return _one_dataset(
+            _source(loader.dataset, batch_size, splits),
             shuffle=isinstance(loader.sampler, torch.utils.data.RandomSampler),
             drop_last=bool(loader.drop_last),
-            oversample=False,
             augment=augment,
             generator=generator,
         )
@@ -397,15 +410,8 @@ class DevicePathMixin:
     def make_eval_dataloader(self, **kwargs: Any) -> None:
         """Un-augmented device batches of the adapted eval dataset, in order."""
         splits, generator = self._device_state()
-        self.dataloader = DeviceBatches(
-            [_source(self.adapted_dataset, self.eval_mb_size, splits)],
-            termination=0,
-            shuffle=False,
-            drop_last=False,
-            oversample=False,
-            augment=False,
-            generator=generator,
-        )
+        source = _source(self.adapted_dataset, self.eval_mb_size, splits)
+        self.dataloader = _one_dataset(source, shuffle=False, drop_last=False, augment=False, generator=generator)
 
     def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and labels of ``dataset[indices]`` in one batched gather on the device.
