@@ -65,7 +65,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     """
     for name in experiment.loggers:
         LOGGERS.get(name)
-    device_path_options(experiment.training, 0)
+    device_path_options(experiment.training, 0)  # fails now on device-only settings without the device path
     runs: list[RunConfig] = []
     for bench_spec in experiment.benchmarks:
         bench_entry = BENCHMARKS.get(bench_spec.name)
