@@ -134,6 +134,9 @@ class RunConfig:
     training: TrainingConfig
     device: str
     deterministic: bool
+    strategy_revision: int = field(
+        default=1, metadata=_help("implementation revision of the strategy (raised when a fix changes its results)")
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready plain mapping of the config."""
@@ -146,6 +149,9 @@ class RunConfig:
         identity = self.to_dict()
         identity.pop("experiment")
         identity.pop("device")
+        if identity["strategy_revision"] == 1:
+            # Revision 1 is implicit, so runs finished before revisions existed keep their ids.
+            identity.pop("strategy_revision")
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.benchmark.name}-{self.strategy.name}-m{self.buffer_size}-s{self.seed}-{digest}"
 

@@ -89,6 +89,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
                             training=experiment.training,
                             device=experiment.device,
                             deterministic=experiment.deterministic,
+                            strategy_revision=int(entry.traits.get("revision", 1)),
                         )
                     )
     ids = [run.run_id for run in runs]

@@ -12,6 +12,9 @@ Traits of an entry:
     examples; strategies without one run once per grid point, not once per buffer size.
     ``trains_jointly``: the strategy is trained once on the whole stream (Joint) and is
     evaluated once, after it.
+    ``revision``: the implementation's revision (default 1). Raise it with a fix that
+    changes results: it is part of the run id, so a re-run does not skip, as finished,
+    runs of the older implementation.
 
 A built strategy may define ``clbench_extras() -> dict`` whose result is stored under
 ``extras`` in the run's results file (e.g. influence statistics).

@@ -8,11 +8,20 @@ would rise most if training went on, found by gradient ascent on the forgetting 
 where theta_t are the weights at the end of the task, theta_M the same weights fine-tuned
 for a few steps on the replay buffer (a glimpse of future updates), and phi_mean a running
 mean (decay ``beta``) of the current batches' penultimate features, which keeps the anchor
-near the data. While training later tasks, every ER step adds
+near the data. While training later tasks, every ER step looks ahead to where the replay
+gradient alone would take the weights, theta~ = theta - lr * grad l_ER(theta), and adds the
+gradient *at theta~* of the anchor-stability loss
 
-    lambda * mean (f(e; theta) - f(e; theta~))^2,  theta~ = theta - lr * grad l_ER(theta),
+    lambda * mean (f(e; theta~) - sg[f(e; theta)])^2      (sg: no gradient),
 
-i.e. the anchors' outputs after the replay step are pulled back to where they were.
+so the update pulls the anchors' outputs back toward their values before the step.
+
+The sign matters and is where this differs from the public Mammoth port, which takes the
+gradient of ``(f(e; theta~) - f(e; theta))^2`` at theta with f(e; theta~) held fixed: that
+moves f(e; theta) *toward* its post-step value, i.e. it enlarges the change of the anchors'
+outputs instead of resisting it (``tests/strategies/test_baselines.py`` checks the
+direction). On real Split CIFAR-10 that version stopped the model from learning any class
+after the first task (``results/cifar10_baselines_cpu``, revision 1 of this strategy).
 
 Memory accounting: anchors are inputs the method keeps, so they count against the
 budget: the reservoir buffer holds ``buffer_size - n_classes`` examples and up to
@@ -91,24 +100,27 @@ class HAL(StepTemplate):
         self.mean_features: torch.Tensor | None = None
         self._n_new = 0
 
-    def _anchor_loss(self) -> torch.Tensor:
-        """Lambda * mean (f(e; theta) - f(e; theta~))^2 with theta~ after a plain replay step."""
+    def _add_anchor_stability_gradient(self) -> torch.Tensor:
+        """Add the anchor-stability gradient at the look-ahead weights to ``.grad``; return the loss."""
         lr = float(self.optimizer.param_groups[0]["lr"])
-        params = trainable_params(self.model)
-        grads = {
-            name: p.grad.detach() if p.grad is not None else torch.zeros_like(p)
-            for name, p in self.model.named_parameters()
-            if p.requires_grad
-        }
-        stepped = {name: params[name] - lr * grads[name] for name in params}
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         anchors = self.anchors.to(self.device)
         was_training = self.model.training
         self.model.eval()  # anchors are single points, not a batch to normalise with
         with torch.no_grad():
-            after_step = functional_call(self.model, stepped, (anchors,), strict=False)
-        loss: torch.Tensor = self.args.anchor_weight * ((self.model(anchors) - after_step) ** 2).mean()
+            before = self.model(anchors)
+            ahead = {name: p - lr * p.grad if p.grad is not None else p.clone() for name, p in named}
+        for value in ahead.values():
+            value.requires_grad_(True)
+        after = functional_call(self.model, ahead, (anchors,), strict=False)
+        loss: torch.Tensor = self.args.anchor_weight * ((after - before) ** 2).mean()
+        grads = torch.autograd.grad(loss, list(ahead.values()), allow_unused=True)
         self.model.train(was_training)
-        return loss
+        with torch.no_grad():
+            for (_, p), g in zip(named, grads, strict=True):
+                if g is not None:
+                    p.grad = g.clone() if p.grad is None else p.grad + g
+        return loss.detach()
 
     def prepare_batch(self) -> None:
         """Append a replayed memory mini-batch."""
@@ -121,9 +133,7 @@ class HAL(StepTemplate):
     def after_loss_backward(self) -> None:
         """Add the anchor-stability gradient onto the replay gradient."""
         if len(self.anchors) > 0:
-            anchor_loss = self._anchor_loss()
-            anchor_loss.backward()
-            self.loss = self.loss + anchor_loss.detach()
+            self.loss = self.loss + self._add_anchor_stability_gradient()
 
     def after_step(self) -> None:
         """Update the running mean of the current task's features."""
@@ -176,7 +186,11 @@ class HAL(StepTemplate):
 
 
 @STRATEGIES.register(
-    "hal", args=HALArgs, help="ER + hindsight anchors that keep forgetting-prone outputs stable", uses_buffer=True
+    "hal",
+    args=HALArgs,
+    help="ER + hindsight anchors that keep forgetting-prone outputs stable",
+    uses_buffer=True,
+    revision=2,
 )
 def build_hal(ctx: StrategyContext, args: HALArgs) -> HAL:
     """HAL with ``buffer_size - n_classes`` replay slots plus one anchor per class."""

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from clbench.registry import NoArgs
 from clbench.strategies.base import STRATEGIES, StrategyContext
+
+
+@dataclass(frozen=True)
+class JointArgs:
+    """Arguments of Joint."""
+
+    epochs: int | None = field(
+        default=None,
+        metadata={"help": "epochs over the union of all tasks; default the run's epochs per task"},
+    )
 
 
 @STRATEGIES.register(
     "joint",
-    args=NoArgs,
+    args=JointArgs,
     help="offline training on all tasks' data at once (Avalanche JointTraining), the upper bound",
     trains_jointly=True,
 )
-def build_joint(ctx: StrategyContext, args: NoArgs) -> Any:
+def build_joint(ctx: StrategyContext, args: JointArgs) -> Any:
     """Avalanche's ``JointTraining``: the runner trains it once on the whole stream.
 
-    It gets the same number of epochs as a sequential run gets per task, over the union
-    of all tasks' training data, and is evaluated once, so only A-infinity is defined.
+    By default it gets the same number of epochs as a sequential run gets per task, over
+    the union of all tasks' training data, and is evaluated once, so only A-infinity is
+    defined. Reduced protocols whose epochs per task do not bring the network near
+    convergence set ``epochs`` so that Joint stays an upper bound.
     """
     from avalanche.training.supervised import JointTraining
 
-    return ctx.strategy_class(JointTraining)(**ctx.template_kwargs())
+    kwargs = ctx.template_kwargs()
+    if args.epochs is not None:
+        kwargs["train_epochs"] = args.epochs
+    return ctx.strategy_class(JointTraining)(**kwargs)

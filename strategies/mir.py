@@ -1,10 +1,18 @@
-"""MIR (Aljundi et al., NeurIPS 2019) from Avalanche."""
+"""MIR (Aljundi et al., NeurIPS 2019): Avalanche's plugin with its retrieval corrected."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from avalanche.training.plugins import MIRPlugin
+from torch.func import functional_call
+from torch.utils.data import DataLoader
+
+from clbench.influence.functional import batchnorm_stats_frozen
 from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
@@ -17,23 +25,66 @@ class MIRArgs:
     )
 
 
+def _cycle(loader: DataLoader[Any]) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
+    """Avalanche 0.6.0's ``MIRPlugin`` (class-balanced memory, virtual step, top-k replay), corrected.
+
+    Avalanche's plugin, after each experience, builds its replay loader from the memory
+    *minus the classes of the experience's last mini-batch*: in class-incremental streams
+    that drops the task just learned, so task 2 trains with no replay at all and every
+    later task replays all tasks but the previous one (on real Split CIFAR-10, task-1
+    accuracy fell to 0 after task 2). Here the loader covers the whole memory. Scoring
+    also differs in two ways that change no selection rule: the virtual step is a
+    ``functional_call`` with the stepped weights instead of a deep copy of the model, and
+    the scoring passes leave BatchNorm's running statistics and the strategy's criterion
+    untouched (Avalanche updates the former and flips the latter's ``reduction``).
+    """
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Add the loss of the ``batch_size_mem`` memory candidates a virtual step would hurt most."""
+        if self.replay_loader is None:
+            return
+        x, y, _ = (part.to(strategy.device) for part in next(self.replay_loader))
+        model = strategy.model
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(strategy.loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+        lr = float(strategy.optimizer.param_groups[0]["lr"])
+        with torch.no_grad(), batchnorm_stats_frozen(model):
+            virtual = {name: p if g is None else p - lr * g for (name, p), g in zip(named, grads, strict=True)}
+            before = F.cross_entropy(model(x), y, reduction="none")
+            after = F.cross_entropy(functional_call(model, virtual, (x,), strict=False), y, reduction="none")
+        chosen = torch.argsort(after - before, descending=True)[: self.batch_size_mem]
+        strategy.loss += strategy._criterion(model(x[chosen]), y[chosen])
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Update the class-balanced memory; replay candidates come from all of it."""
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+        memory = self.storage_policy.buffer
+        enough = len(memory) > self.batch_size_mem
+        self.replay_loader = _cycle(DataLoader(memory, batch_size=self.subsample, shuffle=True)) if enough else None
+
+
 @STRATEGIES.register(
     "mir",
     args=MIRArgs,
     help="Maximally Interfered Retrieval: replay the memory examples a virtual step hurts most",
     uses_buffer=True,
+    revision=2,
 )
 def build_mir(ctx: StrategyContext, args: MIRArgs) -> Any:
-    """Avalanche's ``MIRPlugin`` on ``Naive``.
+    """MIR on ``Naive`` (see :class:`RetrievalFromAllTasks`).
 
-    Memory budget: the plugin's reservoir buffer of exactly ``buffer_size`` examples. Each
-    step scores ``subsample`` random memory examples by their loss increase under a virtual
-    SGD step on the current batch and replays the ``replay_batch_size`` largest.
+    Memory budget: Avalanche's class-balanced buffer of exactly ``buffer_size`` examples.
+    Each step scores ``subsample`` random memory examples by their loss increase under a
+    virtual SGD step on the current batch and replays the ``replay_batch_size`` largest.
     """
-    from avalanche.training.plugins import MIRPlugin
     from avalanche.training.supervised import Naive
 
-    plugin = MIRPlugin(
+    plugin = RetrievalFromAllTasks(
         batch_size_mem=ctx.training.replay_batch_size, mem_size=ctx.buffer_size, subsample=args.subsample
     )
     return ctx.strategy_class(Naive)(**ctx.template_kwargs(plugin))

@@ -1,3 +1,8 @@
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 
 from clbench.config import (
@@ -102,3 +107,31 @@ def test_shipped_experiment_files_validate():
     for path in experiments:
         runs = expand_grid(load_experiment(path))
         assert runs, path
+
+
+def test_strategy_revisions_enter_the_run_id_and_revision_one_ids_never_change():
+    from clbench.runner import expand_grid
+
+    runs = {run.strategy.name: run for run in expand_grid(experiment_from_mapping(BASE | {"seeds": [1]}))}
+    er = runs["er"]
+    assert er.strategy_revision == 1
+    revised = dataclasses.replace(er, strategy_revision=2)
+    assert revised.run_id != er.run_id
+    assert er.to_dict()["strategy_revision"] == 1  # recorded in results files
+    # Ids written before revisions existed: the hash of the config without the field.
+    legacy = er.to_dict()
+    for key in ("experiment", "device", "strategy_revision"):
+        legacy.pop(key)
+    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:10]
+    assert er.run_id.endswith(digest)
+
+
+def test_committed_baseline_results_are_runs_of_the_current_implementations():
+    """A fix that raised a strategy's revision needs its committed result re-run."""
+    from clbench.runner import expand_grid
+
+    root = Path(__file__).resolve().parents[1]
+    experiment = load_experiment(root / "experiments" / "cpu" / "cifar10_baselines.yaml")
+    committed = {p.stem for p in (root / "results" / "cifar10_baselines_cpu" / "runs").glob("*.json")}
+    missing = [run.run_id for run in expand_grid(experiment) if run.run_id not in committed]
+    assert not missing

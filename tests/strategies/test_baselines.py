@@ -94,7 +94,7 @@ def test_memory_budgets_equal_the_buffer_size():
     assert _plugin(build("agem"), "AGEMPlugin").patterns_per_experience * 3 == BUFFER
     assert _plugin(build("gdumb"), "GDumbPlugin").mem_size == BUFFER
     assert _plugin(build("mir"), "MIRPlugin").mem_size == BUFFER
-    assert _plugin(build("gss"), "GSS_greedyPlugin").mem_size == BUFFER
+    assert build("gss").memory.mem_size == BUFFER
     assert _plugin(build("er"), "ReplayPlugin").storage_policy.max_size == BUFFER
     assert build("gmed").storage.max_size == BUFFER
     assert build("hal").storage.max_size == BUFFER - N_CLASSES  # anchors take the rest
@@ -106,8 +106,8 @@ def test_too_small_buffers_are_one_line_errors():
 
     with pytest.raises(ClbenchError, match="hal needs buffer_size > n_classes = 6"):
         STRATEGIES.get("hal").factory(_context(buffer_size=6), STRATEGIES.get("hal").args())
-    with pytest.raises(ClbenchError, match="gss needs buffer_size >= batch_size"):
-        STRATEGIES.get("gss").factory(_context(buffer_size=20), STRATEGIES.get("gss").args())
+    with pytest.raises(ClbenchError, match="gss needs buffer_size >= batch_size = 8, got buffer_size 6"):
+        STRATEGIES.get("gss").factory(_context(buffer_size=6), STRATEGIES.get("gss").args())
 
 
 def test_buffers_after_training_never_exceed_their_budget(all_runs):
@@ -166,3 +166,136 @@ def test_gmed_writes_edits_back_to_memory(monkeypatch):
     assert edited.any() and not edited.all()
     changed = (strategy.storage.x != stored_before).flatten(1).any(1)
     assert torch.equal(changed, edited)
+
+
+class _UpdateProbe:
+    """Records, per training step, how far the update is from -lr x the step's batch gradient."""
+
+    def __init__(self):
+        self.gaps = []
+
+    def before_forward(self, strategy, **kwargs):
+        self.x, self.y = strategy.mb_x.clone(), strategy.mb_y.clone()
+        self.params = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
+
+    def after_update(self, strategy, **kwargs):
+        import copy
+
+        reference = copy.deepcopy(strategy.model)
+        reference.load_state_dict(self.params, strict=False)
+        reference.zero_grad()
+        nn.functional.cross_entropy(reference(self.x), self.y).backward()
+        lr = strategy.optimizer.param_groups[0]["lr"]
+        self.gaps.append(
+            max(
+                float((p.detach() - (self.params[n] - lr * r.grad)).abs().max())
+                for (n, p), r in zip(strategy.model.named_parameters(), reference.parameters(), strict=True)
+            )
+        )
+
+    def __getattr__(self, name):  # every other Avalanche hook: nothing to do
+        if name.startswith(("before_", "after_")):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+def _train_first_two_tasks(strategy, ctx):
+    for experience in list(ctx.benchmark.scenario.train_stream)[:2]:
+        strategy.train(experience)
+
+
+def test_gss_update_is_exactly_the_replay_batch_gradient_step():
+    probe = _UpdateProbe()
+    ctx = _context()
+    ctx.plugins = [probe]
+    strategy = STRATEGIES.get("gss").factory(ctx, STRATEGIES.get("gss").args())
+    _train_first_two_tasks(strategy, ctx)
+    assert len(strategy.memory) == BUFFER  # the swap-scoring branch ran during task 2
+    assert len(probe.gaps) > 10 and max(probe.gaps) < 1e-6
+
+
+def test_avalanche_gss_wrapper_contaminates_the_update():
+    """Why clbench does not use Avalanche 0.6.0's ``GSS_greedy``: its scoring leaves gradients behind."""
+    from avalanche.training.supervised import GSS_greedy
+
+    probe = _UpdateProbe()
+    ctx = _context()
+    ctx.plugins = [probe]
+    shape = list(ctx.benchmark.input_shape)
+    strategy = GSS_greedy(mem_size=BUFFER, mem_strength=5, input_size=shape, **ctx.template_kwargs())
+    _train_first_two_tasks(strategy, ctx)
+    assert max(probe.gaps) > 1e-3
+
+
+def test_gss_memory_takes_only_current_examples():
+    ctx = _context()
+    strategy = STRATEGIES.get("gss").factory(ctx, STRATEGIES.get("gss").args())
+    _train_first_two_tasks(strategy, ctx)
+    task_two = set(ctx.benchmark.task_classes[1])
+    stored = strategy.memory.ext_mem_list_y[: len(strategy.memory)].tolist()
+    assert task_two & set(stored)  # task 2 examples were swapped in
+    task_one_x = ctx.benchmark.scenario.train_stream[0].dataset.eval()
+    first = {tuple(task_one_x[i][0].flatten().tolist()) for i in range(len(task_one_x))}
+    memory_x = [tuple(x.flatten().tolist()) for x in strategy.memory.ext_mem_list_x[: len(strategy.memory)]]
+    assert len(set(memory_x)) == len(memory_x)  # replayed examples are never stored a second time
+    assert all(x in first or y in task_two for x, y in zip(memory_x, stored, strict=True))
+
+
+def test_mir_replays_the_task_just_learned():
+    ctx = _context()
+    strategy = STRATEGIES.get("mir").factory(ctx, STRATEGIES.get("mir").args())
+    strategy.train(ctx.benchmark.scenario.train_stream[0])
+    plugin = _plugin(strategy, "MIRPlugin")
+    assert plugin.replay_loader is not None
+    _, labels, _ = next(plugin.replay_loader)
+    assert set(labels.tolist()) == set(ctx.benchmark.task_classes[0])
+
+
+def test_mir_scoring_leaves_criterion_and_batchnorm_untouched():
+    ctx = _context()
+    ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, N_CLASSES))
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    strategy = STRATEGIES.get("mir").factory(ctx, STRATEGIES.get("mir").args())
+    strategy.train(ctx.benchmark.scenario.train_stream[0])
+    plugin = _plugin(strategy, "MIRPlugin")
+    batchnorm = ctx.model[2]
+    strategy.mbatch = [torch.randn(8, 1, 8, 8), torch.full((8,), 2), torch.zeros(8, dtype=torch.long)]
+    strategy.loss = ctx.criterion(ctx.model(strategy.mb_x), strategy.mb_y)
+    tracked = int(batchnorm.num_batches_tracked)
+    plugin.before_backward(strategy)
+    assert int(batchnorm.num_batches_tracked) == tracked + 1  # only the replayed batch's own forward
+    assert ctx.criterion.reduction == "mean"
+
+
+def test_gdumb_trains_the_buffer_for_its_own_epochs():
+    from clbench.strategies.gdumb import GDumbArgs
+
+    entry = STRATEGIES.get("gdumb")
+    assert entry.factory(_context(), GDumbArgs()).train_epochs == 1  # the run's epochs per task
+    assert entry.factory(_context(), GDumbArgs(buffer_epochs=7)).train_epochs == 7
+
+
+def _anchor_output_change(anchor_weight):
+    """How far one HAL step moves the anchors' outputs on a seeded tanh MLP."""
+    from clbench.strategies.hal import HALArgs
+
+    torch.manual_seed(0)
+    ctx = _context()
+    ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, N_CLASSES))
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.5)
+    hal = STRATEGIES.get("hal").factory(ctx, HALArgs(anchor_weight=anchor_weight))
+    hal.anchors = torch.randn(3, 1, 8, 8)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, N_CLASSES, (16,))
+    before = ctx.model(hal.anchors).detach()
+    hal.optimizer.zero_grad()
+    hal.loss = nn.functional.cross_entropy(ctx.model(x), y)
+    hal.loss.backward()
+    hal.after_loss_backward()
+    hal.optimizer.step()
+    return float((ctx.model(hal.anchors).detach() - before).norm())
+
+
+def test_hal_anchor_term_resists_the_change_of_the_anchors_outputs():
+    plain = _anchor_output_change(0.0)
+    assert _anchor_output_change(0.3) < 0.9 * plain
+    assert _anchor_output_change(1.0) < _anchor_output_change(0.3)
