@@ -105,17 +105,18 @@ class HAL(StepTemplate):
         lr = float(self.optimizer.param_groups[0]["lr"])
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         anchors = self.anchors.to(self.device)
-        was_training = self.model.training
-        self.model.eval()  # anchors are single points, not a batch to normalise with
-        with torch.no_grad():
-            before = self.model(anchors)
-            ahead = {name: p - lr * p.grad if p.grad is not None else p.clone() for name, p in named}
-        for value in ahead.values():
-            value.requires_grad_(True)
-        after = functional_call(self.model, ahead, (anchors,), strict=False)
+        # The anchors are normalised as one batch (train-mode BatchNorm, running statistics
+        # untouched): with the running statistics, inputs this far from the data reach
+        # outputs in the hundreds and the anchor term's curvature outgrows the step size.
+        with batchnorm_stats_frozen(self.model):
+            with torch.no_grad():
+                before = self.model(anchors)
+                ahead = {name: p - lr * p.grad if p.grad is not None else p.clone() for name, p in named}
+            for value in ahead.values():
+                value.requires_grad_(True)
+            after = functional_call(self.model, ahead, (anchors,), strict=False)
         loss: torch.Tensor = self.args.anchor_weight * ((after - before) ** 2).mean()
         grads = torch.autograd.grad(loss, list(ahead.values()), allow_unused=True)
-        self.model.train(was_training)
         with torch.no_grad():
             for (_, p), g in zip(named, grads, strict=True):
                 if g is not None:
