@@ -299,3 +299,30 @@ def test_hal_anchor_term_resists_the_change_of_the_anchors_outputs():
     plain = _anchor_output_change(0.0)
     assert _anchor_output_change(0.3) < 0.9 * plain
     assert _anchor_output_change(1.0) < _anchor_output_change(0.3)
+
+
+class _FeatureNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.head = nn.Linear(16, N_CLASSES)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_hal_feature_mean_update_leaves_batchnorm_statistics_alone():
+    ctx = _context()
+    ctx.model = _FeatureNet()
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    hal = STRATEGIES.get("hal").factory(ctx, STRATEGIES.get("hal").args())
+    hal.mbatch = [torch.randn(8, 1, 8, 8) + 3, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)]
+    hal._n_new = 8
+    batchnorm = ctx.model.body[2]
+    mean, tracked = batchnorm.running_mean.clone(), int(batchnorm.num_batches_tracked)
+    hal.after_step()
+    assert hal.mean_features is not None and hal.mean_features.shape == (16,)
+    assert torch.equal(batchnorm.running_mean, mean) and int(batchnorm.num_batches_tracked) == tracked
