@@ -20,8 +20,15 @@ The sign matters and is where this differs from the public Mammoth port, which t
 gradient of ``(f(e; theta~) - f(e; theta))^2`` at theta with f(e; theta~) held fixed: that
 moves f(e; theta) *toward* its post-step value, i.e. it enlarges the change of the anchors'
 outputs instead of resisting it (``tests/strategies/test_baselines.py`` checks the
-direction). On real Split CIFAR-10 that version stopped the model from learning any class
-after the first task (``results/cifar10_baselines_cpu``, revision 1 of this strategy).
+direction).
+
+Revision history (the revision is part of the run id): revision 1 used the port's sign,
+evaluated the anchors with BatchNorm's running statistics and let the feature-mean forward
+update those statistics; on real Split CIFAR-10 it learned no class after the first task
+(first run of ``results/cifar10_baselines_cpu``, in the repository's history). Revision 2
+fixed the sign only, and the term diverged within a few steps of task 2 (anchor outputs in
+the hundreds under running statistics). Revision 3 normalises the anchors as one batch and
+leaves the running statistics alone in every extra forward pass.
 
 Memory accounting: anchors are inputs the method keeps, so they count against the
 budget: the reservoir buffer holds ``buffer_size - n_classes`` examples and up to
