@@ -71,7 +71,9 @@ def build_report(results_dir: str | Path, reference: str | None = None) -> Repor
     chosen = _choose_reference(strategies, reference) if strategies else None
     summary = aggregate(metrics) if not metrics.empty else pd.DataFrame()
     tests = paired_tests(metrics, chosen) if chosen else paired_tests(metrics.iloc[0:0], "")
-    tables = build_tables(summary, tests, collection.protocols, chosen) if not summary.empty else []
+    tables = (
+        build_tables(summary, tests, collection.protocols, chosen, collection.arguments) if not summary.empty else []
+    )
     return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from clbench.errors import ResultsError
+from clbench.errors import ResultsError, UnknownNameError
 from clbench.results import load_result
 
 SETTINGS = ("class_il", "task_il")
@@ -72,6 +72,23 @@ def _strategy_labels(runs: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
+def changed_arguments(name: str, args: dict[str, Any]) -> str:
+    """``k=v, ...`` for the arguments that differ from the registered strategy's defaults.
+
+    A strategy that is not registered here (a plugin not installed) lists all its arguments.
+    """
+    from clbench.config import config_to_dict
+    from clbench.strategies import STRATEGIES
+
+    try:
+        defaults = config_to_dict(STRATEGIES.get(name).args())
+    except UnknownNameError:
+        defaults = {}
+    missing = object()
+    changed = {k: v for k, v in args.items() if defaults.get(k, missing) != v}
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(changed.items()))
+
+
 @dataclass
 class Collection:
     """Everything a report is built from.
@@ -80,12 +97,14 @@ class Collection:
         metrics: Tidy frame, one row per run x setting x metric.
         runs: One row per run: ids, protocol, strategy label, buffer, seed, matrices, extras.
         protocols: Protocol id -> human description.
+        arguments: Protocol id -> strategy label -> its arguments other than the defaults.
         skipped: One message per file that could not be used.
     """
 
     metrics: pd.DataFrame
     runs: pd.DataFrame
     protocols: dict[str, str] = field(default_factory=dict)
+    arguments: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -124,9 +143,13 @@ def collect(results_dir: Path) -> Collection:
         groups.setdefault(pid, []).append(result)
 
     metric_rows, run_rows = [], []
+    arguments: dict[str, dict[str, str]] = {}
     for pid, runs in groups.items():
         for run, label in zip(runs, _strategy_labels(runs), strict=True):
             config = run["config"]
+            changed = changed_arguments(config["strategy"]["name"], config["strategy"]["args"])
+            if changed:
+                arguments.setdefault(pid, {})[label] = changed
             base = {
                 "protocol": pid,
                 "benchmark": config["benchmark"]["name"],
@@ -155,5 +178,6 @@ def collect(results_dir: Path) -> Collection:
         metrics=pd.DataFrame(metric_rows, columns=columns),
         runs=pd.DataFrame(run_rows),
         protocols=protocols,
+        arguments=arguments,
         skipped=skipped,
     )

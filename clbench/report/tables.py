@@ -45,9 +45,17 @@ class Table:
 
 
 def build_tables(
-    summary: pd.DataFrame, tests: pd.DataFrame, protocols: dict[str, str], reference: str | None
+    summary: pd.DataFrame,
+    tests: pd.DataFrame,
+    protocols: dict[str, str],
+    reference: str | None,
+    arguments: dict[str, dict[str, str]] | None = None,
 ) -> list[Table]:
-    """One :class:`Table` per protocol and setting."""
+    """One :class:`Table` per protocol and setting.
+
+    ``arguments`` (protocol id -> strategy -> arguments other than the defaults) becomes a
+    note, so a row such as Joint trained for more epochs says so.
+    """
     tables = []
     for (protocol, benchmark, setting), block in summary.groupby(["protocol", "benchmark", "setting"], sort=True):
         buffered = block[block["buffer_size"] > 0]
@@ -95,6 +103,10 @@ def build_tables(
             if missing:
                 where = f" (M={buffer_size})" if buffer_size else ""
                 notes.append(f"{strategy}{where}: {len(present)} seeds, missing {', '.join(map(str, missing))}")
+        changed = (arguments or {}).get(str(protocol), {})
+        shown = [f"{strategy} ({changed[strategy]})" for strategy in order if strategy in changed]
+        if shown:
+            notes.append(f"arguments other than the defaults: {'; '.join(shown)}")
         title = f"{benchmark} — {SETTING_NAMES.get(setting, setting)} — protocol {protocol}"
         tables.append(
             Table(

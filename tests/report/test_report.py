@@ -193,3 +193,19 @@ def test_unknown_reference_and_format_are_one_line_errors(results, capsys):
     assert "unknown reference strategy 'nope'; valid choices: er, finetune" in capsys.readouterr().err
     assert main(["report", str(results), "--format", "html"]) == 2
     assert "unknown report format 'html'; valid choices: md, tex, csv" in capsys.readouterr().err
+
+
+def test_arguments_other_than_the_defaults_are_noted_under_each_table(tmp_path):
+    from clbench.config import config_to_dict
+    from clbench.strategies import STRATEGIES
+
+    folder = tmp_path / "runs"
+    er_defaults = config_to_dict(STRATEGIES.get("er").args())
+    for seed in SEEDS:
+        write_json_atomic(folder / f"er{seed}.json", _record("er", 500, seed, ER[seed], args=er_defaults))
+        write_json_atomic(folder / f"j{seed}.json", _record("joint", 0, seed, 80.0, args={"epochs": 5}, joint=True))
+        write_json_atomic(folder / f"x{seed}.json", _record("mystery", 500, seed, 30.0, args={"depth": 2}))
+    report = build_report(folder, reference="er")
+    note = next(n for n in report.tables[0].notes if n.startswith("arguments"))
+    assert note == "arguments other than the defaults: joint (epochs=5); mystery (depth=2)"
+    assert note in to_markdown(report.tables[0])
