@@ -9,7 +9,7 @@ wrapper has three defects that stop it from learning on real data:
 * its plugin scores examples in ``after_forward`` with ``zero_grad`` + ``backward`` and
   leaves the last scored example's gradient in ``.grad``; the strategy's own backward then
   adds to it, so every update is contaminated (on real Split CIFAR-10 the wrapper
-  predicted one class from the first task on: revision 1, the first run of
+  predicted one class from the first task on: revision 1, the first report of
   ``results/cifar10_baselines_cpu``, in the repository's history);
 * it scores, and stores, the whole training batch, replayed memory examples included, so
   memories are re-inserted as duplicates; the GSS paper scores the incoming stream only;

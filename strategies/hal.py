@@ -25,7 +25,7 @@ direction).
 Revision history (the revision is part of the run id): revision 1 used the port's sign,
 evaluated the anchors with BatchNorm's running statistics and let the feature-mean forward
 update those statistics; on real Split CIFAR-10 it learned no class after the first task
-(first run of ``results/cifar10_baselines_cpu``, in the repository's history). Revision 2
+(first report of ``results/cifar10_baselines_cpu``, in the repository's history). Revision 2
 fixed the sign only, and the term diverged within a few steps of task 2 (anchor outputs in
 the hundreds under running statistics). Revision 3 normalises the anchors as one batch and
 leaves the running statistics alone in every extra forward pass.
