@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params, tree_axpy
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.step_template import StepTemplate
 from clbench.strategies.tensor_buffer import TensorReservoirBuffer
@@ -56,7 +56,7 @@ def interference(
     params = trainable_params(model)
     with batchnorm_stats_frozen(model):
         step = grad(lambda p: loss_vec(p, *current).mean())(params)
-        virtual = {k: params[k] - lr * step[k] for k in params}
+        virtual = tree_axpy(-lr, step, params)
         before = loss_vec(params, memory_x, memory_y)
         after = F.cross_entropy(functional_call(model, virtual, (memory_x,)), memory_y, reduction="none")
     goal: torch.Tensor = after - before - reg * before

@@ -47,7 +47,13 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from clbench.errors import ClbenchError
-from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.influence.functional import (
+    Params,
+    batchnorm_stats_frozen,
+    per_example_loss_fn,
+    trainable_params,
+    tree_axpy,
+)
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.step_template import StepTemplate
 from clbench.strategies.tensor_buffer import TensorReservoirBuffer
@@ -111,6 +117,7 @@ class HAL(StepTemplate):
         """Add the anchor-stability gradient at the look-ahead weights to ``.grad``; return the loss."""
         lr = float(self.optimizer.param_groups[0]["lr"])
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        replay_grad = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in named}
         anchors = self.anchors.to(self.device)
         # The anchors are normalised as one batch (train-mode BatchNorm, running statistics
         # untouched): with the running statistics, inputs this far from the data reach
@@ -118,7 +125,7 @@ class HAL(StepTemplate):
         with batchnorm_stats_frozen(self.model):
             with torch.no_grad():
                 before = self.model(anchors)
-                ahead = {name: p - lr * p.grad if p.grad is not None else p.clone() for name, p in named}
+                ahead = tree_axpy(-lr, replay_grad, trainable_params(self.model))
             for value in ahead.values():
                 value.requires_grad_(True)
             after = functional_call(self.model, ahead, (anchors,), strict=False)
@@ -162,7 +169,7 @@ class HAL(StepTemplate):
             for _ in range(self.args.finetune_steps):
                 x, y, _ = self.storage.sample(self.replay_batch_size, self.device)
                 step = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
-                params = {k: params[k] - lr * step[k] for k in params}
+                params = tree_axpy(-lr, step, params)
         return params
 
     def _after_training_exp(self, **kwargs: Any) -> None:

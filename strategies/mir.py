@@ -12,7 +12,7 @@ from avalanche.training.plugins import MIRPlugin
 from torch.func import functional_call
 from torch.utils.data import DataLoader
 
-from clbench.influence.functional import batchnorm_stats_frozen
+from clbench.influence.functional import batchnorm_stats_frozen, trainable_params, tree_axpy
 from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
@@ -53,8 +53,9 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(strategy.loss, [p for _, p in named], retain_graph=True, allow_unused=True)
         lr = float(strategy.optimizer.param_groups[0]["lr"])
+        step = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads, strict=True)}
         with torch.no_grad(), batchnorm_stats_frozen(model):
-            virtual = {name: p if g is None else p - lr * g for (name, p), g in zip(named, grads, strict=True)}
+            virtual = tree_axpy(-lr, step, trainable_params(model))
             before = F.cross_entropy(model(x), y, reduction="none")
             after = F.cross_entropy(functional_call(model, virtual, (x,), strict=False), y, reduction="none")
         chosen = torch.argsort(after - before, descending=True)[: self.batch_size_mem]
