@@ -99,11 +99,13 @@ class StrategyContext:
             return template
         return cast("type[T]", with_device_path(cast("type", template), self.device_path))
 
-    def template_kwargs(self, *extra_plugins: Any) -> dict[str, Any]:
+    def template_kwargs(self, *extra_plugins: Any, train_epochs: int | None = None) -> dict[str, Any]:
         """Keyword arguments every ``SupervisedTemplate`` subclass accepts.
 
         Args:
             *extra_plugins: The strategy's own plugins, placed before the runner's.
+            train_epochs: Epochs per experience when the strategy's protocol has its own
+                (Joint, GDumb); default the run's epochs per task.
 
         Returns:
             model, optimizer, criterion, train_mb_size, train_epochs, eval_mb_size,
@@ -114,7 +116,7 @@ class StrategyContext:
             "optimizer": self.optimizer,
             "criterion": self.criterion,
             "train_mb_size": self.training.batch_size,
-            "train_epochs": self.training.epochs,
+            "train_epochs": self.training.epochs if train_epochs is None else train_epochs,
             "eval_mb_size": self.training.eval_batch_size,
             "device": self.device,
             "plugins": [*extra_plugins, *self.plugins],

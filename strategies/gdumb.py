@@ -32,7 +32,5 @@ def build_gdumb(ctx: StrategyContext, args: GDumbArgs) -> Any:
     from avalanche.training.plugins import GDumbPlugin
     from avalanche.training.supervised import Naive
 
-    kwargs = ctx.template_kwargs(GDumbPlugin(mem_size=ctx.buffer_size))
-    if args.buffer_epochs is not None:
-        kwargs["train_epochs"] = args.buffer_epochs
-    return ctx.strategy_class(Naive)(**kwargs)
+    plugin = GDumbPlugin(mem_size=ctx.buffer_size)
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(plugin, train_epochs=args.buffer_epochs))

@@ -34,7 +34,4 @@ def build_joint(ctx: StrategyContext, args: JointArgs) -> Any:
     """
     from avalanche.training.supervised import JointTraining
 
-    kwargs = ctx.template_kwargs()
-    if args.epochs is not None:
-        kwargs["train_epochs"] = args.epochs
-    return ctx.strategy_class(JointTraining)(**kwargs)
+    return ctx.strategy_class(JointTraining)(**ctx.template_kwargs(train_epochs=args.epochs))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import yaml
+from avalanche.training.plugins import SupervisedPlugin
 from torch import nn
 
 from clbench.cli import main
@@ -168,10 +169,11 @@ def test_gmed_writes_edits_back_to_memory(monkeypatch):
     assert torch.equal(changed, edited)
 
 
-class _UpdateProbe:
+class _UpdateProbe(SupervisedPlugin):
     """Records, per training step, how far the update is from -lr x the step's batch gradient."""
 
     def __init__(self):
+        super().__init__()
         self.gaps = []
 
     def before_forward(self, strategy, **kwargs):
@@ -192,11 +194,6 @@ class _UpdateProbe:
                 for (n, p), r in zip(strategy.model.named_parameters(), reference.parameters(), strict=True)
             )
         )
-
-    def __getattr__(self, name):  # every other Avalanche hook: nothing to do
-        if name.startswith(("before_", "after_")):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
 
 
 def _train_first_two_tasks(strategy, ctx):
