@@ -29,6 +29,11 @@ T = TypeVar("T")
 
 DEFAULT_SEEDS = (1231, 1232, 1233, 1234, 1235)
 
+OMIT_AT_DEFAULT = "omit_at_default"
+"""Field-metadata flag of a component argument added after runs were published: the grid
+leaves it out of the resolved arguments (and so of the run id) while it has its default,
+so the published runs keep their ids and a re-run still finds them finished."""
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -45,6 +50,19 @@ class ComponentSpec:
 
     name: str = field(metadata=_help("registered name of the component"))
     args: dict[str, Any] = field(default_factory=dict, metadata=_help("the component's own arguments"))
+
+
+@dataclass(frozen=True)
+class StrategySpec(ComponentSpec):
+    """A strategy of an experiment: a component, optionally with buffer sizes of its own.
+
+    ``buffer_sizes`` belongs to the grid, not to a run: each run's config records only the
+    one size it ran with, so giving a strategy its own sizes changes no run id.
+    """
+
+    buffer_sizes: tuple[int, ...] | None = field(
+        default=None, metadata=_help("buffer sizes of this strategy; default the experiment's buffer_sizes")
+    )
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,7 @@ class ExperimentConfig:
 
     name: str = field(metadata=_help("experiment name; also the default output folder name"))
     benchmarks: tuple[ComponentSpec, ...] = field(metadata=_help("benchmarks to run on"))
-    strategies: tuple[ComponentSpec, ...] = field(metadata=_help("strategies to compare"))
+    strategies: tuple[StrategySpec, ...] = field(metadata=_help("strategies to compare"))
     buffer_sizes: tuple[int, ...] = field(
         default=(500,), metadata=_help("buffer sizes; strategies without a buffer run once")
     )
@@ -333,6 +351,10 @@ def experiment_from_mapping(raw: Any, where: str = "config") -> ExperimentConfig
         raise ConfigError(f"{where}.seeds: at least one seed is required")
     if any(size <= 0 for size in config.buffer_sizes):
         raise ConfigError(f"{where}.buffer_sizes: sizes must be positive, got {list(config.buffer_sizes)}")
+    for i, strategy in enumerate(config.strategies):
+        own = strategy.buffer_sizes
+        if own is not None and (not own or any(size <= 0 for size in own)):
+            raise ConfigError(f"{where}.strategies[{i}].buffer_sizes: sizes must be positive, got {list(own)}")
     if config.training.epochs < 1:
         raise ConfigError(f"{where}.training.epochs: must be at least 1, got {config.training.epochs}")
     return config

@@ -438,6 +438,16 @@ class DevicePathMixin:
         return nullcontext()
 
 
+def strategy_autocast(strategy: Any) -> AbstractContextManager[Any]:
+    """The autocast of ``strategy``'s own forward, for plugins that call its model themselves.
+
+    bf16 on the device path when configured, nothing otherwise, so a plugin's extra forward
+    passes (replayed or scored memory examples) run at the run's precision.
+    """
+    autocast = getattr(strategy, "_autocast", None)
+    return autocast() if callable(autocast) else nullcontext()
+
+
 @functools.cache
 def with_device_path(template: type, options: DevicePathOptions) -> type:
     """``template`` with :class:`DevicePathMixin` in front, configured by ``options``.

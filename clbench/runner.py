@@ -29,6 +29,7 @@ import torch
 
 from clbench.backbones import BACKBONES
 from clbench.config import (
+    OMIT_AT_DEFAULT,
     ComponentSpec,
     ExperimentConfig,
     RunConfig,
@@ -49,7 +50,11 @@ from clbench.strategies.base import STRATEGIES, StrategyContext
 
 def _resolved(spec: ComponentSpec, args_type: type, where: str) -> ComponentSpec:
     typed: Any = from_mapping(args_type, spec.args, where)
-    return ComponentSpec(spec.name, config_to_dict(typed))
+    plain = config_to_dict(typed)
+    for f in dataclasses.fields(typed):
+        if f.metadata.get(OMIT_AT_DEFAULT) and getattr(typed, f.name) == f.default:
+            plain.pop(f.name)
+    return ComponentSpec(spec.name, plain)
 
 
 def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
@@ -74,8 +79,13 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
         backbone = _resolved(backbone_spec, BACKBONES.get(backbone_spec.name).args, f"backbone {backbone_spec.name}")
         for strat_spec in experiment.strategies:
             entry = STRATEGIES.get(strat_spec.name)
-            strategy = _resolved(strat_spec, entry.args, f"strategy {strat_spec.name}")
-            sizes = experiment.buffer_sizes if entry.traits.get("uses_buffer", False) else (0,)
+            strategy = _resolved(
+                ComponentSpec(strat_spec.name, strat_spec.args), entry.args, f"strategy {strat_spec.name}"
+            )
+            own_sizes = strat_spec.buffer_sizes
+            sizes = own_sizes or experiment.buffer_sizes
+            if not entry.traits.get("uses_buffer", False):
+                sizes = (0,)
             for size in sizes:
                 for seed in experiment.seeds:
                     runs.append(

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import AGEMPlugin
+from torch import nn
+
 from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
@@ -17,19 +22,75 @@ class AGEMArgs:
     )
 
 
+def flat_gradient(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """All parameters' gradients as one vector in parameter order (zeros where there is none).
+
+    ``reshape``, not ``view``: a channels-last weight's gradient is not contiguous, and
+    Avalanche's ``p.grad.view(-1)`` fails on it.
+    """
+    parts = [
+        p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in model.parameters()
+    ]
+    return torch.cat(parts)
+
+
+class AnyLayoutAGEM(AGEMPlugin):  # type: ignore[misc]
+    """Avalanche 0.6.0's ``AGEMPlugin`` for any memory format (channels-last included).
+
+    The reference gradient and the projection are Avalanche's, number for number; only the
+    flattening of the gradients differs, so that channels-last weights do not crash it.
+    """
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """The reference gradient on a memory sample."""
+        if len(self.buffers) == 0:
+            return
+        strategy.model.train()
+        strategy.optimizer.zero_grad()
+        batch = self.sample_from_memory()
+        x, y, task = batch[0].to(strategy.device), batch[1].to(strategy.device), batch[-1]
+        # fp32, as Avalanche's plugin: the reference gradient of every earlier run stays as it was.
+        out = avalanche_forward(strategy.model, x, task)
+        strategy._criterion(out, y).backward()
+        self.reference_gradients = flat_gradient(strategy.model, strategy.device)
+        strategy.optimizer.zero_grad()
+
+    @torch.no_grad()  # type: ignore[untyped-decorator]
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Project the gradient when it conflicts with the reference gradient."""
+        if len(self.buffers) == 0:
+            return
+        current = flat_gradient(strategy.model, strategy.device)
+        dot = torch.dot(current, self.reference_gradients)
+        if dot >= 0:
+            return
+        reference = self.reference_gradients
+        projected = current - reference * (dot / torch.dot(reference, reference))
+        start = 0
+        for p in strategy.model.parameters():
+            if p.grad is not None:
+                p.grad.copy_(projected[start : start + p.numel()].view_as(p))
+            start += p.numel()
+
+
 @STRATEGIES.register(
-    "agem", args=AGEMArgs, help="Averaged GEM: project onto one reference gradient from memory", uses_buffer=True
+    "agem",
+    args=AGEMArgs,
+    help="Averaged GEM: project onto one reference gradient from memory",
+    uses_buffer=True,
 )
 def build_agem(ctx: StrategyContext, args: AGEMArgs) -> Any:
-    """Avalanche's ``AGEMPlugin`` on ``Naive``.
+    """Avalanche's A-GEM rule on ``Naive`` (see :class:`AnyLayoutAGEM`).
 
     Memory budget: ``patterns_per_experience = buffer_size // n_tasks`` examples per task,
     so the memory holds at most ``buffer_size`` examples after the last task. Each step's
     reference gradient uses ``sample_size`` examples drawn from it.
+
+    Same numbers as Avalanche's plugin wherever that one ran; it also runs with
+    ``channels_last``, where Avalanche's crashed.
     """
-    from avalanche.training.plugins import AGEMPlugin
     from avalanche.training.supervised import Naive
 
     per_task = max(1, ctx.buffer_size // ctx.benchmark.n_tasks)
     sample_size = args.sample_size or ctx.training.replay_batch_size
-    return ctx.strategy_class(Naive)(**ctx.template_kwargs(AGEMPlugin(per_task, sample_size)))
+    return ctx.strategy_class(Naive)(**ctx.template_kwargs(AnyLayoutAGEM(per_task, sample_size)))

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import torch
+from avalanche.core import SupervisedPlugin
+
+from clbench.config import OMIT_AT_DEFAULT
+from clbench.errors import ConfigError
+from clbench.fastdata import strategy_autocast
 from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.step_template import fetch_examples
 
 
 @dataclass(frozen=True)
@@ -13,6 +20,47 @@ class ERArgs:
     """Arguments of ER (the buffer size and replay batch come from the run)."""
 
     task_balanced: bool = field(default=False, metadata={"help": "draw the replay mini-batch balanced over past tasks"})
+    replay_forward: Literal["joint", "separate"] = field(
+        default="joint",
+        metadata={
+            "help": "joint: memory examples concatenated to the batch, one forward, one mean loss (Avalanche); "
+            "separate: their own forward, loss = stream mean + memory mean (the online replay literature's code)",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
+
+
+class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
+    """Replay as the reference code of the online replay literature runs it (MIR's ``er_main.py``).
+
+    The stream mini-batch and ``batch_size_mem`` distinct memory examples go through the
+    network in two forward passes, so BatchNorm normalises each by its own statistics, and
+    the update follows the sum of the two mean losses (not the mean over their union, which
+    halves both parts' step). Replay starts with the second task and draws only earlier
+    tasks: the reservoir is updated after each experience, which gives the same memory at
+    every task boundary as updating it after every incoming batch, in distribution.
+    """
+
+    def __init__(self, storage: Any, batch_size_mem: int) -> None:
+        """Replay ``batch_size_mem`` examples a step from ``storage`` (an Avalanche buffer)."""
+        super().__init__()
+        self.storage = storage
+        self.batch_size_mem = batch_size_mem
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Add the mean loss of a random memory batch, forwarded on its own."""
+        memory = self.storage.buffer
+        if len(memory) == 0:
+            return
+        chosen = torch.randperm(len(memory))[: self.batch_size_mem]
+        x, y = fetch_examples(strategy, memory, chosen.tolist(), augment=True)
+        with strategy_autocast(strategy):
+            logits = strategy.model(x)
+        strategy.loss += strategy._criterion(logits.float(), y)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Offer the experience just learned to the reservoir."""
+        self.storage.post_adapt(strategy, strategy.experience)
 
 
 @STRATEGIES.register(
@@ -25,18 +73,26 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Any:
     """Avalanche's ``Naive`` with a ``ReplayPlugin`` over a ``ReservoirSamplingBuffer``.
 
     Each step trains on ``training.batch_size`` current examples concatenated with
-    ``training.replay_batch_size`` buffer examples. The reservoir buffer holds exactly
+    ``training.replay_batch_size`` buffer examples (``replay_forward: separate``: forwarded
+    apart, see :class:`SeparateForwardReplay`). The reservoir buffer holds exactly
     ``buffer_size`` examples: a uniform sample of everything seen so far.
     """
     from avalanche.training.plugins import ReplayPlugin
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
     from avalanche.training.supervised import Naive
 
+    storage = ReservoirSamplingBuffer(ctx.buffer_size)
+    if args.replay_forward == "separate":
+        if args.task_balanced:
+            raise ConfigError("er: task_balanced=true needs replay_forward=joint; valid choices: joint")
+        return ctx.strategy_class(Naive)(
+            **ctx.template_kwargs(SeparateForwardReplay(storage, ctx.training.replay_batch_size))
+        )
     replay = ReplayPlugin(
         mem_size=ctx.buffer_size,
         batch_size=ctx.training.batch_size,
         batch_size_mem=ctx.training.replay_batch_size,
         task_balanced_dataloader=args.task_balanced,
-        storage_policy=ReservoirSamplingBuffer(ctx.buffer_size),
+        storage_policy=storage,
     )
     return ctx.strategy_class(Naive)(**ctx.template_kwargs(replay))

@@ -54,6 +54,18 @@ class GSSGreedyMemory(GSS_greedyPlugin):  # type: ignore[misc]
     def __len__(self) -> int:
         return int(self.ext_mem_list_current_index)
 
+    def get_grad_vector(self, pp: Any, grad_dims: list[int]) -> torch.Tensor:
+        """Avalanche's gradient vector, flattened with ``reshape`` so channels-last weights work.
+
+        Avalanche's ``param.grad.data.view(-1)`` fails on a non-contiguous gradient; the
+        values (parameter order, zeros where there is no gradient) are the same.
+        """
+        parts = [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, device=self.device)
+            for p, n in zip(pp(), grad_dims, strict=True)
+        ]
+        return torch.cat(parts).to(self.device)
+
     def update(self, strategy: Any, x: torch.Tensor, y: torch.Tensor) -> None:
         """Score the examples ``(x, y)`` and store or swap them in (Avalanche's greedy rule).
 

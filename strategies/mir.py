@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from avalanche.training.plugins import MIRPlugin
 from torch.func import functional_call
-from torch.utils.data import DataLoader
 
+from clbench.fastdata import strategy_autocast
 from clbench.influence.functional import batchnorm_stats_frozen, trainable_params, tree_axpy
 from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.step_template import fetch_examples
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,6 @@ class MIRArgs:
     subsample: int = field(
         default=50, metadata={"help": "memory candidates scored per step; the replay batch takes the most interfered"}
     )
-
-
-def _cycle(loader: DataLoader[Any]) -> Iterator[Any]:
-    while True:
-        yield from loader
 
 
 class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
@@ -42,31 +37,38 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
     ``functional_call`` with the stepped weights instead of a deep copy of the model, and
     the scoring passes leave BatchNorm's running statistics and the strategy's criterion
     untouched (Avalanche updates the former and flips the latter's ``reduction``).
+
+    Revision 3: the ``subsample`` candidates are a fresh random draw of distinct memory
+    examples each step (as in MIR's ``buffer.sample``), gathered through the strategy's
+    fetch (one batched gather on the device path, instead of Avalanche's per-example
+    loader), and every forward pass here runs at the run's precision (bf16 autocast on the
+    device path when configured; revision 2 scored and replayed in fp32).
     """
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """Add the loss of the ``batch_size_mem`` memory candidates a virtual step would hurt most."""
-        if self.replay_loader is None:
+        memory = self.storage_policy.buffer
+        if len(memory) <= self.batch_size_mem:
             return
-        x, y, _ = (part.to(strategy.device) for part in next(self.replay_loader))
+        positions = torch.randperm(len(memory))[: self.subsample]
+        x, y = fetch_examples(strategy, memory, positions.tolist(), augment=True)
         model = strategy.model
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(strategy.loss, [p for _, p in named], retain_graph=True, allow_unused=True)
         lr = float(strategy.optimizer.param_groups[0]["lr"])
         step = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads, strict=True)}
-        with torch.no_grad(), batchnorm_stats_frozen(model):
+        with torch.no_grad(), batchnorm_stats_frozen(model), strategy_autocast(strategy):
             virtual = tree_axpy(-lr, step, trainable_params(model))
-            before = F.cross_entropy(model(x), y, reduction="none")
-            after = F.cross_entropy(functional_call(model, virtual, (x,), strict=False), y, reduction="none")
+            before = F.cross_entropy(model(x).float(), y, reduction="none")
+            after = F.cross_entropy(functional_call(model, virtual, (x,), strict=False).float(), y, reduction="none")
         chosen = torch.argsort(after - before, descending=True)[: self.batch_size_mem]
-        strategy.loss += strategy._criterion(model(x[chosen]), y[chosen])
+        with strategy_autocast(strategy):
+            logits = model(x[chosen])
+        strategy.loss += strategy._criterion(logits.float(), y[chosen])
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Update the class-balanced memory; replay candidates come from all of it."""
         self.storage_policy.post_adapt(strategy, strategy.experience)
-        memory = self.storage_policy.buffer
-        enough = len(memory) > self.batch_size_mem
-        self.replay_loader = _cycle(DataLoader(memory, batch_size=self.subsample, shuffle=True)) if enough else None
 
 
 @STRATEGIES.register(
@@ -74,7 +76,7 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
     args=MIRArgs,
     help="Maximally Interfered Retrieval: replay the memory examples a virtual step hurts most",
     uses_buffer=True,
-    revision=2,
+    revision=3,
 )
 def build_mir(ctx: StrategyContext, args: MIRArgs) -> Any:
     """MIR on ``Naive`` (see :class:`RetrievalFromAllTasks`).

@@ -14,6 +14,31 @@ import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 
 
+def fetch_one_by_one(
+    dataset: Any, indices: Sequence[int], augment: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of ``dataset[indices]``, fetched one example at a time through Avalanche."""
+    view = dataset.train() if augment else dataset.eval()
+    items = [view[int(i)] for i in indices]
+    x = torch.stack([item[0] for item in items]).to(device)
+    y = torch.as_tensor([int(item[1]) for item in items], device=device)
+    return x, y
+
+
+def fetch_examples(
+    strategy: Any, dataset: Any, indices: Sequence[int], augment: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dataset[indices]`` for a plugin, through the strategy's own fetch where it has one.
+
+    The device path's fetch is one batched gather; other strategies fetch one at a time.
+    """
+    own = getattr(strategy, "fetch_examples", None)
+    if callable(own):
+        result: tuple[torch.Tensor, torch.Tensor] = own(dataset, indices, augment)
+        return result
+    return fetch_one_by_one(dataset, indices, augment, strategy.device)
+
+
 class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
     """A ``SupervisedTemplate`` whose step is assembled from overridable parts.
 
@@ -39,11 +64,7 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
         One example at a time through the Avalanche dataset; the device data path overrides
         this with one batched gather (:class:`clbench.fastdata.DevicePathMixin`).
         """
-        view = dataset.train() if augment else dataset.eval()
-        items = [view[int(i)] for i in indices]
-        x = torch.stack([item[0] for item in items]).to(self.device)
-        y = torch.as_tensor([int(item[1]) for item in items], device=self.device)
-        return x, y
+        return fetch_one_by_one(dataset, indices, augment, self.device)
 
     def append_to_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Concatenate examples (e.g. replayed ones, task label 0) to the current mini-batch."""
