@@ -14,6 +14,13 @@ Per task t with E epochs, the last K of which are MetaSP epochs:
 
 The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.rehsel`):
 ``metasp`` fills it at random (the paper's "Ours"), ``metasp_rehsel`` by RehSel.
+
+The fused step (``influence: meta`` with one pseudo step, and ``meta_lastlayer``) takes
+the influence from the training step's own forward: the pseudo gradient is a backward
+pass of its graph, the validation gradients of V_old and V_new one batched pass (fp32),
+and the weighted loss a second backward of the same graph; the influence equals the
+two-pass computation (tested to 1e-5). Revision 2: this fused step, and under
+``precision: bf16`` the influence computed in bf16 too (revision 1 ran it in fp32).
 """
 
 from __future__ import annotations
@@ -24,11 +31,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from clbench.fastdata import IndexedSubset
+from clbench.errors import ConfigError
+from clbench.fastdata import IndexedSubset, strategy_autocast
+from clbench.influence.estimators import classifier_of
+from clbench.influence.functional import batchnorm_stats_frozen
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
-from clbench.influence.meta import MetaInfluence, meta_influence
+from clbench.influence.lastlayer import last_layer_meta_influence
+from clbench.influence.meta import MetaInfluence, meta_influence, one_step_meta_influence
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
 from clbench.strategies.step_template import StepTemplate
@@ -56,8 +68,8 @@ class MetaSPArgs:
     influence: str = field(
         default="meta",
         metadata={
-            "help": "influence estimator (clbench list estimators): meta = the paper's, exact; or identity, "
-            "neumann, lissa, cg"
+            "help": "influence estimator (clbench list estimators): meta = the paper's, exact; meta_lastlayer = "
+            "the same restricted to the classifier (cheap); or identity, neumann, lissa, cg"
         },
     )
     influence_args: dict[str, Any] = field(
@@ -65,6 +77,38 @@ class MetaSPArgs:
     )
     gamma_min: float = field(default=0.001, metadata={"help": "lower clip of the MGDA weight (paper's code)"})
     gamma_max: float = field(default=0.999, metadata={"help": "upper clip of the MGDA weight (paper's code)"})
+
+    def __post_init__(self) -> None:
+        """``pseudo_steps`` is the one setting of the number of pseudo steps.
+
+        Raises:
+            ConfigError: ``influence_args.steps`` disagrees with it, or it is not 1 for an
+                estimator that takes no pseudo steps.
+        """
+        steps = self.influence_args.get("steps", self.pseudo_steps)
+        if self.influence == "meta" and steps != self.pseudo_steps:
+            raise ConfigError(
+                f"metasp: influence_args.steps={steps} disagrees with pseudo_steps={self.pseudo_steps}; "
+                "set pseudo_steps only"
+            )
+        if self.influence != "meta" and self.pseudo_steps != 1:
+            raise ConfigError(
+                f"metasp: pseudo_steps={self.pseudo_steps} applies to influence=meta only; "
+                f"valid choices with influence={self.influence}: 1"
+            )
+
+    @property
+    def influence_lr(self) -> float | None:
+        """The pseudo-step size asked for in ``influence_args`` (None: the optimiser's)."""
+        lr = self.influence_args.get("lr")
+        return None if lr is None else float(lr)
+
+    @property
+    def fused_step(self) -> bool:
+        """Influence computed from the training step's own forward (exact, fewer passes)."""
+        return self.influence == "meta_lastlayer" or (
+            self.influence == "meta" and self.pseudo_steps == 1 and set(self.influence_args) <= {"steps", "lr"}
+        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +168,11 @@ def influence_weights(
         The fused influence and the example weights (negative influence weighs more).
     """
     result = influence_fn(model, batch, [stability_set, plasticity_set], lr=lr, steps=args.pseudo_steps)
+    return fuse_influence(result, args)
+
+
+def fuse_influence(result: MetaInfluence, args: MetaSPArgs) -> FusedInfluence:
+    """Normalise the stability and plasticity influence, fuse them by MGDA, weigh the examples."""
     (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
     stability = normalise_influence(stability, loss_old)
     plasticity = normalise_influence(plasticity, loss_new)
@@ -181,6 +230,8 @@ class MetaSP(StepTemplate):
         self._gammas: list[float] = []
         self.influence_log: list[dict[str, Any]] = []
         self._epoch_phase: Literal["plain", "replay", "meta"] = "plain"
+        self._pending: tuple[int, Batch, Batch] | None = None
+        self._captured_features: list[torch.Tensor] = []
 
     # --- data ------------------------------------------------------------------------
     def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **kwargs: Any) -> None:
@@ -267,7 +318,74 @@ class MetaSP(StepTemplate):
         n_new = int(self.mb_x.shape[0])
         old_x, old_y, self._memory_positions = self._sample_memory(self.replay_batch_size, train=True)
         self.append_to_batch(old_x, old_y)
-        return self._meta_weights(n_new) if self._epoch_phase == "meta" else None
+        if self._epoch_phase != "meta":
+            return None
+        if not self.args.fused_step:
+            return self._meta_weights(n_new)
+        # The same draws in the same order as the two-pass step: B_old, V_old, V_new.
+        stability_x, stability_y, _ = self._sample_memory(self.val_size, train=False)
+        self._pending = (n_new, (stability_x, stability_y), self._sample_new_validation())
+        if self.args.influence == "meta_lastlayer":
+            self._capture_classifier_input()
+        return None
+
+    def loss_weights(self, weights: torch.Tensor | None) -> torch.Tensor | None:
+        """The fused step: influence from this step's own forward, then the weighted loss.
+
+        The pseudo step and the real step share the batch, theta and the batch's BatchNorm
+        statistics, so the pseudo gradient is a backward pass of the training forward's
+        graph (kept for the weighted backward that follows) instead of a second forward.
+        """
+        if self._pending is None:
+            return weights
+        n_new, stability_set, plasticity_set = self._pending
+        self._pending = None
+        lr = self.args.influence_lr or float(self.optimizer.param_groups[0]["lr"])
+        if self.args.influence == "meta_lastlayer":
+            result = self._last_layer_influence(stability_set, plasticity_set, lr)
+        else:
+            result = self._graph_influence(stability_set, plasticity_set, lr)
+        fusion = fuse_influence(result, self.args)
+        self._record(fusion, n_new)
+        return fusion.weights
+
+    def _low_precision(self) -> bool:
+        options = getattr(self, "device_path", None)
+        return options is not None and options.precision == "bf16"
+
+    def _graph_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        mean_loss = F.cross_entropy(self.mb_output, self.mb_y)
+        grads = torch.autograd.grad(mean_loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+        pseudo_gradient = {
+            name: torch.zeros_like(p) if g is None else g.detach() for (name, p), g in zip(named, grads, strict=True)
+        }
+        return one_step_meta_influence(
+            self.model,
+            (self.mb_x, self.mb_y),
+            [stability_set, plasticity_set],
+            lr,
+            pseudo_gradient,
+            low_precision=self._low_precision(),
+        )
+
+    def _capture_classifier_input(self) -> None:
+        """Keep the classifier's input of the coming training forward (the batch's features)."""
+        classifier = classifier_of(self.model)
+
+        def keep(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            self._captured_features.append(inputs[0].detach().float())
+            handle.remove()
+
+        handle = classifier.register_forward_pre_hook(keep)
+
+    def _last_layer_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
+        classifier = classifier_of(self.model)
+        features = self.model.features  # type: ignore[operator]
+        with torch.no_grad(), batchnorm_stats_frozen(self.model), strategy_autocast(self):
+            measured = [(features(x).float(), y) for x, y in (stability_set, plasticity_set)]
+        train = (self._captured_features.pop(), self.mb_y)
+        return last_layer_meta_influence(classifier.weight, classifier.bias, train, measured, lr)
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.storage.post_adapt(self, self.experience)
@@ -303,7 +421,10 @@ def influence_function(args: MetaSPArgs) -> Callable[..., Any]:
         return meta_influence
     from clbench.influence.estimators import make_estimator
 
-    estimator = make_estimator(args.influence, args.influence_args)
+    options = dict(args.influence_args)
+    if args.influence == "meta":
+        options["steps"] = args.pseudo_steps  # one source of truth (checked equal in MetaSPArgs)
+    estimator = make_estimator(args.influence, options)
 
     def compute(model: torch.nn.Module, batch: Batch, measurements: list[Batch], lr: float, steps: int) -> Any:
         return estimator(model, batch, measurements, lr)
@@ -337,6 +458,7 @@ def _build(
     args=MetaSPArgs,
     help="MetaSP: influence-weighted rehearsal by MGDA fusion of stability and plasticity (paper 'Ours')",
     uses_buffer=True,
+    revision=2,
 )
 def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> MetaSP:
     """MetaSP with the class-balanced random buffer."""
@@ -348,6 +470,7 @@ def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> MetaSP:
     args=MetaSPRehSelArgs,
     help="MetaSP + RehSel: buffer filled by K-means clusters ranked by influence (paper 'Ours+RehSel')",
     uses_buffer=True,
+    revision=2,
 )
 def build_metasp_rehsel(ctx: StrategyContext, args: MetaSPRehSelArgs) -> MetaSP:
     """MetaSP with RehSel (or one of its ablations) filling the buffer."""

@@ -44,6 +44,7 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
 
     Per mini-batch: unpack -> ``before_training_iteration`` -> :meth:`prepare_batch`
     (may append replayed examples, may return per-example loss weights) -> forward ->
+    :meth:`loss_weights` (may compute the weights from the forward) ->
     loss (weighted if weights were returned) -> backward -> :meth:`after_loss_backward`
     (extra gradient terms) -> update -> ``after_training_iteration`` -> :meth:`after_step`.
     """
@@ -51,6 +52,14 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
     def prepare_batch(self) -> torch.Tensor | None:
         """Change the batch before the forward pass; return per-example weights or None."""
         return None
+
+    def loss_weights(self, weights: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-example loss weights once the forward has run (default: those of :meth:`prepare_batch`).
+
+        A strategy whose weights need the forward's own graph or activations (MetaSP's
+        fused step) computes them here, from ``self.mb_output``.
+        """
+        return weights
 
     def after_loss_backward(self) -> None:
         """Add gradient terms after the main loss's backward pass."""
@@ -88,6 +97,7 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
             self._before_forward(**kwargs)
             self.mb_output = self.forward()
             self._after_forward(**kwargs)
+            weights = self.loss_weights(weights)
             if weights is None:
                 self.loss += self.criterion()
             else:

@@ -281,6 +281,61 @@ class MetaEstimator(Estimator):
         return _timed(compute)
 
 
+@dataclass(frozen=True)
+class MetaLastLayerArgs:
+    """Arguments of the classifier-only pseudo-update influence."""
+
+    lr: float | None = field(default=None, metadata={"help": "pseudo-step size; default the caller's lr"})
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The model's final linear layer (``model.classifier``), read by ``meta_lastlayer``.
+
+    Raises:
+        ConfigError: The model has no ``features`` method and ``classifier`` linear layer.
+    """
+    from clbench.errors import ConfigError
+
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or not callable(getattr(model, "features", None)):
+        raise ConfigError(
+            f"influence meta_lastlayer needs a backbone with features() and a linear classifier, "
+            f"got {type(model).__name__}; valid choices: resnet18, mlp"
+        )
+    return classifier
+
+
+class MetaLastLayerEstimator(Estimator):
+    """MetaSP's pseudo-update influence with the classifier as the only trainable layer.
+
+    Closed form from features (:mod:`clbench.influence.lastlayer`); BatchNorm normalises
+    each set by its own statistics, running statistics untouched.
+    """
+
+    name = "meta_lastlayer"
+
+    def __init__(self, args: MetaLastLayerArgs) -> None:
+        """Create the estimator."""
+        self.args = args
+
+    def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
+        """See :class:`Estimator`."""
+        from clbench.influence.lastlayer import last_layer_meta_influence
+
+        classifier = classifier_of(model)
+        step = self.args.lr if self.args.lr is not None else lr
+        features = model.features  # type: ignore[operator]
+
+        def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
+            with torch.no_grad(), batchnorm_stats_frozen(model):
+                train_features = (features(train[0]), train[1])
+                measured = [(features(x), y) for x, y in measurements]
+            result = last_layer_meta_influence(classifier.weight, classifier.bias, train_features, measured, step)
+            return result.influence, result.measurement_loss
+
+        return _timed(compute)
+
+
 for _cls, _args, _help in (
     (ExactEstimator, ExactArgs, "dense (H + damping I)^-1, the ground truth for small models"),
     (CGEstimator, CGArgs, "conjugate gradients"),
@@ -288,6 +343,7 @@ for _cls, _args, _help in (
     (NeumannEstimator, NeumannArgs, "truncated Neumann series (Lorraine et al. 2020)"),
     (IdentityEstimator, IdentityArgs, "H^-1 ~= lr * I (Luketina et al. 2016; Larsen et al. 1996)"),
     (MetaEstimator, MetaArgs, "MetaSP's exact pseudo-update influence"),
+    (MetaLastLayerEstimator, MetaLastLayerArgs, "MetaSP's pseudo-update influence, classifier layer only"),
 ):
     ESTIMATORS.register(_cls.name, args=_args, help=_help)(_cls)
 

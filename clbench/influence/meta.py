@@ -31,8 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import grad, jvp, vmap
+from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from clbench.influence.functional import (
     LossVector,
@@ -41,6 +42,7 @@ from clbench.influence.functional import (
     mean_loss_gradient,
     per_example_loss_fn,
     trainable_params,
+    tree_axpy,
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -168,3 +170,102 @@ def meta_influence_autograd(
             influences.append(d_eps.detach())
             losses.append(float(val_loss.detach()))
     return MetaInfluence(influence=tuple(influences), measurement_loss=tuple(losses))
+
+
+def validation_gradients(
+    loss_vec: LossVector, params: Params, measurements: Sequence[Batch], batched: bool
+) -> tuple[list[Params], list[float]]:
+    """Gradient and value of each measurement set's mean loss at ``params``.
+
+    With ``batched``, sets of one size go through one ``vmap``-ed pass: exact, because
+    under ``vmap`` train-mode BatchNorm (running statistics frozen) normalises each set by
+    its own statistics, as separate passes do. ``vmap`` of a gradient fails under CPU
+    autocast, so low-precision callers pass ``batched=False``.
+    """
+    sizes = {int(x.shape[0]) for x, _ in measurements}
+    if batched and len(measurements) > 1 and len(sizes) == 1:
+
+        def value_and_grad(x: torch.Tensor, y: torch.Tensor) -> tuple[Params, torch.Tensor]:
+            return grad_and_value(lambda p: loss_vec(p, x, y).mean())(params)  # type: ignore[no-any-return]
+
+        xs = torch.stack([x for x, _ in measurements])
+        ys = torch.stack([y for _, y in measurements])
+        grads, values = vmap(value_and_grad)(xs, ys)
+        return [{k: g[i] for k, g in grads.items()} for i in range(len(measurements))], values.tolist()
+    pairs = [mean_loss_gradient(loss_vec, params, x, y) for x, y in measurements]
+    return [g for g, _ in pairs], [v for _, v in pairs]
+
+
+def _bf16_loss_vector(model: nn.Module) -> LossVector:
+    def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, params, (x,), strict=False)
+        return F.cross_entropy(logits.float(), y, reduction="none")
+
+    return loss
+
+
+def _per_example_directional(
+    model: nn.Module, params: Params, batch: Batch, tangents: Params, low_precision: bool
+) -> torch.Tensor:
+    """(T, |B|) directional derivatives of the per-example losses along T stacked tangents.
+
+    In low precision the JVP runs on bfloat16 parameters, tangents and inputs (no autocast:
+    CPU autocast casts a convolution's weight but not its tangent, and forward-mode AD
+    then fails on the dtype mismatch), with losses in float32.
+    """
+    x, y = batch
+    if low_precision:
+        cast = torch.bfloat16
+        params = {k: v.to(cast) for k, v in params.items()}
+        tangents = {k: v.to(cast) for k, v in tangents.items()}
+        x = x.to(cast)
+        loss_vec = _bf16_loss_vector(model)
+    else:
+        loss_vec = per_example_loss_fn(model)
+
+    def along(tangent: Params) -> torch.Tensor:
+        directional: torch.Tensor = jvp(lambda p: loss_vec(p, x, y), (params,), (tangent,))[1]
+        return directional
+
+    return vmap(along)(tangents).float()
+
+
+def one_step_meta_influence(
+    model: nn.Module,
+    batch: Batch,
+    measurements: Sequence[Batch],
+    lr: float,
+    pseudo_gradient: Params,
+    low_precision: bool = False,
+) -> MetaInfluence:
+    """:func:`meta_influence` for one pseudo step, given the batch's mean-loss gradient at theta.
+
+    The gradient can come from the training step's own forward and backward (MetaSP's
+    fused step): the pseudo step and the real step share the batch, theta and the batch's
+    BatchNorm statistics, so ``I_i = -(lr/|B|) grad l_i(theta)^T grad L_V(theta - lr g)``
+    needs only the measurement gradients and one JVP more.
+
+    Args:
+        model: The network; its parameters and buffers are not modified.
+        batch: (x, y) of the training batch B.
+        measurements: (x, y) of each measurement set.
+        lr: Pseudo-step size.
+        pseudo_gradient: Gradient of B's mean loss at the current parameters, by name.
+        low_precision: Measurement gradients under bf16 autocast and a bf16 JVP.
+
+    Returns:
+        Influence vectors (float32 or the parameters' dtype) and measurement losses.
+    """
+    n = batch[0].shape[0]
+    with batchnorm_stats_frozen(model):
+        theta = trainable_params(model)
+        theta_hat = tree_axpy(-lr, pseudo_gradient, theta)
+        autocast = torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=low_precision)
+        with autocast:
+            adjoints, losses = validation_gradients(
+                per_example_loss_fn(model), theta_hat, measurements, batched=not low_precision
+            )
+        lam = {name: torch.stack([a[name] for a in adjoints]).detach() for name in theta}
+        directional = _per_example_directional(model, theta, batch, lam, low_precision)
+        total = -(lr / n) * directional.to(next(iter(theta.values())).dtype)
+    return MetaInfluence(influence=tuple(total.unbind(0)), measurement_loss=tuple(losses))

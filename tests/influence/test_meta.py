@@ -86,3 +86,78 @@ def test_steps_must_be_positive():
     train, measurements = _problem()
     with pytest.raises(ValueError, match="steps must be >= 1"):
         meta_influence(model, train, measurements, lr=0.1, steps=0)
+
+
+def _graph_gradient(model, x, y):
+    """The batch's mean-loss gradient from a train-mode forward that moves BatchNorm's statistics."""
+    losses = nn.functional.cross_entropy(model(x), y, reduction="none")
+    names = [name for name, _ in model.named_parameters()]
+    return dict(zip(names, torch.autograd.grad(losses.mean(), list(model.parameters())), strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_one_step_influence_equals_the_two_pass_one(dtype):
+    from clbench.influence.meta import one_step_meta_influence
+
+    model = _conv_net_with_bn().to(dtype)
+    (x, y), measurements = _problem()
+    x, measurements = x.to(dtype), [(mx.to(dtype), my) for mx, my in measurements[:1] * 2]
+    measurements[1] = (measurements[1][0].flip(0), measurements[1][1].flip(0))  # equal sizes: the batched pass
+    reference = meta_influence(model, (x, y), measurements, lr=0.1)
+    fused = one_step_meta_influence(model, (x, y), measurements, 0.1, _graph_gradient(model, x, y))
+    for got, want in zip(fused.influence, reference.influence, strict=True):
+        assert want.abs().max() > 1e-3
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert fused.measurement_loss == pytest.approx(reference.measurement_loss, rel=1e-5)
+
+
+def test_bf16_one_step_influence_follows_the_fp32_one():
+    from clbench.influence.meta import one_step_meta_influence
+
+    model = _conv_net_with_bn().float()
+    (x, y), measurements = _problem()
+    x, measurements = x.float(), [(mx.float(), my) for mx, my in measurements]
+    reference = meta_influence(model, (x, y), measurements, lr=0.1)
+    gradient = _graph_gradient(model, x, y)
+    low = one_step_meta_influence(model, (x, y), measurements, 0.1, gradient, low_precision=True)
+    for got, want in zip(low.influence, reference.influence, strict=True):
+        assert got.dtype == torch.float32
+        assert float(torch.corrcoef(torch.stack([got, want]))[0, 1]) > 0.99
+
+
+class _FeatureNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 8), nn.BatchNorm1d(8), nn.Tanh())
+        self.classifier = nn.Linear(8, 5)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_last_layer_influence_equals_meta_with_only_the_classifier_trainable():
+    from clbench.influence.estimators import make_estimator
+
+    torch.manual_seed(0)
+    model = _FeatureNet().double()
+    train, measurements = _problem()
+    closed_form = make_estimator("meta_lastlayer")(model, train, measurements, lr=0.3)
+    for p in model.body.parameters():
+        p.requires_grad_(False)
+    reference = meta_influence(model, train, measurements, lr=0.3)
+    for got, want in zip(closed_form.influence, reference.influence, strict=True):
+        assert want.abs().max() > 1e-4
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert closed_form.measurement_loss == pytest.approx(reference.measurement_loss, rel=1e-10)
+
+
+def test_last_layer_influence_needs_a_classifier():
+    from clbench.errors import ConfigError
+    from clbench.influence.estimators import make_estimator
+
+    train, measurements = _problem()
+    with pytest.raises(ConfigError, match="meta_lastlayer needs a backbone"):
+        make_estimator("meta_lastlayer")(_conv_net_with_bn(), train, measurements, lr=0.1)

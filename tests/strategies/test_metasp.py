@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from clbench.cli import main
@@ -144,3 +145,58 @@ def test_metasp_rehsel_is_deterministic(tmp_path):
         results.append(load_result(file))
     assert results[0]["accuracy"] == results[1]["accuracy"]
     assert results[0]["extras"] == results[1]["extras"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"pseudo_steps": 2, "influence_args": {"steps": 3}}, "influence_args.steps=3 disagrees with pseudo_steps=2"),
+        ({"pseudo_steps": 2, "influence": "neumann"}, "pseudo_steps=2 applies to influence=meta only"),
+    ],
+)
+def test_pseudo_steps_has_one_source_of_truth(args, message):
+    from clbench.config import from_mapping
+    from clbench.errors import ConfigError
+    from clbench.strategies.metasp import MetaSPArgs
+
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(MetaSPArgs, args, "strategy metasp")
+
+
+def test_pseudo_steps_reach_the_estimator_when_influence_args_are_set(monkeypatch):
+    import clbench.influence.estimators as estimators
+    from clbench.strategies.metasp import MetaSPArgs, influence_function
+
+    seen = {}
+    real = estimators.meta_influence
+
+    def spy(model, batch, measurements, lr, steps):
+        seen["steps"] = steps
+        return real(model, batch, measurements, lr=lr, steps=steps)
+
+    monkeypatch.setattr(estimators, "meta_influence", spy)
+    compute = influence_function(MetaSPArgs(pseudo_steps=3, influence_args={"lr": 0.05}))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    batch = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    compute(model, batch, [batch, batch], lr=0.1, steps=3)
+    assert seen["steps"] == 3  # the old adapter dropped it and ran one step
+
+
+def test_metasp_runs_with_the_last_layer_estimator_on_the_fast_path(tmp_path):
+    config = {
+        "name": "lastlayer",
+        "benchmarks": [
+            {"name": "synthetic", "args": {"n_tasks": 2, "n_classes": 4, "train_per_class": 16, "test_per_class": 4}}
+        ],
+        "strategies": [{"name": "metasp", "args": {"meta_epochs": 1, "influence": "meta_lastlayer"}}],
+        "buffer_sizes": [8],
+        "seeds": [1231],
+        "backbone": {"name": "mlp", "args": {"hidden": [16]}},
+        "training": {"epochs": 1, "batch_size": 8, "replay_batch_size": 4, "data_path": "device", "precision": "bf16"},
+        "device": "cpu",
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    (result,) = [load_result(p) for p in (tmp_path / "out").glob("*.json")]
+    assert result["extras"]["influence"][1]["meta_steps"] > 0
