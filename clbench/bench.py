@@ -1,8 +1,10 @@
 """``clbench bench``: speed figures printed by a command, never asserted in unit tests.
 
 ``clbench bench step`` times one training step of ER and of MetaSP on the same model and
-batch (default: CIFAR ResNet-18, 32 new + 32 memory examples, |V| = 50 per objective),
-and MetaSP computed the paper's way (double backward through the pseudo-update).
+batch (default: CIFAR ResNet-18, 32 new + 32 memory examples, |V| = 50 per objective):
+the fused step (influence from the step's own forward, as the strategy runs it), the
+classifier-only ``meta_lastlayer`` step, the two-pass step (influence, then a second
+forward) and the paper's way (double backward through the pseudo-update).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class StepBenchArgs:
     val: int = field(default=50, metadata={"help": "examples in each of V_old and V_new"})
     n_classes: int = field(default=10, metadata={"help": "output classes"})
     pseudo_steps: int = field(default=1, metadata={"help": "MetaSP pseudo steps"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 autocast of the forward passes"})
     warmup: int = field(default=3, metadata={"help": "untimed steps first"})
     repeats: int = field(default=10, metadata={"help": "timed steps"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -58,9 +61,11 @@ def _time(step: Callable[[], Any], device: torch.device, warmup: int, repeats: i
 def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
     from clbench.backbones import CifarResNet18
-    from clbench.influence.meta import meta_influence, meta_influence_autograd
+    from clbench.influence.functional import batchnorm_stats_frozen
+    from clbench.influence.lastlayer import last_layer_meta_influence
+    from clbench.influence.meta import meta_influence, meta_influence_autograd, one_step_meta_influence
     from clbench.runner import resolve_device
-    from clbench.strategies.metasp import MetaSPArgs, influence_weights
+    from clbench.strategies.metasp import MetaSPArgs, fuse_influence, influence_weights
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -74,9 +79,41 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     batch, v_old, v_new = images(n), images(args.val), images(args.val)
     metasp_args = MetaSPArgs(pseudo_steps=args.pseudo_steps)
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
     def er_step() -> None:
         optimizer.zero_grad()
-        F.cross_entropy(model(batch[0]), batch[1]).backward()
+        with autocast:
+            logits = model(batch[0]).float()
+        F.cross_entropy(logits, batch[1]).backward()
+        optimizer.step()
+
+    def fused_step() -> None:
+        optimizer.zero_grad()
+        with autocast:
+            logits = model(batch[0]).float()
+        losses = F.cross_entropy(logits, batch[1], reduction="none")
+        named = [(k, p) for k, p in model.named_parameters()]
+        grads = torch.autograd.grad(losses.mean(), [p for _, p in named], retain_graph=True)
+        gradient = {k: g for (k, _), g in zip(named, grads, strict=True)}
+        low = args.precision == "bf16"
+        result = one_step_meta_influence(model, batch, [v_old, v_new], 0.1, gradient, low_precision=low)
+        (fuse_influence(result, metasp_args).weights * losses).sum().backward()
+        optimizer.step()
+
+    def lastlayer_step() -> None:
+        optimizer.zero_grad()
+        captured: list[torch.Tensor] = []
+        handle = model.classifier.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
+        with autocast:
+            logits = model(batch[0]).float()
+        handle.remove()
+        with torch.no_grad(), batchnorm_stats_frozen(model), autocast:
+            measured = [(model.features(x).float(), y) for x, y in (v_old, v_new)]
+        train = (captured[0].detach().float(), batch[1])
+        result = last_layer_meta_influence(model.classifier.weight, model.classifier.bias, train, measured, 0.1)
+        losses = F.cross_entropy(logits, batch[1], reduction="none")
+        (fuse_influence(result, metasp_args).weights * losses).sum().backward()
         optimizer.step()
 
     def metasp_step(influence_fn: Callable[..., Any]) -> Callable[[], None]:
@@ -89,11 +126,14 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
         return step
 
     rows: list[dict[str, Any]] = []
-    for name, step in (
-        ("er", er_step),
-        ("metasp", metasp_step(meta_influence)),
+    methods: list[tuple[str, Callable[[], None]]] = [("er", er_step)]
+    if args.pseudo_steps == 1:
+        methods += [("metasp_fused", fused_step), ("metasp_lastlayer", lastlayer_step)]
+    methods += [
+        ("metasp_two_pass", metasp_step(meta_influence)),
         ("metasp_double_backward", metasp_step(meta_influence_autograd)),
-    ):
+    ]
+    for name, step in methods:
         ms, peak = _time(step, device, args.warmup, args.repeats)
         rows.append({"method": name, "ms_per_step": ms, "peak_mib": peak})
     er_ms = float(rows[0]["ms_per_step"])
@@ -194,6 +234,9 @@ class LoopBenchArgs:
     train_per_class: int = field(default=1000, metadata={"help": "training images per class (10 classes, 5 tasks)"})
     test_images: int = field(default=10000, metadata={"help": "test images (the eval timing covers all of them)"})
     strategies: tuple[str, ...] = field(default=("er", "metasp"), metadata={"help": "strategies to time"})
+    influences: tuple[str, ...] = field(
+        default=("meta",), metadata={"help": "MetaSP influence estimators to time (one row each)"}
+    )
     data_paths: tuple[str, ...] = field(default=("avalanche", "device"), metadata={"help": "data paths to compare"})
     precision: str = field(default="fp32", metadata={"help": "fp32 or bf16 (device path only)"})
     channels_last: bool = field(default=False, metadata={"help": "channels-last (device path only)"})
@@ -273,7 +316,12 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     device = resolve_device(args.device)
     benchmark = _cifar_shaped(args)
     rows: list[dict[str, Any]] = []
-    for strategy_name in args.strategies:
+    variants = [
+        (name, influence)
+        for name in args.strategies
+        for influence in (args.influences if name.startswith("metasp") else ("",))
+    ]
+    for strategy_name, influence in variants:
         for data_path in args.data_paths:
             training = from_mapping(
                 TrainingConfig,
@@ -293,7 +341,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
                 model = model.to(memory_format=torch.channels_last)
             clock = _IterationClock(device)
             entry = STRATEGIES.get(strategy_name)
-            strategy_args: dict[str, Any] = {"meta_epochs": 1} if strategy_name.startswith("metasp") else {}
+            strategy_args: dict[str, Any] = {"meta_epochs": 1, "influence": influence} if influence else {}
             context = StrategyContext(
                 model=model,
                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
@@ -319,7 +367,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
             _synchronize(clock.device)
             rows.append(
                 {
-                    "strategy": strategy_name,
+                    "strategy": f"{strategy_name} ({influence})" if influence else strategy_name,
                     "data_path": data_path,
                     "ms_per_iter_task1": first,
                     "ms_per_iter_task2": second,

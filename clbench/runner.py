@@ -222,7 +222,8 @@ def device_path_options(training: TrainingConfig, seed: int) -> DevicePathOption
                 "need training.data_path=device; valid choices on the avalanche path: false / fp32"
             )
         return None
-    return DevicePathOptions(channels_last=training.channels_last, precision=training.precision, seed=seed)
+    precision = "bf16" if training.precision == "bf16" else "fp32"
+    return DevicePathOptions(channels_last=bool(training.channels_last), precision=precision, seed=seed)
 
 
 def execute_run(

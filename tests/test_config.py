@@ -135,3 +135,13 @@ def test_committed_baseline_results_are_runs_of_the_current_implementations():
     committed = {p.stem for p in (root / "results" / "cifar10_baselines_cpu" / "runs").glob("*.json")}
     missing = [run.run_id for run in expand_grid(experiment) if run.run_id not in committed]
     assert not missing
+
+
+def test_fast_settings_follow_the_data_path():
+    from clbench.config import TrainingConfig
+
+    fast = TrainingConfig()
+    assert (fast.data_path, fast.precision, fast.channels_last) == ("device", "bf16", True)
+    plain = TrainingConfig(data_path="avalanche")
+    assert (plain.precision, plain.channels_last) == ("fp32", False)  # what the avalanche path always ran
+    assert TrainingConfig(precision="fp32", channels_last=False).precision == "fp32"

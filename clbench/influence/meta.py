@@ -213,15 +213,12 @@ def _per_example_directional(
     CPU autocast casts a convolution's weight but not its tangent, and forward-mode AD
     then fails on the dtype mismatch), with losses in float32.
     """
-    x, y = batch
-    if low_precision:
-        cast = torch.bfloat16
-        params = {k: v.to(cast) for k, v in params.items()}
-        tangents = {k: v.to(cast) for k, v in tangents.items()}
-        x = x.to(cast)
-        loss_vec = _bf16_loss_vector(model)
-    else:
-        loss_vec = per_example_loss_fn(model)
+    # Contiguous tensors: forward-mode convolutions on channels-last ones are slower on CPU.
+    dtype = torch.bfloat16 if low_precision else None
+    params = {k: v.to(dtype=dtype, memory_format=torch.contiguous_format) for k, v in params.items()}
+    tangents = {k: v.to(dtype=dtype, memory_format=torch.contiguous_format) for k, v in tangents.items()}
+    x, y = batch[0].to(dtype=dtype, memory_format=torch.contiguous_format), batch[1]
+    loss_vec = _bf16_loss_vector(model) if low_precision else per_example_loss_fn(model)
 
     def along(tangent: Params) -> torch.Tensor:
         directional: torch.Tensor = jvp(lambda p: loss_vec(p, x, y), (params,), (tangent,))[1]

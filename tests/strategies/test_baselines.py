@@ -18,9 +18,18 @@ BUFFER = 48
 N_CLASSES = 6
 
 
-@pytest.fixture(scope="module", params=["avalanche", "device"])
+FAST_CONV = "device_conv"  # the defaults (device path, bf16, channels-last) on a convolutional net
+
+
+@pytest.fixture(scope="module", params=["avalanche", "device", FAST_CONV])
 def all_runs(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp(f"baselines_{request.param}")
+    training = {"epochs": 1, "batch_size": 8, "replay_batch_size": 8}
+    if request.param != FAST_CONV:
+        training["data_path"] = request.param
+    backbone = {"name": "mlp", "args": {"hidden": [16]}}
+    if request.param == FAST_CONV:
+        backbone = {"name": "resnet18", "args": {"nf": 2}}
     config = {
         "name": "baselines",
         "benchmarks": [
@@ -45,8 +54,8 @@ def all_runs(tmp_path_factory, request):
         ],
         "buffer_sizes": [BUFFER],
         "seeds": [1231],
-        "backbone": {"name": "mlp", "args": {"hidden": [16]}},
-        "training": {"epochs": 1, "batch_size": 8, "replay_batch_size": 8, "data_path": request.param},
+        "backbone": backbone,
+        "training": training,
         "device": "cpu",
     }
     path = folder / "all.yaml"
