@@ -41,7 +41,7 @@ from clbench.datasets.base import BENCHMARKS, Benchmark, DataContext, load_bench
 from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError, ConfigError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
-from clbench.fastdata import DevicePathOptions
+from clbench.fastdata import DevicePathOptions, Precision
 from clbench.loggers import LOGGERS
 from clbench.metrics import summarize, summarize_final_only
 from clbench.results import SCHEMA_VERSION, is_finished, write_json_atomic
@@ -222,7 +222,7 @@ def device_path_options(training: TrainingConfig, seed: int) -> DevicePathOption
                 "need training.data_path=device; valid choices on the avalanche path: false / fp32"
             )
         return None
-    precision = "bf16" if training.precision == "bf16" else "fp32"
+    precision: Precision = "bf16" if training.precision == "bf16" else "fp32"
     return DevicePathOptions(channels_last=bool(training.channels_last), precision=precision, seed=seed)
 
 

@@ -381,7 +381,7 @@ class MetaSP(StepTemplate):
 
     def _last_layer_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
         classifier = classifier_of(self.model)
-        features = self.model.features  # type: ignore[operator]
+        features: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, "features")  # noqa: B009
         with torch.no_grad(), batchnorm_stats_frozen(self.model), strategy_autocast(self):
             measured = [(features(x).float(), y) for x, y in (stability_set, plasticity_set)]
         train = (self._captured_features.pop(), self.mb_y)

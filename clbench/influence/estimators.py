@@ -324,7 +324,7 @@ class MetaLastLayerEstimator(Estimator):
 
         classifier = classifier_of(model)
         step = self.args.lr if self.args.lr is not None else lr
-        features = model.features  # type: ignore[operator]
+        features: Callable[[torch.Tensor], torch.Tensor] = getattr(model, "features")  # noqa: B009
 
         def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
             with torch.no_grad(), batchnorm_stats_frozen(model):
