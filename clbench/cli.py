@@ -81,6 +81,15 @@ def _build_parser() -> argparse.ArgumentParser:
     ihvp = bench_kinds.add_parser("ihvp", help="clbench's inverse-HVP solvers vs dattri's (if installed)")
     ihvp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    every = bench_kinds.add_parser(
+        "all", help="step, loop, eval and ihvp benches plus a reduced grid, in one dated report (run it on a GPU)"
+    )
+    every.add_argument("--preset", default="full", help="tiny (a few minutes on a CPU) or full (one large GPU)")
+    every.add_argument("--set", dest="overrides", action="append", default=[], metavar="device=NAME")
+    every.add_argument("--jobs", type=int, default=1, help="grid runs at once, sharing the device")
+    every.add_argument("--out", default="results/bench", help="where the dated report folder goes")
+    every.add_argument("--data-root", default=None, help="dataset root of the grid (default as clbench run)")
+
     listing = commands.add_parser("list", help="list registered strategies, benchmarks, backbones and loggers")
     listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers", "estimators"])
     listing.add_argument("--args", action="store_true", help="also show each component's arguments")
@@ -223,6 +232,8 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
     for text in ns.overrides:
         path, value = parse_override(text)
         raw[".".join(path)] = value
+    if ns.bench == "all":
+        return _cmd_bench_all(ns, raw)
     if ns.bench == "ihvp":
         import pandas as pd
 
@@ -250,6 +261,21 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
     )
     print(format_rows(rows, header))
     return 0
+
+
+def _cmd_bench_all(ns: argparse.Namespace, raw: dict[str, Any]) -> int:
+    from clbench.bench_all import run_bench_all
+
+    unknown = sorted(set(raw) - {"device"})
+    if unknown:
+        raise ClbenchError(f"bench all: unknown setting {unknown[0]!r}; valid keys: device")
+    if ns.jobs < 1:
+        raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
+    data_root = Path(ns.data_root) if ns.data_root else None
+    report, ok = run_bench_all(ns.preset, str(raw.get("device", "auto")), ns.jobs, Path(ns.out), data_root)
+    print(report.read_text())
+    print(f"report written to {report}")
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
