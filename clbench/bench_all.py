@@ -87,7 +87,7 @@ def _loop_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable
         "offline shape, 32 new + 32 memory": base,
         "online shape, 10 new + 10 memory": replace(base, batch_size=10, replay_batch_size=10),
     }
-    sections = []
+    sections: list[tuple[str, Callable[[], str]]] = []
     for shape, args in shapes.items():
         for precision, channels_last in (("fp32", False), ("bf16", True)):
             variant = replace(args, precision=precision, channels_last=channels_last)
@@ -97,7 +97,7 @@ def _loop_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable
 
 
 def _step_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable[[], str]]]:
-    sections = []
+    sections: list[tuple[str, Callable[[], str]]] = []
     for precision in ("fp32", "bf16"):
         args = StepBenchArgs(
             device=device, nf=preset.nf, repeats=preset.repeats, warmup=preset.warmup, precision=precision
