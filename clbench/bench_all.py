@@ -9,6 +9,7 @@ is sized for one large GPU (about 25 minutes on an H100 by our estimate, not yet
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 import time
@@ -73,6 +74,14 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     return str(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"))
 
 
+def _loop_table(args: LoopBenchArgs) -> str:
+    return _markdown(bench_loop(args))
+
+
+def _step_table(args: StepBenchArgs, header: str) -> str:
+    return format_rows(bench_step(args), header)
+
+
 def _loop_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable[[], str]]]:
     base = LoopBenchArgs(
         device=device,
@@ -92,7 +101,7 @@ def _loop_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable
         for precision, channels_last in (("fp32", False), ("bf16", True)):
             variant = replace(args, precision=precision, channels_last=channels_last)
             title = f"Loop: {shape}, device path, {precision}{' + channels-last' if channels_last else ''}"
-            sections.append((title, lambda v=variant: _markdown(bench_loop(v))))
+            sections.append((title, functools.partial(_loop_table, variant)))
     return sections
 
 
@@ -103,7 +112,7 @@ def _step_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable
             device=device, nf=preset.nf, repeats=preset.repeats, warmup=preset.warmup, precision=precision
         )
         header = f"ResNet-18 nf={args.nf}, {args.new} new + {args.memory} memory, |V|={args.val}, median ms"
-        sections.append((f"Step: ER vs MetaSP, {precision}", lambda a=args, h=header: format_rows(bench_step(a), h)))
+        sections.append((f"Step: ER vs MetaSP, {precision}", functools.partial(_step_table, args, header)))
     return sections
 
 
