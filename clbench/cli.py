@@ -61,6 +61,12 @@ def _build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
 
+    agreement = commands.add_parser(
+        "influence-agreement", help="meta_lastlayer vs exact meta influence at the checkpoints of a MetaSP run"
+    )
+    agreement.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    agreement.add_argument("--out", default="runs/influence_agreement", help="output folder (table, checkpoints)")
+
     bench = commands.add_parser("bench", help="print speed figures (see clbench.bench)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
@@ -204,6 +210,22 @@ def _cmd_influence_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_influence_agreement(ns: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from clbench.config import apply_overrides, from_mapping
+    from clbench.influence.agreement import AgreementArgs, run_agreement
+
+    args = from_mapping(AgreementArgs, apply_overrides({}, ns.overrides), "influence-agreement")
+    out = Path(ns.out)
+    table = pd.DataFrame(run_agreement(args, out))
+    text = f"clbench influence-agreement: {args}\n\n{table.to_markdown(index=False, floatfmt='.3f')}\n"
+    (out / "agreement.md").write_text(text)
+    table.to_csv(out / "agreement.csv", index=False)
+    print(text)
+    return 0
+
+
 def _device_name(requested: str) -> str:
     import platform
 
@@ -295,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(ns)
         if ns.command == "influence-bench":
             return _cmd_influence_bench(ns)
+        if ns.command == "influence-agreement":
+            return _cmd_influence_agreement(ns)
         if ns.command == "bench":
             return _cmd_bench(ns)
     except ClbenchError as exc:

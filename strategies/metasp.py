@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from clbench.errors import ConfigError
 from clbench.fastdata import IndexedSubset, strategy_autocast
-from clbench.influence.estimators import classifier_of
+from clbench.influence.estimators import InfluenceResult, classifier_of
 from clbench.influence.functional import batchnorm_stats_frozen
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.lastlayer import last_layer_meta_influence
@@ -171,7 +171,7 @@ def influence_weights(
     return fuse_influence(result, args)
 
 
-def fuse_influence(result: MetaInfluence, args: MetaSPArgs) -> FusedInfluence:
+def fuse_influence(result: MetaInfluence | InfluenceResult, args: MetaSPArgs) -> FusedInfluence:
     """Normalise the stability and plasticity influence, fuse them by MGDA, weigh the examples."""
     (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
     stability = normalise_influence(stability, loss_old)
