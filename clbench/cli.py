@@ -61,6 +61,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
 
+    compare = commands.add_parser(
+        "compare", help="paired t-tests of one config setting (e.g. training.precision) over matched seeds"
+    )
+    compare.add_argument("results_dir", help="folder of run JSONs")
+    compare.add_argument("--by", required=True, help="dotted config key, e.g. training.precision")
+    compare.add_argument("--out", default=None, help="also write the table as CSV here")
+
     agreement = commands.add_parser(
         "influence-agreement", help="meta_lastlayer vs exact meta influence at the checkpoints of a MetaSP run"
     )
@@ -210,6 +217,16 @@ def _cmd_influence_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from clbench.report.compare import compare_setting
+
+    table = compare_setting(Path(ns.results_dir), ns.by)
+    print(table.to_markdown(index=False, floatfmt=".3g"))
+    if ns.out:
+        table.to_csv(ns.out, index=False)
+    return 0
+
+
 def _cmd_influence_agreement(ns: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -317,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(ns)
         if ns.command == "influence-bench":
             return _cmd_influence_bench(ns)
+        if ns.command == "compare":
+            return _cmd_compare(ns)
         if ns.command == "influence-agreement":
             return _cmd_influence_agreement(ns)
         if ns.command == "bench":

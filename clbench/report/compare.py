@@ -1,0 +1,110 @@
+"""Paired comparison of one config setting: the same runs but for one key, matched by seed.
+
+``clbench compare DIR --by training.precision`` groups the run files of ``DIR`` by their
+whole config except the seed and the ``--by`` key, pairs the runs of each group that
+differ only in that key by seed, and reports for every metric (A1, A∞, Am, BWT and the
+first task's accuracy right after it was learned) each value's mean ± std and the paired
+t-test of the difference. Reads JSON only; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from clbench.errors import ClbenchError
+
+METRICS = ("A1", "Ainf", "Am", "BWT")
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
+    copy = json.loads(json.dumps(config))
+    parts = dotted.split(".")
+    node = copy
+    for part in parts[:-1]:
+        node = node.get(part, {})
+    node.pop(parts[-1], None)
+    for key in ("seed", "experiment", "device"):
+        copy.pop(key, None)
+    return copy
+
+
+def _values(result: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for setting in ("class_il", "task_il"):
+        for metric in METRICS:
+            value = result["metrics"][setting].get(metric)
+            if value is not None:
+                out[f"{setting} {metric}"] = float(value)
+        first = result["accuracy"][setting][0][0] if result["accuracy"][setting] else None
+        if first is not None and len(result["accuracy"][setting]) > 1:
+            out[f"{setting} task-1 after task 1"] = float(first)
+    return out
+
+
+def compare_setting(folder: Path, key: str) -> pd.DataFrame:
+    """One row per group, pair of values of ``key`` and metric.
+
+    Raises:
+        ClbenchError: No run pairs differ only in ``key``.
+    """
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name.endswith(".error.txt") or path.name == "experiment.resolved.yaml":
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "config" in result and "metrics" in result:
+            runs.append(result)
+    groups: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    for result in runs:
+        config = result["config"]
+        group = json.dumps(_without(config, key), sort_keys=True)
+        value = json.dumps(_get(config, key))
+        groups.setdefault(group, {}).setdefault(value, {})[int(config["seed"])] = _values(result)
+    rows = []
+    for group, by_value in groups.items():
+        strategy = json.loads(group)["strategy"]["name"]
+        for a, b in combinations(sorted(by_value), 2):
+            seeds = sorted(set(by_value[a]) & set(by_value[b]))
+            if len(seeds) < 2:
+                continue
+            for metric in by_value[a][seeds[0]]:
+                x = np.array([by_value[a][s][metric] for s in seeds])
+                y = np.array([by_value[b][s][metric] for s in seeds])
+                test = stats.ttest_rel(x, y) if np.any(x != y) else None
+                rows.append(
+                    {
+                        "strategy": strategy,
+                        "metric": metric,
+                        f"{key}=A": json.loads(a),
+                        "A mean±std": f"{x.mean():.2f}±{x.std(ddof=1):.2f}",
+                        f"{key}=B": json.loads(b),
+                        "B mean±std": f"{y.mean():.2f}±{y.std(ddof=1):.2f}",
+                        "mean A-B": float((x - y).mean()),
+                        "A<B seeds": int((x < y).sum()),
+                        "n": len(seeds),
+                        "p": math.nan if test is None else float(test.pvalue),
+                    }
+                )
+    if not rows:
+        raise ClbenchError(f"no runs in {str(folder)!r} differ only in {key!r} (with two or more common seeds)")
+    return pd.DataFrame(rows)

@@ -1,0 +1,38 @@
+"""`clbench compare`: runs that differ in one setting, paired by seed."""
+
+import json
+
+import pytest
+
+from clbench.cli import main
+from clbench.report.compare import compare_setting
+
+
+def _run(folder, seed, precision, ainf, first):
+    config = {"seed": seed, "strategy": {"name": "er", "args": {}}, "training": {"precision": precision, "lr": 0.1}}
+    matrix = [[first, None], [40.0, 50.0]]
+    metrics = {"A1": 50.0, "Ainf": ainf, "Am": 45.0, "BWT": -5.0}
+    result = {
+        "config": config,
+        "metrics": {"class_il": metrics, "task_il": metrics},
+        "accuracy": {"class_il": matrix, "task_il": matrix},
+    }
+    (folder / f"run-{seed}-{precision}.json").write_text(json.dumps(result))
+
+
+def test_pairs_by_seed_and_tests_the_difference(tmp_path):
+    for seed, (a, b) in zip((1, 2, 3), ((30.0, 31.0), (32.0, 34.5), (29.0, 30.5)), strict=True):
+        _run(tmp_path, seed, "fp32", a, 60.0 + seed)
+        _run(tmp_path, seed, "bf16", b, 60.0 + seed)
+    table = compare_setting(tmp_path, "training.precision").set_index("metric")
+    row = table.loc["class_il Ainf"]
+    assert row["n"] == 3
+    assert row["mean A-B"] == pytest.approx(((31 - 30) + (34.5 - 32) + (30.5 - 29)) / 3)  # A = bf16 (sorted)
+    assert 0 < row["p"] < 1
+    assert table.loc["class_il task-1 after task 1"]["mean A-B"] == 0
+
+
+def test_no_pairs_is_a_one_line_error(tmp_path, capsys):
+    _run(tmp_path, 1, "fp32", 30.0, 60.0)
+    assert main(["compare", str(tmp_path), "--by", "training.precision"]) == 2
+    assert "differ only in 'training.precision'" in capsys.readouterr().err
