@@ -78,7 +78,7 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
     seed_everything(args.seed, True)
     benchmark = load_benchmark(args.benchmark, args.benchmark_args, DataContext(Path(args.data_root), args.seed))
     entry = BACKBONES.get(args.backbone)
-    typed_backbone = from_mapping(entry.args, args.backbone_args, "backbone")
+    typed_backbone: Any = from_mapping(entry.args, args.backbone_args, "backbone")
     model = entry.factory(typed_backbone, benchmark.input_shape, benchmark.n_classes)
     model = model.to(device)
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, replay_batch_size=args.batch_size)

@@ -34,7 +34,7 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
 
 
 def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
-    copy = json.loads(json.dumps(config))
+    copy: dict[str, Any] = json.loads(json.dumps(config))
     parts = dotted.split(".")
     node = copy
     for part in parts[:-1]:
