@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,9 +156,13 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
     experiment = load_experiment(ns.config, ns.overrides)
     out = output_dir_for(experiment, ns.out)
+    if out.exists() and not out.is_dir():
+        raise ClbenchError(f"--out {str(out)!r} is a file; valid choices: a folder, new or existing")
     if ns.dry_run:
+        from clbench.results import result_status
+
         for run in expand_grid(experiment):
-            print(run.run_id)
+            print(f"{run.run_id}  {result_status(out / f'{run.run_id}.json')}")
         return 0
     if ns.launcher != "inline":
         from clbench.runner import submit_grid
@@ -196,6 +201,8 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     report = build_report(ns.results_dir, ns.reference)
     for message in report.skipped:
         print(f"skipped: {message}", file=sys.stderr)
+    if not report.tables:
+        raise ClbenchError(f"no run results in {str(ns.results_dir)!r}; valid choices: a folder of run JSONs")
     formats = [f.strip() for f in ns.format.split(",") if f.strip()]
     out = Path(ns.out) if ns.out else Path(ns.results_dir) / "report"
     written = write_report(report, out, formats, figures=not ns.no_figures)
@@ -346,6 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clbench: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`clbench run ... --dry-run | head -1`): stop quietly, and keep
+        # the interpreter's final flush from raising on the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     parser.error(f"unknown command {ns.command!r}")
     return 2
 

@@ -106,6 +106,29 @@ class TrainingConfig:
     )
 
     def __post_init__(self) -> None:
+        """Check every numeric setting's range and resolve the fast-path settings.
+
+        Raises:
+            ConfigError: A setting out of its range (one line, naming it and the range).
+        """
+        for name, low, value in (
+            ("epochs", 1, self.epochs),
+            ("batch_size", 1, self.batch_size),
+            ("replay_batch_size", 1, self.replay_batch_size),
+            ("eval_batch_size", 1, self.eval_batch_size),
+            ("num_workers", 0, self.num_workers),
+        ):
+            if value < low:
+                raise ConfigError(f"training.{name}: must be at least {low}, got {value}")
+        for name, value in (("lr", self.lr), ("lr_gamma", self.lr_gamma)):
+            if not value > 0:
+                raise ConfigError(f"training.{name}: must be positive, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"training.momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"training.weight_decay: must be at least 0, got {self.weight_decay}")
+        if any(m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"training.lr_milestones: epochs must be at least 1, got {list(self.lr_milestones)}")
         # The fast settings follow the data path unless given, and are stored resolved, so a
         # run's config (and id) says what ran; the avalanche path resolves to what it ran before.
         fast = self.data_path == "device"
@@ -372,8 +395,6 @@ def experiment_from_mapping(raw: Any, where: str = "config") -> ExperimentConfig
         own = strategy.buffer_sizes
         if own is not None and (not own or any(size <= 0 for size in own)):
             raise ConfigError(f"{where}.strategies[{i}].buffer_sizes: sizes must be positive, got {list(own)}")
-    if config.training.epochs < 1:
-        raise ConfigError(f"{where}.training.epochs: must be at least 1, got {config.training.epochs}")
     return config
 
 

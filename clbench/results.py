@@ -18,6 +18,12 @@ SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "accuracy", "metrics", "evaluated_after_task")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON so that readers see either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +34,8 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; results are shared, so give the file the umask's mode as open() would.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +60,13 @@ def load_result(path: Path) -> dict[str, Any]:
     if data["schema_version"] != SCHEMA_VERSION:
         raise ResultsError(f"{path}: schema version {data['schema_version']!r}, expected {SCHEMA_VERSION}")
     return data
+
+
+def result_status(path: Path) -> str:
+    """``finished``, ``to-run`` (no file) or ``corrupt`` (a file that is not a complete result)."""
+    if not path.is_file():
+        return "to-run"
+    return "finished" if is_finished(path) else "corrupt"
 
 
 def is_finished(path: Path) -> bool:

@@ -44,7 +44,7 @@ from clbench.evaluation import AccuracyCollector, AccuracyRow
 from clbench.fastdata import DevicePathOptions, Precision
 from clbench.loggers import LOGGERS
 from clbench.metrics import summarize, summarize_final_only
-from clbench.results import SCHEMA_VERSION, is_finished, write_json_atomic
+from clbench.results import SCHEMA_VERSION, result_status, write_json_atomic
 from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
@@ -438,10 +438,13 @@ def _prepare_grid(
     summary = GridSummary()
     todo = []
     for run in runs:
-        if is_finished(output_dir / f"{run.run_id}.json"):
+        status = result_status(output_dir / f"{run.run_id}.json")
+        if status == "finished":
             summary.skipped.append(run.run_id)
-        else:
-            todo.append(run)
+            continue
+        if status == "corrupt":
+            print(f"re-running {run.run_id}: its result file is corrupt", file=sys.stderr)
+        todo.append(run)
     return root, summary, todo
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from clbench.config import OMIT_AT_DEFAULT
 from clbench.errors import ConfigError
@@ -28,6 +29,18 @@ class ERArgs:
             OMIT_AT_DEFAULT: True,
         },
     )
+
+
+class Reservoir(ReservoirSamplingBuffer):  # type: ignore[misc]
+    """Avalanche's reservoir buffer, without the deprecation warning of ``update``.
+
+    0.6.0's ``ReplayPlugin`` still calls the deprecated ``update``; this one is its body
+    without the wrapper, which warned three times a run.
+    """
+
+    def update(self, strategy: Any, **kwargs: Any) -> None:
+        """Offer the experience just learned (what the deprecated ``update`` does)."""
+        self.post_adapt(strategy, strategy.experience)
 
 
 class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
@@ -78,10 +91,9 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Any:
     ``buffer_size`` examples: a uniform sample of everything seen so far.
     """
     from avalanche.training.plugins import ReplayPlugin
-    from avalanche.training.storage_policy import ReservoirSamplingBuffer
     from avalanche.training.supervised import Naive
 
-    storage = ReservoirSamplingBuffer(ctx.buffer_size)
+    storage = Reservoir(ctx.buffer_size)
     if args.replay_forward == "separate":
         if args.task_balanced:
             raise ConfigError("er: task_balanced=true needs replay_forward=joint; valid choices: joint")

@@ -145,3 +145,25 @@ def test_fast_settings_follow_the_data_path():
     plain = TrainingConfig(data_path="avalanche")
     assert (plain.precision, plain.channels_last) == ("fp32", False)  # what the avalanche path always ran
     assert TrainingConfig(precision="fp32", channels_last=False).precision == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.batch_size=0", "training.batch_size: must be at least 1, got 0"),
+        ("training.replay_batch_size=0", "training.replay_batch_size: must be at least 1, got 0"),
+        ("training.eval_batch_size=-3", "training.eval_batch_size: must be at least 1, got -3"),
+        ("training.lr=-0.1", "training.lr: must be positive, got -0.1"),
+        ("training.momentum=1.5", "training.momentum: must be in [0, 1), got 1.5"),
+        ("training.epochs=0", "training.epochs: must be at least 1, got 0"),
+    ],
+)
+def test_training_values_are_range_checked_before_any_run(tmp_path, capsys, override, message):
+    from clbench.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\nbenchmarks: [synthetic]\nstrategies: [er]\ndevice: cpu\n")
+    assert main(["run", str(config), "--dry-run", "--set", override, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
