@@ -120,9 +120,9 @@ class TrainingConfig:
         ):
             if value < low:
                 raise ConfigError(f"training.{name}: must be at least {low}, got {value}")
-        for name, value in (("lr", self.lr), ("lr_gamma", self.lr_gamma)):
-            if not value > 0:
-                raise ConfigError(f"training.{name}: must be positive, got {value}")
+        for rate_name, rate in (("lr", self.lr), ("lr_gamma", self.lr_gamma)):
+            if not rate > 0:
+                raise ConfigError(f"training.{rate_name}: must be positive, got {rate}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"training.momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
