@@ -62,6 +62,11 @@ def learning_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
+def _text_colour(value: float) -> str:
+    """Black on viridis' light (yellow-green) upper range, white on its dark lower range."""
+    return "black" if value >= 60 else "white"
+
+
 def heatmaps(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Mean accuracy matrix (over seeds) of each strategy, per protocol, setting and buffer."""
     import matplotlib
@@ -79,7 +84,11 @@ def heatmaps(runs: pd.DataFrame, out: Path) -> list[Path]:
             figure, axis = plt.subplots(figsize=(3.6, 3.2))
             image = axis.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
             for (i, j), value in np.ndenumerate(matrix):
-                axis.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="w")
+                if np.isfinite(value):
+                    axis.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color=_text_colour(value))
+            tasks = range(matrix.shape[0])
+            axis.set_xticks(list(tasks), [str(t + 1) for t in tasks])  # tasks from 1, as in the curves
+            axis.set_yticks(list(tasks), [str(t + 1) for t in tasks])
             axis.set_xlabel("evaluated task")
             axis.set_ylabel("after training task")
             axis.set_title(f"{strategy} M={buffer_size}\n{SETTING_NAMES[setting]}", fontsize=8)

@@ -209,3 +209,28 @@ def test_arguments_other_than_the_defaults_are_noted_under_each_table(tmp_path):
     note = next(n for n in report.tables[0].notes if n.startswith("arguments"))
     assert note == "arguments other than the defaults: joint (epochs=5); mystery (depth=2)"
     assert note in to_markdown(report.tables[0])
+
+
+def test_heatmaps_number_tasks_from_one_with_readable_annotations(results, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clbench.report import figures
+
+    seen = []
+    real_close = plt.close
+
+    def keep_axes(figure):
+        seen.append(figure.axes[0])
+        real_close(figure)
+
+    monkeypatch.setattr(plt, "close", keep_axes)
+    figures.heatmaps(build_report(results).collection.runs, results.parent / "heat")
+    axis = seen[0]
+    n = len(axis.get_yticks())
+    assert [t.get_text() for t in axis.get_yticklabels()] == [str(k) for k in range(1, n + 1)]
+    assert [t.get_text() for t in axis.get_xticklabels()] == [str(k) for k in range(1, n + 1)]
+    for text in axis.texts:  # dark text on the light (high) end of viridis
+        assert (text.get_color() == "black") == (float(text.get_text()) >= 60)
