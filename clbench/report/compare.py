@@ -1,7 +1,8 @@
 """Paired comparison of one config setting: the same runs but for one key, matched by seed.
 
 ``clbench compare DIR --by training.precision`` groups the run files of ``DIR`` by their
-whole config except the seed and the ``--by`` key, pairs the runs of each group that
+whole config except the seed and the ``--by`` key (or comma-separated keys that vary
+together, e.g. ``training.precision,training.channels_last``), pairs the runs of each group that
 differ only in that key by seed, and reports for every metric (A1, A∞, Am, BWT and the
 first task's accuracy right after it was learned) each value's mean ± std and the paired
 t-test of the difference. Reads JSON only; no torch.
@@ -42,6 +43,7 @@ def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
     node.pop(parts[-1], None)
     for key in ("seed", "experiment", "device"):
         copy.pop(key, None)
+    copy.setdefault("strategy_revision", 1)  # runs from before revisions existed are revision 1
     return copy
 
 
@@ -75,10 +77,14 @@ def compare_setting(folder: Path, key: str) -> pd.DataFrame:
         if "config" in result and "metrics" in result:
             runs.append(result)
     groups: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+    keys = [k.strip() for k in key.split(",") if k.strip()]
     for result in runs:
         config = result["config"]
-        group = json.dumps(_without(config, key), sort_keys=True)
-        value = json.dumps(_get(config, key))
+        rest = config
+        for k in keys:
+            rest = _without(rest, k)
+        group = json.dumps(rest, sort_keys=True)
+        value = json.dumps([_get(config, k) for k in keys] if len(keys) > 1 else _get(config, keys[0]))
         groups.setdefault(group, {}).setdefault(value, {})[int(config["seed"])] = _values(result)
     rows = []
     for group, by_value in groups.items():
