@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from clbench.backbones import BACKBONES
+from clbench.claims import release, try_claim
 from clbench.config import (
     OMIT_AT_DEFAULT,
     ComponentSpec,
@@ -371,6 +372,10 @@ def _quiet_avalanche() -> Iterator[None]:
         yield
 
 
+CLAIMED = "claimed or finished by another process"
+"""What :func:`_execute_and_write` returns for a run another process holds or finished."""
+
+
 def _execute_and_write(
     run: RunConfig,
     root: Path,
@@ -382,26 +387,69 @@ def _execute_and_write(
     """Run one config and write its JSON; on a crash write ``<run_id>.error.txt``.
 
     Returns:
-        None on success, else the one-line failure message.
+        None on success, :data:`CLAIMED` when another process holds or finished the run,
+        else the one-line failure message.
 
     Raises:
         ClbenchError: An error the user caused (it would fail every run alike).
     """
+    lock = output_dir / f"{run.run_id}.lock"
+    if not try_claim(lock):
+        return CLAIMED
     try:
-        record = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
-    except ClbenchError:
-        raise
-    except Exception as exc:  # one crashing run must not stop the grid
-        (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
-        return f"{exc.__class__.__name__}: {exc}"
-    write_json_atomic(output_dir / f"{run.run_id}.json", record)
-    (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
-    return None
+        if result_status(output_dir / f"{run.run_id}.json") == "finished":
+            return CLAIMED  # another process finished it since the grid was listed
+        try:
+            record = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
+        except ClbenchError:
+            raise
+        except Exception as exc:  # one crashing run must not stop the grid
+            (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
+            return f"{exc.__class__.__name__}: {exc}"
+        write_json_atomic(output_dir / f"{run.run_id}.json", record)
+        (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
+        return None
+    finally:
+        release(lock)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """End this worker when the grid's process goes, even by ``kill -9``.
+
+    Linux delivers SIGTERM on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a
+    daemon thread notices the parent's pid change. Ctrl-C is the parent's to handle: it
+    terminates the workers itself, so they ignore SIGINT instead of printing tracebacks.
+    """
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (from the parent, or its death) unwinds normally: claims are released and a
+    # half-written result's temporary file is removed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _init_worker(plugin_files: tuple[str, ...], threads: int) -> None:
     from clbench.registry import load_plugin_file
 
+    _die_with_parent()
     torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -423,6 +471,15 @@ def _worker(payload: tuple[dict[str, Any], str, tuple[str, ...], str]) -> tuple[
         return run.run_id, _execute_and_write(run, Path(root), loggers, Path(output_dir)), None
     except ClbenchError as exc:
         return run.run_id, None, str(exc)
+    except SystemExit as exc:  # SIGTERM, after the claim and any temporary file were cleaned up
+        os._exit(exc.code if isinstance(exc.code, int) else 1)  # not back to the pool for the next run
+
+
+def _terminate(pool: Any) -> None:
+    """Kill a process pool's workers and drop its queued runs."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _prepare_grid(
@@ -473,7 +530,10 @@ def run_grid(
         echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
 
     def settle(run_id: str, failure: str | None) -> None:
-        if failure is None:
+        if failure == CLAIMED:
+            summary.skipped.append(run_id)
+            echo(f"run {run_id}: {CLAIMED}, skipped")
+        elif failure is None:
             summary.finished.append(run_id)
         else:
             summary.failed[run_id] = failure
@@ -487,16 +547,21 @@ def run_grid(
             threads = max(1, (os.cpu_count() or 1) // jobs)
             payloads = [(run.to_dict(), str(root), experiment.loggers, str(output_dir)) for run in todo]
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads)) as pool:
+            pool = ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads))
+            try:
                 futures = [pool.submit(_worker, payload) for payload in payloads]
                 for future in as_completed(futures):
                     run_id, failure, user_error = future.result()
                     if user_error is not None:
-                        for pending in futures:
-                            pending.cancel()
                         raise ClbenchError(user_error)
                     settle(run_id, failure)
                     bar.update(1)
+            except BaseException:
+                # Ctrl-C or a user error: stop the workers now instead of letting them finish the
+                # grid; finished results stay (atomic writes), claims of the killed runs go stale.
+                _terminate(pool)
+                raise
+            pool.shutdown()
             return summary
         cache: dict[tuple[str, str, int], Benchmark] = {}
         for run in todo:
@@ -572,7 +637,9 @@ def submit_grid(
             continue
         if user_error is not None:
             raise ClbenchError(user_error)
-        if failure is None:
+        if failure == CLAIMED:
+            summary.skipped.append(run_id)
+        elif failure is None:
             summary.finished.append(run_id)
         else:
             summary.failed[run_id] = failure

@@ -1,0 +1,57 @@
+"""Two clbench processes on one output folder share the grid; stale claims are taken over."""
+
+import json
+import subprocess
+import sys
+
+from clbench.claims import release, try_claim
+from clbench.cli import main
+
+GRID = """\
+name: shared
+benchmarks: [{name: synthetic, args: {n_tasks: 2, n_classes: 4, train_per_class: 16, test_per_class: 4}}]
+strategies: [finetune]
+seeds: [1, 2, 3, 4, 5, 6]
+backbone: {name: mlp, args: {hidden: [8]}}
+training: {epochs: 3, batch_size: 4}
+device: cpu
+"""
+
+
+def test_two_processes_compute_each_run_once(tmp_path):
+    (tmp_path / "c.yaml").write_text(GRID)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "clbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in both]
+    assert all(p.returncode == 0 for p in both)
+    finished = [int(text.split(" run(s) finished")[0].split()[-1]) for text in outputs]
+    assert sum(finished) == 6  # each run computed by exactly one of the two
+    results = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    assert len(results) == 6
+    assert not list(out.glob("*.lock"))
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    lock = tmp_path / "run.lock"
+    lock.write_text(f"{socket.gethostname()} {dead.pid}\n")
+    assert try_claim(lock)
+    assert not try_claim(lock)  # now held by this (live) process
+    release(lock)
+    assert not lock.exists()
+
+
+def test_a_live_claim_skips_the_run(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(GRID.replace("[1, 2, 3, 4, 5, 6]", "[1]"))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--dry-run"]) == 0
+    (run_id,) = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    out.mkdir()
+    assert try_claim(out / f"{run_id}.lock")
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
+    assert "claimed or finished by another process" in capsys.readouterr().out
+    assert not (out / f"{run_id}.json").exists()
