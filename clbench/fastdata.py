@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -126,7 +127,7 @@ class IndexedSubset(torch.utils.data.Dataset[tuple[Any, ...]]):
         return x, y, task, index
 
 
-def resolve_rows(dataset: Any) -> tuple[Storage, np.ndarray]:
+def resolve_rows(dataset: Any) -> tuple[Storage, npt.NDArray[np.int64]]:
     """The storage behind an Avalanche (or torch) dataset, and the row of each item.
 
     Walks Avalanche's flat-data wrappers (concatenations, subsets, transform groups) and
@@ -139,7 +140,7 @@ def resolve_rows(dataset: Any) -> tuple[Storage, np.ndarray]:
     return _resolve(dataset, np.arange(len(dataset), dtype=np.int64))
 
 
-def _resolve(node: Any, positions: np.ndarray) -> tuple[Storage, np.ndarray]:
+def _resolve(node: Any, positions: npt.NDArray[np.int64]) -> tuple[Storage, npt.NDArray[np.int64]]:
     if isinstance(node, (ImageArrayDataset, list)):
         return node, positions
     flat = getattr(node, "_flat_data", None)

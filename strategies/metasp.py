@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -181,7 +182,7 @@ def fuse_influence(result: MetaInfluence | InfluenceResult, args: MetaSPArgs) ->
     return FusedInfluence(stability, plasticity, fused, gamma, example_weights(fused))
 
 
-def _summary(values: np.ndarray) -> dict[str, Any]:
+def _summary(values: npt.NDArray[np.float64]) -> dict[str, Any]:
     if values.size == 0:
         return {"positive": 0, "negative": 0, "histogram": {"edges": [], "counts": []}}
     counts, edges = np.histogram(values, bins=5, range=(float(values.min()), float(values.max())))
@@ -226,7 +227,7 @@ class MetaSP(StepTemplate):
         self._memory_positions: torch.Tensor | None = None
         self._heldout: list[int] = []
         self._train_indices: list[int] = []
-        self._task_values: dict[str, list[np.ndarray]] = {"S": [], "P": [], "SP": []}
+        self._task_values: dict[str, list[npt.NDArray[np.float64]]] = {"S": [], "P": [], "SP": []}
         self._gammas: list[float] = []
         self.influence_log: list[dict[str, Any]] = []
         self._epoch_phase: Literal["plain", "replay", "meta"] = "plain"

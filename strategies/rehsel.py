@@ -135,7 +135,8 @@ def _per_cluster(
 ) -> npt.NDArray[np.int64]:
     n = len(candidates.positions)
     if k >= n:
-        return candidates.positions.copy()
+        everything: npt.NDArray[np.int64] = candidates.positions.copy()
+        return everything
     if k <= 0:
         return candidates.positions[:0]
     features = candidates.features()
