@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +148,26 @@ def _label(spec: ComponentSpec) -> str:
     return spec.name + "(" + ", ".join(f"{k}={v}" for k, v in sorted(spec.args.items())) + ")"
 
 
+PAPER_SIGN_AGREEMENT = {
+    "meta": "96.5 (one-step)",
+    "neumann": "92.4",
+    "identity": "85.6 (Larsen) / 84.6 (Luketina)",
+}
+"""Sign agreement with the exact influence that the MetaSP paper reports (appendix Table 6)."""
+
+
+def _damped_spectrum(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], damping: float) -> dict[str, Any]:
+    """Extreme eigenvalues of the reference's matrix, the damped Hessian of the training loss."""
+    from clbench.influence.functional import per_example_loss_fn, trainable_params
+    from clbench.influence.hessian import dense_matrix, hvp_fn
+
+    params = trainable_params(model)
+    matrix = dense_matrix(hvp_fn(per_example_loss_fn(model), params, train), params)
+    eigenvalues = torch.linalg.eigvalsh(0.5 * (matrix + matrix.T)) + damping
+    smallest, largest = float(eigenvalues.min()), float(eigenvalues.max())
+    return {"smallest": smallest, "largest": largest, "positive_definite": smallest > 0}
+
+
 def _static_estimator(spec: ComponentSpec, weight_decay: float) -> Any:
     args = dict(spec.args)
     if spec.name in ("exact", "cg", "lissa", "neumann") and "damping" not in args:
@@ -224,6 +245,14 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
         specs: tuple[ComponentSpec, ...] = config.estimators
     else:
         training = _train(model, train, config)
+        training["damped_hessian"] = _damped_spectrum(model, train, config.weight_decay)
+        if not training["damped_hessian"]["positive_definite"]:
+            warnings.warn(
+                f"influence fidelity: the damped Hessian's smallest eigenvalue is "
+                f"{training['damped_hessian']['smallest']:.3g} (not positive definite): the exact reference inverts "
+                "an indefinite matrix; train longer or raise the damping",
+                stacklevel=2,
+            )
         specs = (config.reference, *config.estimators)
     influences: dict[str, torch.Tensor] = {}
     for spec in specs:
@@ -231,6 +260,14 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
         result, seconds, rss = _measured(lambda estimator=estimator: estimator(model, train, [test], config.lr))
         add(_label(spec), result.influence[0], seconds, rss)
         influences[_label(spec)] = result.influence[0]
+    if config.mode == "static" and config.reference.name == "exact":
+        # How much the reference's signs depend on the damping: near-singular references make
+        # sign agreement meaningless.
+        damping = float(config.reference.args.get("damping", config.weight_decay))
+        nudged = ComponentSpec("exact", {**config.reference.args, "damping": 1.1 * damping})
+        result = _static_estimator(nudged, config.weight_decay)(model, train, [test], config.lr)
+        assert reference is not None
+        training["damping_sensitivity"] = {"damping": 1.1 * damping, **compare(result.influence[0], reference)}
     retraining = None
     if config.mode == "static" and config.retrain_points > 0:
         retraining = _retraining_check(model, train, test, config, influences)
@@ -382,8 +419,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             "decay (the Hessian of the objective minimised). "
         )
     header = f"# Influence fidelity: {config['name']}\n\n" + setting + common
+    frame["paper_sign_agreement_%"] = [PAPER_SIGN_AGREEMENT.get(label.split("(")[0], "") for label in frame.index]
     table: str = frame.to_markdown()
-    text = header + table + "\n"
+    text = header + _reference_notes(result) + table + "\n"
     retraining = result.get("retraining")
     if retraining:
         check = pd.DataFrame(retraining["rows"]).set_index("estimator")
@@ -394,6 +432,34 @@ def to_markdown(result: dict[str, Any]) -> str:
             "function (PBRF).\n\n" + check.to_markdown(floatfmt=".4f") + "\n"
         )
     return text
+
+
+def _reference_notes(result: dict[str, Any]) -> str:
+    """What the reference is worth: its matrix's spectrum and its sign stability under the damping."""
+    training = result["training"]
+    notes = []
+    spectrum = training.get("damped_hessian")
+    if spectrum:
+        verdict = (
+            "positive definite" if spectrum["positive_definite"] else "NOT positive definite: the reference is not"
+        )
+        notes.append(
+            f"The reference's matrix (damped Hessian) has eigenvalues in [{spectrum['smallest']:.4g}, "
+            f"{spectrum['largest']:.4g}]: {verdict} a minimum's influence."
+        )
+    sensitivity = training.get("damping_sensitivity")
+    if sensitivity:
+        total = sum(sensitivity[k] for k in ("TP", "TN", "FP", "FN"))
+        flipped = (sensitivity["FP"] + sensitivity["FN"]) / total
+        notes.append(
+            f"With damping {sensitivity['damping']:.4g} instead, {100 * flipped:.1f}% of the reference's signs flip "
+            f"(Pearson {sensitivity['pearson']:.4f}): sign agreement below that is noise."
+        )
+    notes.append(
+        "The last column is the sign agreement the MetaSP paper reports for each approximation (appendix "
+        "Table 6; clbench's is 1 - sign_error_rate)."
+    )
+    return " ".join(notes) + "\n\n"
 
 
 def load_fidelity_config(path: str | Path, overrides: list[str] | None = None) -> FidelityConfig:

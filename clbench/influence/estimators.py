@@ -36,6 +36,7 @@ from clbench.influence.hessian import (
     ihvp_exact_fn,
     ihvp_lissa_fn,
     ihvp_neumann_fn,
+    largest_eigenvalue,
 )
 from clbench.influence.meta import meta_influence
 from clbench.registry import Registry
@@ -174,13 +175,45 @@ class CGEstimator(InverseCurvatureEstimator[CGArgs]):
         return ihvp_cg_fn(self._matvec(model, params, train), self.args.damping, self.args.max_iter, self.args.tol)
 
 
+def checked_step(
+    estimator: str, name: str, scale: float | None, matvec: MatVec, params: Params, damping: float
+) -> float:
+    """The series scale s (LiSSA's ``scale``; Neumann's 1 / ``alpha``) after checking it converges.
+
+    Both series iterate ``I - (C + damping I) / s``, which converges only if every eigenvalue
+    of ``C + damping I`` lies in (0, 2 s). The largest is found by power iteration; an unset
+    scale becomes it, a set one that is too small is refused.
+
+    Raises:
+        ConfigError: The given step makes the series diverge (naming both numbers).
+    """
+    from clbench.errors import ConfigError
+
+    top = largest_eigenvalue(matvec, params) + damping
+    if scale is None:
+        return abs(top)
+    if not 0 < top < 2 * scale:
+        given, bound = (scale, f"> {top / 2:.4g}") if name == "scale" else (1 / scale, f"< {2 / top:.4g}")
+        raise ConfigError(
+            f"{estimator}: {name}={given:g} makes the series diverge: the damped curvature's largest eigenvalue is "
+            f"{top:.4g}, so {name} must be {bound}; leave {name} unset to derive it"
+        )
+    return scale
+
+
 @dataclass(frozen=True)
 class LissaArgs:
     """Arguments of the LiSSA estimator."""
 
     hessian: Curvature = field(default="full", metadata={"help": "full Hessian or Gauss-Newton"})
     damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
-    scale: float = field(default=10.0, metadata={"help": "must exceed the curvature's largest eigenvalue"})
+    scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "series scale; must exceed half the damped curvature's largest eigenvalue (checked by power "
+            "iteration); default that eigenvalue"
+        },
+    )
     depth: int = field(default=100, metadata={"help": "recursion steps"})
     repeats: int = field(default=1, metadata={"help": "independent recursions averaged"})
     batch_size: int | None = field(default=None, metadata={"help": "mini-batch per curvature product; None: all"})
@@ -202,7 +235,8 @@ class LissaEstimator(InverseCurvatureEstimator[LissaArgs]):
             chosen = torch.randint(0, n, (size,), device=train[1].device)
             return self._matvec(model, params, (train[0][chosen], train[1][chosen]))
 
-        return ihvp_lissa_fn(matvec_for_batch, self.args.damping, self.args.scale, self.args.depth, self.args.repeats)
+        scale = checked_step("lissa", "scale", self.args.scale, full, params, self.args.damping)
+        return ihvp_lissa_fn(matvec_for_batch, self.args.damping, scale, self.args.depth, self.args.repeats)
 
 
 @dataclass(frozen=True)
@@ -211,7 +245,13 @@ class NeumannArgs:
 
     hessian: Curvature = field(default="full", metadata={"help": "full Hessian or Gauss-Newton"})
     damping: float = field(default=0.01, metadata={"help": "added to the diagonal"})
-    alpha: float = field(default=0.1, metadata={"help": "series step; needs alpha * ||H|| < 2"})
+    alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "series step; needs alpha < 2 / the damped curvature's largest eigenvalue (checked by power "
+            "iteration); default 1 / that eigenvalue"
+        },
+    )
     terms: int = field(default=50, metadata={"help": "number of series terms"})
 
 
@@ -221,7 +261,16 @@ class NeumannEstimator(InverseCurvatureEstimator[NeumannArgs]):
     name = "neumann"
 
     def _solver(self, model: nn.Module, params: Params, train: Batch, lr: float) -> Callable[[Params], Params]:
-        return ihvp_neumann_fn(self._matvec(model, params, train), self.args.damping, self.args.alpha, self.args.terms)
+        matvec = self._matvec(model, params, train)
+        scale = checked_step(
+            "neumann",
+            "alpha",
+            None if self.args.alpha is None else 1 / self.args.alpha,
+            matvec,
+            params,
+            self.args.damping,
+        )
+        return ihvp_neumann_fn(matvec, self.args.damping, 1 / scale, self.args.terms)
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,22 @@ def ihvp_neumann_fn(matvec: MatVec, damping: float = 0.0, alpha: float = 0.1, te
         return {k: alpha * t for k, t in total.items()}
 
     return solve
+
+
+def largest_eigenvalue(matvec: MatVec, like: Params, iterations: int = 50, seed: int = 0) -> float:
+    """The largest-magnitude eigenvalue of a symmetric operator, by power iteration.
+
+    Returns the Rayleigh quotient of the last iterate (its sign is the eigenvalue's). Used
+    to check, or to set, the step of the Neumann and LiSSA series, which diverge when the
+    step is too large for the curvature.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    v = {k: torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) for k, t in like.items()}
+    value = 0.0
+    for _ in range(iterations):
+        norm = float(tree_dot(v, v)) ** 0.5
+        v = {k: t / norm for k, t in v.items()}
+        w = matvec(v)
+        value = float(tree_dot(v, w))
+        v = w
+    return value

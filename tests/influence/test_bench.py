@@ -1,3 +1,4 @@
+import pytest
 import torch
 import yaml
 
@@ -95,3 +96,21 @@ def test_bench_ihvp_solvers_reach_the_exact_solve():
     rows = bench_ihvp(IhvpBenchArgs(examples=40, inputs=5, hidden=4, iterations=(100,)))
     errors = {row["solver"]: row["relative_error"] for row in rows}
     assert errors["clbench cg"] < 1e-10 and errors["clbench lissa"] < 1e-3
+
+
+def test_fidelity_reports_the_reference_spectrum_damping_sensitivity_and_paper_claims():
+    from clbench.influence.bench import to_markdown
+
+    converged = run_fidelity(_config(epochs=300))
+    spectrum = converged["training"]["damped_hessian"]
+    assert spectrum["smallest"] <= spectrum["largest"]
+    assert spectrum["positive_definite"] == (spectrum["smallest"] > 0)
+    assert converged["training"]["damping_sensitivity"]["damping"] == pytest.approx(0.011)
+    text = to_markdown(converged)
+    assert "eigenvalues in [" in text and "of the reference's signs flip" in text and "Table 6" in text
+
+
+def test_an_unconverged_reference_is_flagged():
+    with pytest.warns(UserWarning, match="not positive definite"):
+        result = run_fidelity(_config(epochs=1, weight_decay=0.0))
+    assert not result["training"]["damped_hessian"]["positive_definite"]

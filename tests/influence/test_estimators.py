@@ -171,3 +171,39 @@ def test_registry_lists_estimators_and_rejects_unknown_args():
     assert {"exact", "cg", "lissa", "neumann", "identity", "meta"} <= set(ESTIMATORS.names())
     with pytest.raises(ConfigError, match="unknown key 'iters'"):
         make_estimator("cg", {"iters": 3})
+
+
+def test_largest_eigenvalue_by_power_iteration_matches_the_dense_spectrum():
+    from clbench.influence.hessian import largest_eigenvalue
+
+    torch.manual_seed(0)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    matrix = a @ a.T
+    like = {"w": torch.zeros(6, dtype=torch.float64)}
+    got = largest_eigenvalue(lambda v: {"w": matrix @ v["w"]}, like, iterations=300)
+    assert got == pytest.approx(float(torch.linalg.eigvalsh(matrix).max()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("neumann", {"alpha": 100.0, "terms": 5}, "neumann: alpha=100 makes the series diverge"),
+        ("lissa", {"scale": 0.001, "depth": 5}, "lissa: scale=0.001 makes the series diverge"),
+    ],
+)
+def test_a_divergent_series_step_is_refused_with_both_numbers(name, args, message):
+    from clbench.errors import ConfigError
+
+    model, train, test = _mlp(), _data(), _data(n=7, seed=3)
+    with pytest.raises(ConfigError, match=message) as caught:
+        make_estimator(name, args)(model, train, [test], lr=0.1)
+    assert "largest eigenvalue is" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["neumann", "lissa"])
+def test_an_unset_series_step_is_derived_and_converges(name):
+    model, train, test = _mlp(), _data(), _data(n=7, seed=3)
+    exact = make_estimator("exact", {"damping": 0.5})(model, train, [test], lr=0.1).influence[0]
+    series_args = {"damping": 0.5, "terms" if name == "neumann" else "depth": 3000}
+    series = make_estimator(name, series_args)(model, train, [test], lr=0.1).influence[0]
+    assert float(torch.corrcoef(torch.stack([series, exact]))[0, 1]) > 0.99
