@@ -241,10 +241,10 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 parameter.copy_(final_params[name])
-        training = {"train_loss": float(F.cross_entropy(model(train[0]), train[1]).detach())}
+        training: dict[str, Any] = {"train_loss": float(F.cross_entropy(model(train[0]), train[1]).detach())}
         specs: tuple[ComponentSpec, ...] = config.estimators
     else:
-        training = _train(model, train, config)
+        training = dict(_train(model, train, config))
         training["damped_hessian"] = _damped_spectrum(model, train, config.weight_decay)
         if not training["damped_hessian"]["positive_definite"]:
             warnings.warn(
