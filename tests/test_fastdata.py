@@ -214,7 +214,7 @@ def test_device_runs_are_deterministic_and_record_their_data_path(tmp_path):
 
 
 def test_device_only_settings_on_the_avalanche_path_are_one_line_errors(tmp_path, capsys):
-    path = _write_config(tmp_path, {"precision": "bf16"})
+    path = _write_config(tmp_path, {"data_path": "avalanche", "precision": "bf16"})
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     message = capsys.readouterr().err.strip()
     assert "training.precision=bf16" in message and "data_path=device" in message and "\n" not in message
