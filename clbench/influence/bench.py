@@ -441,11 +441,13 @@ def _reference_notes(result: dict[str, Any]) -> str:
     spectrum = training.get("damped_hessian")
     if spectrum:
         verdict = (
-            "positive definite" if spectrum["positive_definite"] else "NOT positive definite: the reference is not"
+            "positive definite, so the reference is the influence at a minimum"
+            if spectrum["positive_definite"]
+            else "NOT positive definite: the reference inverts an indefinite matrix"
         )
         notes.append(
             f"The reference's matrix (damped Hessian) has eigenvalues in [{spectrum['smallest']:.4g}, "
-            f"{spectrum['largest']:.4g}]: {verdict} a minimum's influence."
+            f"{spectrum['largest']:.4g}]: {verdict}."
         )
     sensitivity = training.get("damping_sensitivity")
     if sensitivity:
