@@ -352,7 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("clbench: interrupted; finished runs are kept, re-run to resume", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Leave at once: the interpreter's exit would join worker-pool threads, which can wait
+        # on a worker that was killed mid-message; every finished result is already on disk.
+        os._exit(130)
     except BrokenPipeError:
         # The reader went away (`clbench run ... --dry-run | head -1`): stop quietly, and keep
         # the interpreter's final flush from raising on the closed pipe again.

@@ -475,10 +475,22 @@ def _worker(payload: tuple[dict[str, Any], str, tuple[str, ...], str]) -> tuple[
         os._exit(exc.code if isinstance(exc.code, int) else 1)  # not back to the pool for the next run
 
 
-def _terminate(pool: Any) -> None:
-    """Kill a process pool's workers and drop its queued runs."""
-    for process in list(getattr(pool, "_processes", {}).values()):
+def _terminate(pool: Any, grace_seconds: float = 5.0) -> None:
+    """Kill a process pool's workers and drop its queued runs.
+
+    SIGTERM first (a worker cleans its claim and temporary file), SIGKILL for any still
+    alive after ``grace_seconds``: the interpreter's exit joins the pool's threads, which
+    must not wait on a live worker.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    for process in processes:
         process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
     pool.shutdown(wait=False, cancel_futures=True)
 
 
