@@ -19,11 +19,19 @@ device: cpu
 """
 
 
+def _as_from_a_terminal():
+    # A shell's background jobs (`... &`, as CI may run the suite) ignore SIGINT, and children
+    # inherit that; a grid started from a terminal has the default handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tmp_path):
     (tmp_path / "c.yaml").write_text(GRID)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "clbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(out)]
-    process = subprocess.Popen([*command, "--jobs", "2", "--no-progress"], start_new_session=True)
+    process = subprocess.Popen(
+        [*command, "--jobs", "2", "--no-progress"], start_new_session=True, preexec_fn=_as_from_a_terminal
+    )
     deadline = time.time() + 300
     while not list(out.glob("*.json")) and time.time() < deadline:
         time.sleep(0.5)
