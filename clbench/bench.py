@@ -61,7 +61,7 @@ def _time(step: Callable[[], Any], device: torch.device, warmup: int, repeats: i
 def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
     from clbench.backbones import CifarResNet18
-    from clbench.influence.functional import batchnorm_stats_frozen
+    from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name
     from clbench.influence.lastlayer import last_layer_meta_influence
     from clbench.influence.meta import meta_influence, meta_influence_autograd, one_step_meta_influence
     from clbench.runner import resolve_device
@@ -93,9 +93,7 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
         with autocast:
             logits = model(batch[0]).float()
         losses = F.cross_entropy(logits, batch[1], reduction="none")
-        named = [(k, p) for k, p in model.named_parameters()]
-        grads = torch.autograd.grad(losses.mean(), [p for _, p in named], retain_graph=True)
-        gradient = {k: g for (k, _), g in zip(named, grads, strict=True)}
+        gradient = gradient_by_name(losses.mean(), model)
         low = args.precision == "bf16"
         result = one_step_meta_influence(model, batch, [v_old, v_new], 0.1, gradient, low_precision=low)
         (fuse_influence(result, metasp_args).weights * losses).sum().backward()

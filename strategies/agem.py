@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import AGEMPlugin
-from torch import nn
 
+from clbench.influence.functional import flat_gradient
 from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
@@ -20,18 +20,6 @@ class AGEMArgs:
     sample_size: int | None = field(
         default=None, metadata={"help": "memory examples per reference gradient; default the replay batch size"}
     )
-
-
-def flat_gradient(model: nn.Module, device: torch.device) -> torch.Tensor:
-    """All parameters' gradients as one vector in parameter order (zeros where there is none).
-
-    ``reshape``, not ``view``: a channels-last weight's gradient is not contiguous, and
-    Avalanche's ``p.grad.view(-1)`` fails on it.
-    """
-    parts = [
-        p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in model.parameters()
-    ]
-    return torch.cat(parts)
 
 
 class AnyLayoutAGEM(AGEMPlugin):  # type: ignore[misc]
@@ -52,7 +40,7 @@ class AnyLayoutAGEM(AGEMPlugin):  # type: ignore[misc]
         # fp32, as Avalanche's plugin: the reference gradient of every earlier run stays as it was.
         out = avalanche_forward(strategy.model, x, task)
         strategy._criterion(out, y).backward()
-        self.reference_gradients = flat_gradient(strategy.model, strategy.device)
+        self.reference_gradients = flat_gradient(strategy.model.parameters(), strategy.device)
         strategy.optimizer.zero_grad()
 
     @torch.no_grad()  # type: ignore[untyped-decorator]
@@ -60,7 +48,7 @@ class AnyLayoutAGEM(AGEMPlugin):  # type: ignore[misc]
         """Project the gradient when it conflicts with the reference gradient."""
         if len(self.buffers) == 0:
             return
-        current = flat_gradient(strategy.model, strategy.device)
+        current = flat_gradient(strategy.model.parameters(), strategy.device)
         dot = torch.dot(current, self.reference_gradients)
         if dot >= 0:
             return

@@ -30,6 +30,7 @@ import torch
 from avalanche.training.plugins import GSS_greedyPlugin
 
 from clbench.errors import ClbenchError
+from clbench.influence.functional import flat_gradient
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.step_template import StepTemplate
 
@@ -58,13 +59,10 @@ class GSSGreedyMemory(GSS_greedyPlugin):  # type: ignore[misc]
         """Avalanche's gradient vector, flattened with ``reshape`` so channels-last weights work.
 
         Avalanche's ``param.grad.data.view(-1)`` fails on a non-contiguous gradient; the
-        values (parameter order, zeros where there is no gradient) are the same.
+        values (parameter order, zeros where there is no gradient) are the same; ``grad_dims``
+        (each parameter's size) is implied by the parameters.
         """
-        parts = [
-            p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, device=self.device)
-            for p, n in zip(pp(), grad_dims, strict=True)
-        ]
-        return torch.cat(parts).to(self.device)
+        return flat_gradient(pp(), self.device)
 
     def update(self, strategy: Any, x: torch.Tensor, y: torch.Tensor) -> None:
         """Score the examples ``(x, y)`` and store or swap them in (Avalanche's greedy rule).

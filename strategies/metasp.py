@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from clbench.errors import ConfigError
 from clbench.fastdata import IndexedSubset, strategy_autocast
 from clbench.influence.estimators import InfluenceResult, classifier_of
-from clbench.influence.functional import batchnorm_stats_frozen
+from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.lastlayer import last_layer_meta_influence
 from clbench.influence.meta import MetaInfluence, meta_influence, one_step_meta_influence
@@ -355,12 +355,7 @@ class MetaSP(StepTemplate):
         return options is not None and options.precision == "bf16"
 
     def _graph_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
-        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        mean_loss = F.cross_entropy(self.mb_output, self.mb_y)
-        grads = torch.autograd.grad(mean_loss, [p for _, p in named], retain_graph=True, allow_unused=True)
-        pseudo_gradient = {
-            name: torch.zeros_like(p) if g is None else g.detach() for (name, p), g in zip(named, grads, strict=True)
-        }
+        pseudo_gradient = gradient_by_name(F.cross_entropy(self.mb_output, self.mb_y), self.model)
         return one_step_meta_influence(
             self.model,
             (self.mb_x, self.mb_y),

@@ -11,7 +11,7 @@ from avalanche.training.plugins import MIRPlugin
 from torch.func import functional_call
 
 from clbench.fastdata import strategy_autocast
-from clbench.influence.functional import batchnorm_stats_frozen, trainable_params, tree_axpy
+from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name, trainable_params, tree_axpy
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.step_template import fetch_examples
 
@@ -53,10 +53,8 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
         positions = torch.randperm(len(memory))[: self.subsample]
         x, y = fetch_examples(strategy, memory, positions.tolist(), augment=True)
         model = strategy.model
-        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        grads = torch.autograd.grad(strategy.loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+        step = gradient_by_name(strategy.loss, model)
         lr = float(strategy.optimizer.param_groups[0]["lr"])
-        step = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads, strict=True)}
         with torch.no_grad(), batchnorm_stats_frozen(model), strategy_autocast(strategy):
             virtual = tree_axpy(-lr, step, trainable_params(model))
             before = F.cross_entropy(model(x).float(), y, reduction="none")

@@ -7,7 +7,7 @@ never touch the module's own tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -77,3 +77,24 @@ def tree_dot(a: Params, b: Params) -> torch.Tensor:
 def tree_axpy(alpha: float, x: Params, y: Params) -> Params:
     """``y + alpha * x`` for parameter dictionaries."""
     return {k: y[k] + alpha * x[k] for k in y}
+
+
+def gradient_by_name(loss: torch.Tensor, model: nn.Module, retain_graph: bool = True) -> Params:
+    """The gradient of ``loss`` for every trainable parameter, by name (zeros where unused).
+
+    For a gradient taken from a training forward's graph that a later backward still needs
+    (``retain_graph``): MetaSP's pseudo gradient, MIR's virtual step.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in named], retain_graph=retain_graph, allow_unused=True)
+    return {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(named, grads, strict=True)}
+
+
+def flat_gradient(parameters: Iterable[nn.Parameter], device: torch.device) -> torch.Tensor:
+    """The parameters' ``.grad`` as one vector in parameter order (zeros where there is none).
+
+    ``reshape``, not ``view``: a channels-last weight's gradient is not contiguous, and
+    Avalanche's ``p.grad.view(-1)`` (A-GEM, GSS) fails on it.
+    """
+    parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in parameters]
+    return torch.cat(parts).to(device)
