@@ -61,8 +61,8 @@ def _time(step: Callable[[], Any], device: torch.device, warmup: int, repeats: i
 def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
     from clbench.backbones import CifarResNet18
-    from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name
-    from clbench.influence.lastlayer import last_layer_meta_influence
+    from clbench.influence.functional import gradient_by_name
+    from clbench.influence.lastlayer import classifier_influence
     from clbench.influence.meta import meta_influence, meta_influence_autograd, one_step_meta_influence
     from clbench.runner import resolve_device
     from clbench.strategies.metasp import MetaSPArgs, fuse_influence, influence_weights
@@ -106,10 +106,8 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
         with autocast:
             logits = model(batch[0]).float()
         handle.remove()
-        with torch.no_grad(), batchnorm_stats_frozen(model), autocast:
-            measured = [(model.features(x).float(), y) for x, y in (v_old, v_new)]
-        train = (captured[0].detach().float(), batch[1])
-        result = last_layer_meta_influence(model.classifier.weight, model.classifier.bias, train, measured, 0.1)
+        with autocast:
+            result = classifier_influence(model, (captured[0].detach().float(), batch[1]), [v_old, v_new], 0.1)
         losses = F.cross_entropy(logits, batch[1], reduction="none")
         (fuse_influence(result, metasp_args).weights * losses).sum().backward()
         optimizer.step()

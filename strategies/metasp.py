@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader
 
 from clbench.errors import ConfigError
 from clbench.fastdata import IndexedSubset, strategy_autocast
-from clbench.influence.estimators import InfluenceResult, classifier_of
-from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name
+from clbench.influence.estimators import InfluenceResult
+from clbench.influence.functional import gradient_by_name
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
-from clbench.influence.lastlayer import last_layer_meta_influence
+from clbench.influence.lastlayer import classifier_influence, classifier_of
 from clbench.influence.meta import MetaInfluence, meta_influence, one_step_meta_influence
 from clbench.strategies.base import STRATEGIES, StrategyContext
 from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
@@ -376,12 +376,9 @@ class MetaSP(StepTemplate):
         handle = classifier.register_forward_pre_hook(keep)
 
     def _last_layer_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
-        classifier = classifier_of(self.model)
-        features: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, "features")  # noqa: B009
-        with torch.no_grad(), batchnorm_stats_frozen(self.model), strategy_autocast(self):
-            measured = [(features(x).float(), y) for x, y in (stability_set, plasticity_set)]
         train = (self._captured_features.pop(), self.mb_y)
-        return last_layer_meta_influence(classifier.weight, classifier.bias, train, measured, lr)
+        with strategy_autocast(self):
+            return classifier_influence(self.model, train, [stability_set, plasticity_set], lr)
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.storage.post_adapt(self, self.experience)

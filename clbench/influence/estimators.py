@@ -337,23 +337,6 @@ class MetaLastLayerArgs:
     lr: float | None = field(default=None, metadata={"help": "pseudo-step size; default the caller's lr"})
 
 
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's final linear layer (``model.classifier``), read by ``meta_lastlayer``.
-
-    Raises:
-        ConfigError: The model has no ``features`` method and ``classifier`` linear layer.
-    """
-    from clbench.errors import ConfigError
-
-    classifier = getattr(model, "classifier", None)
-    if not isinstance(classifier, nn.Linear) or not callable(getattr(model, "features", None)):
-        raise ConfigError(
-            f"influence meta_lastlayer needs a backbone with features() and a linear classifier, "
-            f"got {type(model).__name__}; valid choices: resnet18, mlp"
-        )
-    return classifier
-
-
 class MetaLastLayerEstimator(Estimator):
     """MetaSP's pseudo-update influence with the classifier as the only trainable layer.
 
@@ -369,17 +352,12 @@ class MetaLastLayerEstimator(Estimator):
 
     def __call__(self, model: nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
         """See :class:`Estimator`."""
-        from clbench.influence.lastlayer import last_layer_meta_influence
+        from clbench.influence.lastlayer import classifier_influence, features_of
 
-        classifier = classifier_of(model)
         step = self.args.lr if self.args.lr is not None else lr
-        features: Callable[[torch.Tensor], torch.Tensor] = getattr(model, "features")  # noqa: B009
 
         def compute() -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
-            with torch.no_grad(), batchnorm_stats_frozen(model):
-                train_features = (features(train[0]), train[1])
-                measured = [(features(x), y) for x, y in measurements]
-            result = last_layer_meta_influence(classifier.weight, classifier.bias, train_features, measured, step)
+            result = classifier_influence(model, (features_of(model, train[0]), train[1]), measurements, step)
             return result.influence, result.measurement_loss
 
         return _timed(compute)

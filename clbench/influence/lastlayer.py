@@ -17,10 +17,14 @@ the classifier's parameters are trainable (tested).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from clbench.errors import ConfigError
+from clbench.influence.functional import batchnorm_stats_frozen
 from clbench.influence.meta import MetaInfluence
 
 Features = tuple[torch.Tensor, torch.Tensor]
@@ -70,3 +74,43 @@ def last_layer_meta_influence(
         influences.append(-(lr / n) * directional)
         losses.append(float(F.cross_entropy(logits_v, y_v)))
     return MetaInfluence(influence=tuple(influences), measurement_loss=tuple(losses))
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The model's final linear layer (``model.classifier``).
+
+    Raises:
+        ConfigError: The model has no ``features`` method and ``classifier`` linear layer.
+    """
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or not callable(getattr(model, "features", None)):
+        raise ConfigError(
+            f"influence meta_lastlayer needs a backbone with features() and a linear classifier, "
+            f"got {type(model).__name__}; valid choices: resnet18, mlp"
+        )
+    return classifier
+
+
+def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features, BatchNorm normalising by the batch without moving its statistics."""
+    dtype = classifier_of(model).weight.dtype  # checks the model first
+    features: Any = getattr(model, "features")  # noqa: B009
+    with torch.no_grad(), batchnorm_stats_frozen(model):
+        out: torch.Tensor = features(x)
+    return out.to(dtype)
+
+
+def classifier_influence(
+    model: nn.Module, train: Features, measurements: Sequence[tuple[torch.Tensor, torch.Tensor]], lr: float
+) -> MetaInfluence:
+    """:func:`last_layer_meta_influence` of ``model``'s classifier.
+
+    Args:
+        model: A backbone with ``features`` and ``classifier`` (not modified).
+        train: Features and labels of the training batch (e.g. kept from its training forward).
+        measurements: Inputs and labels of each measurement set; their features are computed here.
+        lr: Pseudo-step size.
+    """
+    classifier = classifier_of(model)
+    measured = [(features_of(model, x), y) for x, y in measurements]
+    return last_layer_meta_influence(classifier.weight, classifier.bias, train, measured, lr)
