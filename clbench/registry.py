@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,20 +53,39 @@ class Entry(Generic[F]):
     traits: dict[str, Any] = field(default_factory=dict)
 
 
+def package_modules(package: str | None) -> list[str]:
+    """The dotted names of a package's modules, in file-name order (none for None)."""
+    if package is None:
+        return []
+    found = importlib.util.find_spec(package)
+    if found is None or found.submodule_search_locations is None:
+        raise ClbenchError(f"built-in package {package!r} is not an importable package")
+    return [f"{package}.{info.name}" for info in sorted(pkgutil.iter_modules(found.submodule_search_locations))]
+
+
 class Registry(Generic[F]):
     """A named collection of components of one kind."""
 
-    def __init__(self, kind: str, entry_point_group: str, builtin_modules: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str,
+        builtin_modules: Sequence[str] = (),
+        builtin_package: str | None = None,
+    ) -> None:
         """Create an empty registry.
 
         Args:
             kind: Human name of the kind, used in error messages ("strategy").
             entry_point_group: Python entry-point group scanned for third-party modules.
             builtin_modules: Modules imported on first look-up; they register on import.
+            builtin_package: A package every module of which is imported on first look-up
+                (Mammoth's ``models/`` folder): a new built-in is one new file there.
         """
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._builtin_modules = tuple(builtin_modules)
+        self._builtin_package = builtin_package
         self._entries: dict[str, Entry[F]] = {}
         self._loaded = False
 
@@ -95,7 +115,7 @@ class Registry(Generic[F]):
         if self._loaded:
             return
         self._loaded = True
-        for module in self._builtin_modules:
+        for module in (*self._builtin_modules, *package_modules(self._builtin_package)):
             importlib.import_module(module)
         for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
             try:

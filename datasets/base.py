@@ -232,16 +232,7 @@ def build_benchmark(name: str, splits: ImageSplits, n_tasks: int, class_order: C
 
 BenchmarkFactory = Callable[[Any, DataContext], ImageSplits]
 
-BENCHMARKS: Registry[BenchmarkFactory] = Registry(
-    "benchmark",
-    "clbench.benchmarks",
-    builtin_modules=(
-        "clbench.datasets.cifar",
-        "clbench.datasets.miniimagenet",
-        "clbench.datasets.fashion_mnist",
-        "clbench.datasets.synthetic",
-    ),
-)
+BENCHMARKS: Registry[BenchmarkFactory] = Registry("benchmark", "clbench.benchmarks", builtin_package="clbench.datasets")
 """Benchmarks by name. Each entry's ``traits``: ``default_backbone`` (name) and
 ``n_tasks_arg`` is the args field holding the task count."""
 

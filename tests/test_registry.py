@@ -60,3 +60,30 @@ def test_builtin_strategies_declare_traits():
     assert STRATEGIES.get("er").traits["uses_buffer"] is True
     assert STRATEGIES.get("joint").traits["trains_jointly"] is True
     assert not STRATEGIES.get("finetune").traits.get("uses_buffer", False)
+
+
+def test_a_new_file_in_the_builtin_package_is_discovered(tmp_path, monkeypatch):
+    package = tmp_path / "demo_builtins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "registry_of.py").write_text(
+        "from clbench.registry import Registry\n"
+        "TOOLS = Registry('tool', 'demo.tools', builtin_package='demo_builtins')\n"
+    )
+    (package / "hammer.py").write_text(
+        "from demo_builtins.registry_of import TOOLS\n@TOOLS.register('hammer')\ndef build(): return 'hammer'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from demo_builtins.registry_of import TOOLS  # type: ignore[import-not-found]
+
+    assert TOOLS.names() == ["hammer"]
+    assert TOOLS.get("hammer").factory() == "hammer"
+
+
+def test_every_strategy_module_is_found_without_a_list():
+    from clbench.registry import package_modules
+    from clbench.strategies import STRATEGIES
+
+    modules = package_modules("clbench.strategies")
+    assert "clbench.strategies.er" in modules and "clbench.strategies.metasp" in modules
+    assert {"er", "mir", "metasp", "metasp_rehsel"} <= set(STRATEGIES.names())
