@@ -1,7 +1,9 @@
 """The run-result schema and its atomic JSON I/O.
 
 One JSON file per run, ``<output_dir>/<run_id>.json``. Everything downstream (resume,
-reports) reads it through :func:`load_result`.
+reports) reads it through :func:`load_result`. Besides the required keys a result records
+``strategy_defaults`` (the strategy's default arguments, so a report names what a run
+changed without importing the strategy, or torch) in files written since it was added.
 """
 
 from __future__ import annotations

@@ -345,6 +345,7 @@ def execute_run(
         "eval_seconds": eval_seconds,
         "environment": environment_info(device),
         "extras": extras_fn() if callable(extras_fn) else {},
+        "strategy_defaults": config_to_dict(strategy_entry.args()),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

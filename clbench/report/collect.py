@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from clbench.errors import ResultsError, UnknownNameError
+from clbench.errors import ResultsError
 from clbench.results import load_result
 
 SETTINGS = ("class_il", "task_il")
@@ -54,11 +54,22 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     )
 
 
+def _revision(run: dict[str, Any]) -> int:
+    return int(run["config"].get("strategy_revision", 1))  # files from before revisions existed: 1
+
+
 def _strategy_labels(runs: list[dict[str, Any]]) -> list[str]:
-    """Label each run's strategy by its name plus the arguments that vary among runs of that name."""
+    """Label each run's strategy by its name plus the arguments that vary among runs of that name.
+
+    Runs of two revisions of one strategy (a fix that changed its results) are never pooled:
+    their labels end in ``@r<revision>`` when one folder holds more than one revision.
+    """
     by_name: dict[str, list[dict[str, Any]]] = {}
+    revisions: dict[str, set[int]] = {}
     for run in runs:
-        by_name.setdefault(run["config"]["strategy"]["name"], []).append(run["config"]["strategy"]["args"])
+        name = run["config"]["strategy"]["name"]
+        by_name.setdefault(name, []).append(run["config"]["strategy"]["args"])
+        revisions.setdefault(name, set()).add(_revision(run))
     varying = {
         name: sorted(k for k in set().union(*arg_sets) if len({json.dumps(a.get(k)) for a in arg_sets}) > 1)
         for name, arg_sets in by_name.items()
@@ -68,24 +79,21 @@ def _strategy_labels(runs: list[dict[str, Any]]) -> list[str]:
         strategy = run["config"]["strategy"]
         keys = varying[strategy["name"]]
         suffix = ", ".join(f"{k}={strategy['args'].get(k)}" for k in keys)
-        labels.append(f"{strategy['name']}({suffix})" if suffix else strategy["name"])
+        label = f"{strategy['name']}({suffix})" if suffix else strategy["name"]
+        labels.append(f"{label}@r{_revision(run)}" if len(revisions[strategy["name"]]) > 1 else label)
     return labels
 
 
-def changed_arguments(name: str, args: dict[str, Any]) -> str:
-    """``k=v, ...`` for the arguments that differ from the registered strategy's defaults.
+def changed_arguments(args: dict[str, Any], defaults: dict[str, Any] | None) -> str:
+    """``k=v, ...`` for the arguments that differ from the strategy's defaults.
 
-    A strategy that is not registered here (a plugin not installed) lists all its arguments.
+    The defaults come from the run's file (``strategy_defaults``, recorded when it ran), so
+    the report needs neither torch nor the strategy's code. Files written before it was
+    recorded list all their arguments.
     """
-    from clbench.config import config_to_dict
-    from clbench.strategies import STRATEGIES
-
-    try:
-        defaults = config_to_dict(STRATEGIES.get(name).args())
-    except UnknownNameError:
-        defaults = {}
     missing = object()
-    changed = {k: v for k, v in args.items() if defaults.get(k, missing) != v}
+    known = defaults or {}
+    changed = {k: v for k, v in args.items() if known.get(k, missing) != v}
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(changed.items()))
 
 
@@ -147,7 +155,7 @@ def collect(results_dir: Path) -> Collection:
     for pid, runs in groups.items():
         for run, label in zip(runs, _strategy_labels(runs), strict=True):
             config = run["config"]
-            changed = changed_arguments(config["strategy"]["name"], config["strategy"]["args"])
+            changed = changed_arguments(config["strategy"]["args"], run.get("strategy_defaults"))
             if changed:
                 arguments.setdefault(pid, {})[label] = changed
             base = {

@@ -201,9 +201,14 @@ def test_arguments_other_than_the_defaults_are_noted_under_each_table(tmp_path):
 
     folder = tmp_path / "runs"
     er_defaults = config_to_dict(STRATEGIES.get("er").args())
+    joint_defaults = config_to_dict(STRATEGIES.get("joint").args())
     for seed in SEEDS:
-        write_json_atomic(folder / f"er{seed}.json", _record("er", 500, seed, ER[seed], args=er_defaults))
-        write_json_atomic(folder / f"j{seed}.json", _record("joint", 0, seed, 80.0, args={"epochs": 5}, joint=True))
+        er = _record("er", 500, seed, ER[seed], args=er_defaults)
+        joint = _record("joint", 0, seed, 80.0, args={"epochs": 5}, joint=True)
+        er["strategy_defaults"], joint["strategy_defaults"] = er_defaults, joint_defaults
+        write_json_atomic(folder / f"er{seed}.json", er)
+        write_json_atomic(folder / f"j{seed}.json", joint)
+        # a file without recorded defaults (written before they were) lists all its arguments
         write_json_atomic(folder / f"x{seed}.json", _record("mystery", 500, seed, 30.0, args={"depth": 2}))
     report = build_report(folder, reference="er")
     note = next(n for n in report.tables[0].notes if n.startswith("arguments"))
