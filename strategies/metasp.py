@@ -196,6 +196,8 @@ def _summary(values: npt.NDArray[np.float64]) -> dict[str, Any]:
 class MetaSP(StepTemplate):
     """MetaSP as an Avalanche strategy; every plugin hook fires as in ``SupervisedTemplate``."""
 
+    extra_batch_fields = ("index",)  # its train loader's IndexedSubset: the dataset index, as mb_index
+
     def __init__(
         self,
         *,
@@ -249,14 +251,6 @@ class MetaSP(StepTemplate):
         self.dataloader = DataLoader(
             IndexedSubset(dataset, indices), batch_size=self.train_mb_size, shuffle=shuffle, num_workers=num_workers
         )
-
-    def _unpack_minibatch(self) -> None:
-        batch: Any = self.mbatch  # type: ignore[has-type]
-        if self.is_training and batch is not None and len(batch) == 4:
-            *data, index = batch
-            self.mb_index = index
-            self.mbatch = list(data)
-        super()._unpack_minibatch()
 
     def _sample_memory(self, count: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         positions = torch.randperm(len(self.storage))[:count]

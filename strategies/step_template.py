@@ -49,6 +49,21 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
     (extra gradient terms) -> update -> ``after_training_iteration`` -> :meth:`after_step`.
     """
 
+    extra_batch_fields: tuple[str, ...] = ()
+    """Named fields that the strategy's own train loader appends after ``(x, y, task)``
+    (MetaSP: each example's dataset index). Each becomes ``self.mb_<name>`` and leaves the
+    batch before Avalanche unpacks it; both data paths carry them (the device path keeps a
+    loader's trailing index field)."""
+
+    def _unpack_minibatch(self) -> None:
+        batch: Any = self.mbatch  # type: ignore[has-type]
+        extra = len(self.extra_batch_fields)
+        if extra and self.is_training and batch is not None and len(batch) == 3 + extra:
+            for name, value in zip(self.extra_batch_fields, batch[3:], strict=True):
+                setattr(self, f"mb_{name}", value)
+            self.mbatch = list(batch[:3])
+        super()._unpack_minibatch()
+
     def prepare_batch(self) -> torch.Tensor | None:
         """Change the batch before the forward pass; return per-example weights or None."""
         return None
