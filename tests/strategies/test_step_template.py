@@ -18,7 +18,8 @@ def _strategy(template):
 def test_a_declared_field_leaves_the_batch_as_a_named_attribute():
     strategy = _strategy(WithIndex)
     strategy.is_training = True
-    x, y, t, index = torch.ones(3, 2), torch.tensor([0, 1, 0]), torch.zeros(3, dtype=torch.long), torch.tensor([7, 8, 9])
+    x, y, t = torch.ones(3, 2), torch.tensor([0, 1, 0]), torch.zeros(3, dtype=torch.long)
+    index = torch.tensor([7, 8, 9])
     strategy.mbatch = [x, y, t, index]
     strategy._unpack_minibatch()
     assert torch.equal(strategy.mb_index, index) and len(strategy.mbatch) == 3
