@@ -118,9 +118,9 @@ def _step_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable
 
 def _grid_section(preset: BenchPreset, out: Path, jobs: int, data_root: Path | None) -> str:
     from clbench.config import load_experiment
+    from clbench.launch import run_grid
     from clbench.report import build_report
     from clbench.report.tables import to_markdown
-    from clbench.runner import run_grid
 
     experiment = load_experiment(preset.grid_config, preset.grid_overrides)
     summary = run_grid(experiment, out / "runs", data_root=data_root, progress=False, jobs=jobs)

@@ -150,7 +150,8 @@ def _cmd_list(kind: str | None, show_args: bool) -> int:
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     from clbench.config import load_experiment
-    from clbench.runner import expand_grid, output_dir_for, run_grid
+    from clbench.grid import expand_grid, output_dir_for
+    from clbench.launch import run_grid
 
     if ns.jobs < 1:
         raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
@@ -165,7 +166,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             print(f"{run.run_id}  {result_status(out / f'{run.run_id}.json')}")
         return 0
     if ns.launcher != "inline":
-        from clbench.runner import submit_grid
+        from clbench.launch import submit_grid
 
         summary = submit_grid(
             experiment,

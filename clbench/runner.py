@@ -1,24 +1,20 @@
-"""Run one config end to end, and expand and run a grid of them.
+"""One run end to end: seed, build the benchmark, backbone and strategy, train task by task.
 
-A run: seed everything, build the benchmark, the backbone and the strategy, then train
-task by task; after each task one evaluation pass over every task's test set fills a row
-of the class-IL and of the task-IL accuracy matrix. The result is written atomically to
-``<output_dir>/<run_id>.json``; a grid skips runs whose file is already complete.
+After each task one evaluation pass over every task's test set fills a row of the class-IL
+and of the task-IL accuracy matrix; :func:`execute_run` returns the result record (the grid
+and its launchers are in :mod:`clbench.grid` and :mod:`clbench.launch`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import os
 import platform
 import random
 import sys
 import time
-import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,86 +24,20 @@ import numpy as np
 import torch
 
 from clbench.backbones import BACKBONES
-from clbench.claims import release, try_claim
 from clbench.config import (
-    OMIT_AT_DEFAULT,
-    ComponentSpec,
-    ExperimentConfig,
     RunConfig,
     TrainingConfig,
     config_to_dict,
     from_mapping,
 )
-from clbench.datasets.base import BENCHMARKS, Benchmark, DataContext, load_benchmark
-from clbench.datasets.sources import default_data_root
+from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError, ConfigError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
 from clbench.fastdata import DevicePathOptions, Precision
 from clbench.loggers import LOGGERS
 from clbench.metrics import summarize, summarize_final_only
-from clbench.results import SCHEMA_VERSION, result_status, write_json_atomic
+from clbench.results import SCHEMA_VERSION
 from clbench.strategies.base import STRATEGIES, StrategyContext
-
-
-def _resolved(spec: ComponentSpec, args_type: type, where: str) -> ComponentSpec:
-    typed: Any = from_mapping(args_type, spec.args, where)
-    plain = config_to_dict(typed)
-    for f in dataclasses.fields(typed):
-        if f.metadata.get(OMIT_AT_DEFAULT) and getattr(typed, f.name) == f.default:
-            plain.pop(f.name)
-    return ComponentSpec(spec.name, plain)
-
-
-def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
-    """All runs of an experiment: benchmark x strategy x buffer size x seed.
-
-    Strategies without a buffer (Fine-tune, Joint) run once per benchmark and seed, with
-    ``buffer_size`` 0. Every component's arguments are validated and filled with their
-    defaults here, before anything runs, so a typo fails at once.
-
-    Raises:
-        UnknownNameError: A benchmark, strategy, backbone or logger name is not registered.
-        ConfigError: Some component's arguments do not validate.
-    """
-    for name in experiment.loggers:
-        LOGGERS.get(name)
-    device_path_options(experiment.training, 0)  # fails now on device-only settings without the device path
-    runs: list[RunConfig] = []
-    for bench_spec in experiment.benchmarks:
-        bench_entry = BENCHMARKS.get(bench_spec.name)
-        benchmark = _resolved(bench_spec, bench_entry.args, f"benchmark {bench_spec.name}")
-        backbone_spec = experiment.backbone or ComponentSpec(bench_entry.traits["default_backbone"])
-        backbone = _resolved(backbone_spec, BACKBONES.get(backbone_spec.name).args, f"backbone {backbone_spec.name}")
-        for strat_spec in experiment.strategies:
-            entry = STRATEGIES.get(strat_spec.name)
-            strategy = _resolved(
-                ComponentSpec(strat_spec.name, strat_spec.args), entry.args, f"strategy {strat_spec.name}"
-            )
-            own_sizes = strat_spec.buffer_sizes
-            sizes = own_sizes or experiment.buffer_sizes
-            if not entry.traits.get("uses_buffer", False):
-                sizes = (0,)
-            for size in sizes:
-                for seed in experiment.seeds:
-                    runs.append(
-                        RunConfig(
-                            experiment=experiment.name,
-                            benchmark=benchmark,
-                            strategy=strategy,
-                            backbone=backbone,
-                            buffer_size=size,
-                            seed=seed,
-                            training=experiment.training,
-                            device=experiment.device,
-                            deterministic=experiment.deterministic,
-                            strategy_revision=int(entry.traits.get("revision", 1)),
-                        )
-                    )
-    ids = [run.run_id for run in runs]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ClbenchError(f"the grid lists run {duplicate} twice (a strategy or seed is repeated)")
-    return runs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -351,312 +281,4 @@ def execute_run(
     }
 
 
-@dataclass
-class GridSummary:
-    """What a grid run did."""
-
-    finished: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-def output_dir_for(experiment: ExperimentConfig, override: str | None = None) -> Path:
-    """``--out``, else the config's ``output_dir``, else ``runs/<name>``."""
-    return Path(override or experiment.output_dir or Path("runs") / experiment.name)
-
-
-@contextmanager
-def _quiet_avalanche() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        yield
-
-
-CLAIMED = "claimed or finished by another process"
-"""What :func:`_execute_and_write` returns for a run another process holds or finished."""
-
-
-def _execute_and_write(
-    run: RunConfig,
-    root: Path,
-    loggers: tuple[str, ...],
-    output_dir: Path,
-    on_epoch: Callable[[], None] | None = None,
-    benchmark: Benchmark | None = None,
-) -> str | None:
-    """Run one config and write its JSON; on a crash write ``<run_id>.error.txt``.
-
-    Returns:
-        None on success, :data:`CLAIMED` when another process holds or finished the run,
-        else the one-line failure message.
-
-    Raises:
-        ClbenchError: An error the user caused (it would fail every run alike).
-    """
-    lock = output_dir / f"{run.run_id}.lock"
-    if not try_claim(lock):
-        return CLAIMED
-    try:
-        if result_status(output_dir / f"{run.run_id}.json") == "finished":
-            return CLAIMED  # another process finished it since the grid was listed
-        try:
-            record = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
-        except ClbenchError:
-            raise
-        except Exception as exc:  # one crashing run must not stop the grid
-            (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
-            return f"{exc.__class__.__name__}: {exc}"
-        write_json_atomic(output_dir / f"{run.run_id}.json", record)
-        (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
-        return None
-    finally:
-        release(lock)
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _die_with_parent() -> None:
-    """End this worker when the grid's process goes, even by ``kill -9``.
-
-    Linux delivers SIGTERM on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a
-    daemon thread notices the parent's pid change. Ctrl-C is the parent's to handle: it
-    terminates the workers itself, so they ignore SIGINT instead of printing tracebacks.
-    """
-    import signal
-    import threading
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # SIGTERM (from the parent, or its death) unwinds normally: claims are released and a
-    # half-written result's temporary file is removed.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _init_worker(plugin_files: tuple[str, ...], threads: int) -> None:
-    from clbench.registry import load_plugin_file
-
-    _die_with_parent()
-    torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    for plugin in plugin_files:
-        load_plugin_file(plugin)
-
-
-def _worker(payload: tuple[dict[str, Any], str, tuple[str, ...], str]) -> tuple[str, str | None, str | None]:
-    """Run one config in a worker process; returns (run id, failure, user error)."""
-    import multiprocessing
-
-    raw, root, loggers, output_dir = payload
-    run = from_mapping(RunConfig, raw, "run")
-    if run.device in ("auto", "cuda") and torch.cuda.is_available():
-        identity = multiprocessing.current_process()._identity
-        slot = (identity[0] - 1) if identity else 0
-        run = dataclasses.replace(run, device=f"cuda:{slot % torch.cuda.device_count()}")
-    try:
-        return run.run_id, _execute_and_write(run, Path(root), loggers, Path(output_dir)), None
-    except ClbenchError as exc:
-        return run.run_id, None, str(exc)
-    except SystemExit as exc:  # SIGTERM, after the claim and any temporary file were cleaned up
-        os._exit(exc.code if isinstance(exc.code, int) else 1)  # not back to the pool for the next run
-
-
-def _terminate(pool: Any, grace_seconds: float = 5.0) -> None:
-    """Kill a process pool's workers and drop its queued runs.
-
-    SIGTERM first (a worker cleans its claim and temporary file), SIGKILL for any still
-    alive after ``grace_seconds``: the interpreter's exit joins the pool's threads, which
-    must not wait on a live worker.
-    """
-    processes = list(getattr(pool, "_processes", {}).values())
-    for process in processes:
-        process.terminate()
-    deadline = time.monotonic() + grace_seconds
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join(1.0)
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _prepare_grid(
-    experiment: ExperimentConfig, output_dir: Path, data_root: Path | None
-) -> tuple[Path, GridSummary, list[RunConfig]]:
-    """Expand the grid, save the resolved config, and split finished from unfinished runs."""
-    import yaml
-
-    runs = expand_grid(experiment)
-    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "experiment.resolved.yaml").write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
-    summary = GridSummary()
-    todo = []
-    for run in runs:
-        status = result_status(output_dir / f"{run.run_id}.json")
-        if status == "finished":
-            summary.skipped.append(run.run_id)
-            continue
-        if status == "corrupt":
-            print(f"re-running {run.run_id}: its result file is corrupt", file=sys.stderr)
-        todo.append(run)
-    return root, summary, todo
-
-
-def run_grid(
-    experiment: ExperimentConfig,
-    output_dir: Path,
-    data_root: Path | None = None,
-    progress: bool = True,
-    echo: Callable[[str], None] = print,
-    jobs: int = 1,
-    plugin_files: tuple[str, ...] = (),
-) -> GridSummary:
-    """Run every unfinished run of an experiment, inline or ``jobs`` at a time.
-
-    Finished runs (a complete result file exists) are skipped, so an interrupted grid
-    resumes. A run that crashes is reported, its traceback written beside the results as
-    ``<run_id>.error.txt``, and the grid goes on; errors a user caused
-    (:class:`ClbenchError`) stop the grid. With ``jobs > 1`` runs go to worker processes
-    (spawned; CPU threads shared out, GPUs assigned round-robin when the device is
-    ``auto`` or ``cuda``); the results are the same files.
-    """
-    from tqdm import tqdm
-
-    root, summary, todo = _prepare_grid(experiment, output_dir, data_root)
-    if summary.skipped:
-        echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
-
-    def settle(run_id: str, failure: str | None) -> None:
-        if failure == CLAIMED:
-            summary.skipped.append(run_id)
-            echo(f"run {run_id}: {CLAIMED}, skipped")
-        elif failure is None:
-            summary.finished.append(run_id)
-        else:
-            summary.failed[run_id] = failure
-            echo(f"run {run_id} failed: {failure} (traceback in {output_dir / (run_id + '.error.txt')})")
-
-    with _quiet_avalanche(), tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, position=0) as bar:
-        if jobs > 1 and len(todo) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            payloads = [(run.to_dict(), str(root), experiment.loggers, str(output_dir)) for run in todo]
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads))
-            try:
-                futures = [pool.submit(_worker, payload) for payload in payloads]
-                for future in as_completed(futures):
-                    run_id, failure, user_error = future.result()
-                    if user_error is not None:
-                        raise ClbenchError(user_error)
-                    settle(run_id, failure)
-                    bar.update(1)
-            except BaseException:
-                # Ctrl-C or a user error: stop the workers now instead of letting them finish the
-                # grid; finished results stay (atomic writes), claims of the killed runs go stale.
-                _terminate(pool)
-                raise
-            pool.shutdown()
-            return summary
-        cache: dict[tuple[str, str, int], Benchmark] = {}
-        for run in todo:
-            bar.set_postfix_str(run.run_id)
-            key = (run.benchmark.name, repr(sorted(run.benchmark.args.items())), run.seed)
-            if key not in cache:
-                cache.clear()
-                cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(root, run.seed))
-            benchmark = cache[key]
-            joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
-            total_epochs = run.training.epochs * (1 if joint else benchmark.n_tasks)
-            with tqdm(
-                total=total_epochs, desc="epochs", unit="ep", leave=False, disable=not progress, position=1
-            ) as epochs:
-                failure = _execute_and_write(
-                    run, root, experiment.loggers, output_dir, lambda: epochs.update(1), benchmark
-                )
-            settle(run.run_id, failure)
-            bar.update(1)
-    return summary
-
-
-def _remote_run(payload: tuple[dict[str, Any], str, tuple[str, ...], str], plugin_files: tuple[str, ...]) -> Any:
-    """Entry point of one submitted run (a Slurm array task or a local process)."""
-    _init_worker(plugin_files, torch.get_num_threads())
-    return _worker(payload)
-
-
-def submit_grid(
-    experiment: ExperimentConfig,
-    output_dir: Path,
-    cluster: str = "slurm",
-    data_root: Path | None = None,
-    echo: Callable[[str], None] = print,
-    plugin_files: tuple[str, ...] = (),
-) -> GridSummary:
-    """Submit every unfinished run as one task of a submitit job array and wait for them.
-
-    Each task writes the same ``<run_id>.json`` as an inline run; submitit's logs go to
-    ``<output_dir>/submitit/``. Interrupting the wait leaves the jobs running; re-running the
-    command later submits only what is still missing. ``cluster`` is ``slurm``, or ``local``
-    (submitit's local executor, used by the tests).
-    """
-    import submitit
-
-    root, summary, todo = _prepare_grid(experiment, output_dir, data_root)
-    if not todo:
-        return summary
-    slurm = experiment.slurm
-    executor = submitit.AutoExecutor(folder=output_dir / "submitit", cluster=cluster)
-    parameters: dict[str, Any] = {
-        "timeout_min": slurm.timeout_min,
-        "gpus_per_node": slurm.gpus_per_task,
-        "cpus_per_task": slurm.cpus_per_task,
-        "slurm_array_parallelism": slurm.array_parallelism,
-        "name": f"clbench-{experiment.name}",
-    }
-    if slurm.partition:
-        parameters["slurm_partition"] = slurm.partition
-    if slurm.mem_gb:
-        parameters["mem_gb"] = slurm.mem_gb
-    if cluster == "local":
-        parameters["gpus_per_node"] = min(slurm.gpus_per_task, torch.cuda.device_count())
-    executor.update_parameters(**parameters)
-    payloads = [(run.to_dict(), str(root), experiment.loggers, str(output_dir)) for run in todo]
-    jobs = executor.map_array(_remote_run, payloads, [plugin_files] * len(payloads))
-    echo(f"submitted {len(jobs)} run(s) to {cluster}: job {jobs[0].job_id.split('_')[0]}")
-    for run, job in zip(todo, jobs, strict=True):
-        try:
-            run_id, failure, user_error = job.result()
-        except Exception as exc:  # the task itself died (time limit, node failure, ...)
-            summary.failed[run.run_id] = f"job {job.job_id}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-            continue
-        if user_error is not None:
-            raise ClbenchError(user_error)
-        if failure == CLAIMED:
-            summary.skipped.append(run_id)
-        elif failure is None:
-            summary.finished.append(run_id)
-        else:
-            summary.failed[run_id] = failure
-    return summary
-
-
-__all__ = ["GridSummary", "execute_run", "expand_grid", "output_dir_for", "run_grid", "submit_grid"]
+__all__ = ["device_path_options", "environment_info", "execute_run", "resolve_device", "seed_everything"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clbench.config import ExperimentConfig, from_mapping
-from clbench.runner import expand_grid
+from clbench.grid import expand_grid
 from clbench.strategies import STRATEGIES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -100,7 +100,7 @@ def test_load_experiment_errors(tmp_path):
 def test_shipped_experiment_files_validate():
     from pathlib import Path
 
-    from clbench.runner import expand_grid
+    from clbench.grid import expand_grid
 
     experiments = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
     assert experiments
@@ -110,7 +110,7 @@ def test_shipped_experiment_files_validate():
 
 
 def test_strategy_revisions_enter_the_run_id_and_revision_one_ids_never_change():
-    from clbench.runner import expand_grid
+    from clbench.grid import expand_grid
 
     runs = {run.strategy.name: run for run in expand_grid(experiment_from_mapping(BASE | {"seeds": [1]}))}
     er = runs["er"]
@@ -128,7 +128,7 @@ def test_strategy_revisions_enter_the_run_id_and_revision_one_ids_never_change()
 
 def test_committed_baseline_results_are_runs_of_the_current_implementations():
     """A fix that raised a strategy's revision needs its committed result re-run."""
-    from clbench.runner import expand_grid
+    from clbench.grid import expand_grid
 
     root = Path(__file__).resolve().parents[1]
     experiment = load_experiment(root / "experiments" / "cpu" / "cifar10_baselines.yaml")

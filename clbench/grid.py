@@ -1,0 +1,132 @@
+"""The grid of an experiment: its runs, their ids, and which are finished.
+
+``expand_grid`` turns an experiment into validated, resolved :class:`RunConfig` s (a run id
+is the hash of one); ``prepare_grid`` splits them into finished (a complete result file)
+and to-run, so an interrupted grid resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clbench.backbones import BACKBONES
+from clbench.config import (
+    OMIT_AT_DEFAULT,
+    ComponentSpec,
+    ExperimentConfig,
+    RunConfig,
+    config_to_dict,
+    from_mapping,
+)
+from clbench.datasets.base import BENCHMARKS
+from clbench.datasets.sources import default_data_root
+from clbench.errors import ClbenchError
+from clbench.loggers import LOGGERS
+from clbench.results import result_status
+from clbench.runner import device_path_options
+from clbench.strategies.base import STRATEGIES
+
+
+def _resolved(spec: ComponentSpec, args_type: type, where: str) -> ComponentSpec:
+    typed: Any = from_mapping(args_type, spec.args, where)
+    plain = config_to_dict(typed)
+    for f in dataclasses.fields(typed):
+        if f.metadata.get(OMIT_AT_DEFAULT) and getattr(typed, f.name) == f.default:
+            plain.pop(f.name)
+    return ComponentSpec(spec.name, plain)
+
+
+def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
+    """All runs of an experiment: benchmark x strategy x buffer size x seed.
+
+    Strategies without a buffer (Fine-tune, Joint) run once per benchmark and seed, with
+    ``buffer_size`` 0. Every component's arguments are validated and filled with their
+    defaults here, before anything runs, so a typo fails at once.
+
+    Raises:
+        UnknownNameError: A benchmark, strategy, backbone or logger name is not registered.
+        ConfigError: Some component's arguments do not validate.
+    """
+    for name in experiment.loggers:
+        LOGGERS.get(name)
+    device_path_options(experiment.training, 0)  # fails now on device-only settings without the device path
+    runs: list[RunConfig] = []
+    for bench_spec in experiment.benchmarks:
+        bench_entry = BENCHMARKS.get(bench_spec.name)
+        benchmark = _resolved(bench_spec, bench_entry.args, f"benchmark {bench_spec.name}")
+        backbone_spec = experiment.backbone or ComponentSpec(bench_entry.traits["default_backbone"])
+        backbone = _resolved(backbone_spec, BACKBONES.get(backbone_spec.name).args, f"backbone {backbone_spec.name}")
+        for strat_spec in experiment.strategies:
+            entry = STRATEGIES.get(strat_spec.name)
+            strategy = _resolved(
+                ComponentSpec(strat_spec.name, strat_spec.args), entry.args, f"strategy {strat_spec.name}"
+            )
+            own_sizes = strat_spec.buffer_sizes
+            sizes = own_sizes or experiment.buffer_sizes
+            if not entry.traits.get("uses_buffer", False):
+                sizes = (0,)
+            for size in sizes:
+                for seed in experiment.seeds:
+                    runs.append(
+                        RunConfig(
+                            experiment=experiment.name,
+                            benchmark=benchmark,
+                            strategy=strategy,
+                            backbone=backbone,
+                            buffer_size=size,
+                            seed=seed,
+                            training=experiment.training,
+                            device=experiment.device,
+                            deterministic=experiment.deterministic,
+                            strategy_revision=int(entry.traits.get("revision", 1)),
+                        )
+                    )
+    ids = [run.run_id for run in runs]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ClbenchError(f"the grid lists run {duplicate} twice (a strategy or seed is repeated)")
+    return runs
+
+
+@dataclass
+class GridSummary:
+    """What a grid run did."""
+
+    finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def output_dir_for(experiment: ExperimentConfig, override: str | None = None) -> Path:
+    """``--out``, else the config's ``output_dir``, else ``runs/<name>``."""
+    return Path(override or experiment.output_dir or Path("runs") / experiment.name)
+
+
+def prepare_grid(
+    experiment: ExperimentConfig, output_dir: Path, data_root: Path | None
+) -> tuple[Path, GridSummary, list[RunConfig]]:
+    """Expand the grid, save the resolved config, and split finished from unfinished runs."""
+    import yaml
+
+    runs = expand_grid(experiment)
+    root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "experiment.resolved.yaml").write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
+    summary = GridSummary()
+    todo = []
+    for run in runs:
+        status = result_status(output_dir / f"{run.run_id}.json")
+        if status == "finished":
+            summary.skipped.append(run.run_id)
+            continue
+        if status == "corrupt":
+            print(f"re-running {run.run_id}: its result file is corrupt", file=sys.stderr)
+        todo.append(run)
+    return root, summary, todo
+
+
+__all__ = ["GridSummary", "expand_grid", "output_dir_for", "prepare_grid"]

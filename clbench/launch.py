@@ -1,0 +1,344 @@
+"""Launching a grid's runs: inline, in a process pool (``--jobs N``), or as submitit jobs.
+
+Every launcher goes through :func:`execute_and_write` (claim, run, atomic write, release)
+and :func:`settle` (what a finished, skipped or failed run adds to the summary), so a
+result file is the same however it was launched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clbench.claims import release, try_claim
+from clbench.config import (
+    ExperimentConfig,
+    RunConfig,
+    from_mapping,
+)
+from clbench.datasets.base import Benchmark, DataContext, load_benchmark
+from clbench.errors import ClbenchError
+from clbench.grid import GridSummary, prepare_grid
+from clbench.results import result_status, write_json_atomic
+from clbench.runner import execute_run
+from clbench.strategies.base import STRATEGIES
+
+Payload = tuple[dict[str, Any], str, tuple[str, ...], str]
+"""What a worker process or a submitted job receives: (run config, data root, loggers, output folder)."""
+
+
+def _payloads(todo: list[RunConfig], root: Path, loggers: tuple[str, ...], output_dir: Path) -> list[Payload]:
+    return [(run.to_dict(), str(root), loggers, str(output_dir)) for run in todo]
+
+
+def settle(
+    summary: GridSummary, run_id: str, failure: str | None, output_dir: Path, echo: Callable[[str], None] | None
+) -> None:
+    """Record what happened to one run (every launcher); say so through ``echo`` when given."""
+    if failure == CLAIMED:
+        summary.skipped.append(run_id)
+        message = f"run {run_id}: {CLAIMED}, skipped"
+    elif failure is None:
+        summary.finished.append(run_id)
+        return
+    else:
+        summary.failed[run_id] = failure
+        message = f"run {run_id} failed: {failure} (traceback in {output_dir / (run_id + '.error.txt')})"
+    if echo is not None:
+        echo(message)
+
+
+@contextmanager
+def _quiet_avalanche() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+CLAIMED = "claimed or finished by another process"
+"""What :func:`execute_and_write` returns for a run another process holds or finished."""
+
+
+def execute_and_write(
+    run: RunConfig,
+    root: Path,
+    loggers: tuple[str, ...],
+    output_dir: Path,
+    on_epoch: Callable[[], None] | None = None,
+    benchmark: Benchmark | None = None,
+) -> str | None:
+    """Run one config and write its JSON; on a crash write ``<run_id>.error.txt``.
+
+    Returns:
+        None on success, :data:`CLAIMED` when another process holds or finished the run,
+        else the one-line failure message.
+
+    Raises:
+        ClbenchError: An error the user caused (it would fail every run alike).
+    """
+    lock = output_dir / f"{run.run_id}.lock"
+    if not try_claim(lock):
+        return CLAIMED
+    try:
+        if result_status(output_dir / f"{run.run_id}.json") == "finished":
+            return CLAIMED  # another process finished it since the grid was listed
+        try:
+            record = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
+        except ClbenchError:
+            raise
+        except Exception as exc:  # one crashing run must not stop the grid
+            (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
+            return f"{exc.__class__.__name__}: {exc}"
+        write_json_atomic(output_dir / f"{run.run_id}.json", record)
+        (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
+        return None
+    finally:
+        release(lock)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """End this worker when the grid's process goes, even by ``kill -9``.
+
+    Linux delivers SIGTERM on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a
+    daemon thread notices the parent's pid change. Ctrl-C is the parent's to handle: it
+    terminates the workers itself, so they ignore SIGINT instead of printing tracebacks.
+    """
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (from the parent, or its death) unwinds normally: claims are released and a
+    # half-written result's temporary file is removed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _init_worker(plugin_files: tuple[str, ...], threads: int) -> None:
+    from clbench.registry import load_plugin_file
+
+    _die_with_parent()
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for plugin in plugin_files:
+        load_plugin_file(plugin)
+
+
+def _worker(payload: Payload) -> tuple[str, str | None, str | None]:
+    """Run one config in a worker process; returns (run id, failure, user error)."""
+    import multiprocessing
+
+    raw, root, loggers, output_dir = payload
+    run = from_mapping(RunConfig, raw, "run")
+    if run.device in ("auto", "cuda") and torch.cuda.is_available():
+        identity = multiprocessing.current_process()._identity
+        slot = (identity[0] - 1) if identity else 0
+        run = dataclasses.replace(run, device=f"cuda:{slot % torch.cuda.device_count()}")
+    try:
+        return run.run_id, execute_and_write(run, Path(root), loggers, Path(output_dir)), None
+    except ClbenchError as exc:
+        return run.run_id, None, str(exc)
+    except SystemExit as exc:  # SIGTERM, after the claim and any temporary file were cleaned up
+        os._exit(exc.code if isinstance(exc.code, int) else 1)  # not back to the pool for the next run
+
+
+def _terminate(pool: Any, grace_seconds: float = 5.0) -> None:
+    """Kill a process pool's workers and drop its queued runs.
+
+    SIGTERM first (a worker cleans its claim and temporary file), SIGKILL for any still
+    alive after ``grace_seconds``: the interpreter's exit joins the pool's threads, which
+    must not wait on a live worker.
+    """
+    processes = list(getattr(pool, "_processes", {}).values())
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_grid(
+    experiment: ExperimentConfig,
+    output_dir: Path,
+    data_root: Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    jobs: int = 1,
+    plugin_files: tuple[str, ...] = (),
+) -> GridSummary:
+    """Run every unfinished run of an experiment, inline or ``jobs`` at a time.
+
+    Finished runs (a complete result file exists) are skipped, so an interrupted grid
+    resumes. A run that crashes is reported, its traceback written beside the results as
+    ``<run_id>.error.txt``, and the grid goes on; errors a user caused
+    (:class:`ClbenchError`) stop the grid. With ``jobs > 1`` runs go to worker processes
+    (spawned; CPU threads shared out, GPUs assigned round-robin when the device is
+    ``auto`` or ``cuda``); the results are the same files.
+    """
+    from tqdm import tqdm
+
+    root, summary, todo = prepare_grid(experiment, output_dir, data_root)
+    if summary.skipped:
+        echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
+
+    with _quiet_avalanche(), tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, position=0) as bar:
+        if jobs > 1 and len(todo) > 1:
+            _run_in_pool(todo, root, experiment.loggers, output_dir, jobs, plugin_files, summary, echo, bar)
+        else:
+            _run_inline(todo, root, experiment.loggers, output_dir, progress, summary, echo, bar)
+    return summary
+
+
+def _run_in_pool(
+    todo: list[RunConfig],
+    root: Path,
+    loggers: tuple[str, ...],
+    output_dir: Path,
+    jobs: int,
+    plugin_files: tuple[str, ...],
+    summary: GridSummary,
+    echo: Callable[[str], None],
+    bar: Any,
+) -> None:
+    """``jobs`` spawned worker processes, CPU threads shared out between them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads))
+    try:
+        futures = [pool.submit(_worker, payload) for payload in _payloads(todo, root, loggers, output_dir)]
+        for future in as_completed(futures):
+            run_id, failure, user_error = future.result()
+            if user_error is not None:
+                raise ClbenchError(user_error)
+            settle(summary, run_id, failure, output_dir, echo)
+            bar.update(1)
+    except BaseException:
+        # Ctrl-C or a user error: stop the workers now instead of letting them finish the
+        # grid; finished results stay (atomic writes), claims of the killed runs go stale.
+        _terminate(pool)
+        raise
+    pool.shutdown()
+
+
+def _run_inline(
+    todo: list[RunConfig],
+    root: Path,
+    loggers: tuple[str, ...],
+    output_dir: Path,
+    progress: bool,
+    summary: GridSummary,
+    echo: Callable[[str], None],
+    bar: Any,
+) -> None:
+    """One run after the other in this process, each benchmark built once for its seed."""
+    from tqdm import tqdm
+
+    cache: dict[tuple[str, str, int], Benchmark] = {}
+    for run in todo:
+        bar.set_postfix_str(run.run_id)
+        key = (run.benchmark.name, repr(sorted(run.benchmark.args.items())), run.seed)
+        if key not in cache:
+            cache.clear()
+            cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(root, run.seed))
+        benchmark = cache[key]
+        joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
+        total_epochs = run.training.epochs * (1 if joint else benchmark.n_tasks)
+        bars = {"desc": "epochs", "unit": "ep", "leave": False, "disable": not progress, "position": 1}
+        with tqdm(total=total_epochs, **bars) as epochs:
+            failure = execute_and_write(run, root, loggers, output_dir, lambda: epochs.update(1), benchmark)
+        settle(summary, run.run_id, failure, output_dir, echo)
+        bar.update(1)
+
+
+def _remote_run(payload: Payload, plugin_files: tuple[str, ...]) -> Any:
+    """Entry point of one submitted run (a Slurm array task or a local process)."""
+    _init_worker(plugin_files, torch.get_num_threads())
+    return _worker(payload)
+
+
+def submit_grid(
+    experiment: ExperimentConfig,
+    output_dir: Path,
+    cluster: str = "slurm",
+    data_root: Path | None = None,
+    echo: Callable[[str], None] = print,
+    plugin_files: tuple[str, ...] = (),
+) -> GridSummary:
+    """Submit every unfinished run as one task of a submitit job array and wait for them.
+
+    Each task writes the same ``<run_id>.json`` as an inline run; submitit's logs go to
+    ``<output_dir>/submitit/``. Interrupting the wait leaves the jobs running; re-running the
+    command later submits only what is still missing. ``cluster`` is ``slurm``, or ``local``
+    (submitit's local executor, used by the tests).
+    """
+    import submitit
+
+    root, summary, todo = prepare_grid(experiment, output_dir, data_root)
+    if not todo:
+        return summary
+    slurm = experiment.slurm
+    executor = submitit.AutoExecutor(folder=output_dir / "submitit", cluster=cluster)
+    parameters: dict[str, Any] = {
+        "timeout_min": slurm.timeout_min,
+        "gpus_per_node": slurm.gpus_per_task,
+        "cpus_per_task": slurm.cpus_per_task,
+        "slurm_array_parallelism": slurm.array_parallelism,
+        "name": f"clbench-{experiment.name}",
+    }
+    if slurm.partition:
+        parameters["slurm_partition"] = slurm.partition
+    if slurm.mem_gb:
+        parameters["mem_gb"] = slurm.mem_gb
+    if cluster == "local":
+        parameters["gpus_per_node"] = min(slurm.gpus_per_task, torch.cuda.device_count())
+    executor.update_parameters(**parameters)
+    payloads = _payloads(todo, root, experiment.loggers, output_dir)
+    jobs = executor.map_array(_remote_run, payloads, [plugin_files] * len(payloads))
+    echo(f"submitted {len(jobs)} run(s) to {cluster}: job {jobs[0].job_id.split('_')[0]}")
+    for run, job in zip(todo, jobs, strict=True):
+        try:
+            run_id, failure, user_error = job.result()
+        except Exception as exc:  # the task itself died (time limit, node failure, ...)
+            summary.failed[run.run_id] = f"job {job.job_id}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+            continue
+        if user_error is not None:
+            raise ClbenchError(user_error)
+        settle(summary, run_id, failure, output_dir, None)
+    return summary
+
+
+__all__ = ["CLAIMED", "execute_and_write", "run_grid", "submit_grid"]
