@@ -33,6 +33,10 @@ from clbench.results import result_status, write_json_atomic
 from clbench.runner import execute_run
 from clbench.strategies.base import STRATEGIES
 
+CLAIMED = "claimed or finished by another process"
+"""What :func:`execute_and_write` returns for a run another process holds or finished."""
+
+
 Payload = tuple[dict[str, Any], str, tuple[str, ...], str]
 """What a worker process or a submitted job receives: (run config, data root, loggers, output folder)."""
 
@@ -58,16 +62,16 @@ def settle(
         echo(message)
 
 
+def _ignore_avalanche_warnings() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 @contextmanager
 def _quiet_avalanche() -> Iterator[None]:
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        _ignore_avalanche_warnings()
         yield
-
-
-CLAIMED = "claimed or finished by another process"
-"""What :func:`execute_and_write` returns for a run another process holds or finished."""
 
 
 def execute_and_write(
@@ -145,8 +149,7 @@ def _init_worker(plugin_files: tuple[str, ...], threads: int) -> None:
 
     _die_with_parent()
     torch.set_num_threads(threads)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    _ignore_avalanche_warnings()  # for the worker's whole life, not only inside a with block
     for plugin in plugin_files:
         load_plugin_file(plugin)
 

@@ -31,6 +31,8 @@ def _experiment_of(config: dict) -> ExperimentConfig:
         "benchmarks": [config["benchmark"]],
         "strategies": [config["strategy"]],
         "backbone": config["backbone"],
+        # buffer-less strategies record 0 and the grid gives them 0 whatever is listed; a grid's
+        # sizes must be positive
         "buffer_sizes": [config["buffer_size"] or 1],
         "seeds": [config["seed"]],
         "training": config["training"],
