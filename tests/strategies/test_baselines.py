@@ -272,6 +272,36 @@ def test_mir_scoring_leaves_criterion_and_batchnorm_untouched():
     assert ctx.criterion.reduction == "mean"
 
 
+def _mir_with_batchnorm(**args):
+    ctx = _context()
+    ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, N_CLASSES))
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    entry = STRATEGIES.get("mir")
+    strategy = entry.factory(ctx, entry.args(**args))
+    strategy.train(ctx.benchmark.scenario.train_stream[0])
+    return ctx, strategy, _plugin(strategy, "MIRPlugin")
+
+
+def test_mir_reference_scoring_moves_batchnorm_statistics_by_the_candidates_only():
+    ctx, strategy, plugin = _mir_with_batchnorm(scoring_bn_stats="update")
+    batchnorm = ctx.model[2]
+    strategy.mbatch = [torch.randn(8, 1, 8, 8), torch.full((8,), 2), torch.zeros(8, dtype=torch.long)]
+    strategy.loss = ctx.criterion(ctx.model(strategy.mb_x), strategy.mb_y)
+    tracked = int(batchnorm.num_batches_tracked)
+    plugin.before_backward(strategy)
+    # The current model's pass over the candidates, then the replayed batch; not the virtual model's pass.
+    assert int(batchnorm.num_batches_tracked) == tracked + 2
+    assert ctx.criterion.reduction == "mean"
+
+
+def test_mir_reservoir_memory_holds_exactly_the_budget_of_seen_examples():
+    from clbench.strategies.er import Reservoir
+
+    _, _, plugin = _mir_with_batchnorm(memory="reservoir")
+    assert isinstance(plugin.storage_policy, Reservoir)
+    assert len(plugin.storage_policy.buffer) == BUFFER
+
+
 def test_gdumb_trains_the_buffer_for_its_own_epochs():
     from clbench.strategies.gdumb import GDumbArgs
 
