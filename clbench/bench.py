@@ -306,7 +306,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     """
     from clbench.backbones import CifarResNet18
     from clbench.config import TrainingConfig, from_mapping
-    from clbench.runner import device_path_options, resolve_device
+    from clbench.runner import resolve_device
     from clbench.strategies.base import STRATEGIES, StrategyContext
 
     device = resolve_device(args.device)
@@ -333,22 +333,17 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
             )
             torch.manual_seed(args.seed)
             model = CifarResNet18(3, 10, nf=args.nf).to(device)
-            if training.channels_last:
-                model = model.to(memory_format=torch.channels_last)
             clock = _IterationClock(device)
             entry = STRATEGIES.get(strategy_name)
             strategy_args: dict[str, Any] = {"meta_epochs": 1, "influence": influence} if influence else {}
-            context = StrategyContext(
-                model=model,
-                optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                criterion=torch.nn.CrossEntropyLoss(),
-                training=training,
-                buffer_size=args.buffer_size,
-                device=device,
+            context = StrategyContext.for_training(
+                model,
+                training,
                 benchmark=benchmark,
+                device=device,
                 seed=args.seed,
+                buffer_size=args.buffer_size,
                 plugins=[clock.plugin],
-                device_path=device_path_options(training, args.seed),
             )
             strategy = entry.factory(context, from_mapping(entry.args, strategy_args, f"strategy {strategy_name}"))
             stream = benchmark.scenario.train_stream

@@ -20,7 +20,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from clbench.datasets.base import ImageArrayDataset
-from clbench.errors import DataError
+
+if TYPE_CHECKING:
+    from clbench.config import TrainingConfig
+from clbench.errors import ConfigError, DataError
 
 Precision = Literal["fp32", "bf16"]
 CROP_PADDING = 4
@@ -282,6 +285,23 @@ class DevicePathOptions:
     channels_last: bool = False
     precision: Precision = "fp32"
     seed: int = 0
+
+
+def device_path_options(training: TrainingConfig, seed: int) -> DevicePathOptions | None:
+    """The device path's settings of a run, or None for Avalanche's loaders.
+
+    Raises:
+        ConfigError: A device-path-only setting is asked for on the Avalanche path.
+    """
+    if training.data_path == "avalanche":
+        if training.channels_last or training.precision != "fp32":
+            raise ConfigError(
+                f"training.channels_last={training.channels_last} / training.precision={training.precision} "
+                "need training.data_path=device; valid choices on the avalanche path: false / fp32"
+            )
+        return None
+    precision: Precision = "bf16" if training.precision == "bf16" else "fp32"
+    return DevicePathOptions(channels_last=bool(training.channels_last), precision=precision, seed=seed)
 
 
 class _Splits:

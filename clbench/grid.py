@@ -25,9 +25,9 @@ from clbench.config import (
 from clbench.datasets.base import BENCHMARKS
 from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError
+from clbench.fastdata import device_path_options
 from clbench.loggers import LOGGERS
 from clbench.results import result_status
-from clbench.runner import device_path_options
 from clbench.strategies.base import STRATEGIES
 
 

@@ -98,13 +98,13 @@ def execute_and_write(
         if result_status(output_dir / f"{run.run_id}.json") == "finished":
             return CLAIMED  # another process finished it since the grid was listed
         try:
-            record = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
+            result = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
         except ClbenchError:
             raise
         except Exception as exc:  # one crashing run must not stop the grid
             (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
             return f"{exc.__class__.__name__}: {exc}"
-        write_json_atomic(output_dir / f"{run.run_id}.json", record)
+        write_json_atomic(output_dir / f"{run.run_id}.json", result.to_json())
         (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
         return None
     finally:

@@ -1,9 +1,11 @@
-"""The run-result schema and its atomic JSON I/O.
+"""The run-result schema (:class:`RunResult`) and its atomic JSON I/O.
 
-One JSON file per run, ``<output_dir>/<run_id>.json``. Everything downstream (resume,
-reports) reads it through :func:`load_result`. Besides the required keys a result records
-``strategy_defaults`` (the strategy's default arguments, so a report names what a run
-changed without importing the strategy, or torch) in files written since it was added.
+One JSON file per run, ``<output_dir>/<run_id>.json``: the runner fills a
+:class:`RunResult` and writes ``result.to_json()``; the report reads it back with
+:func:`read_result`; resume only asks :func:`result_status`. Besides the required keys a
+result records ``strategy_defaults`` (the strategy's default arguments, so a report names
+what a run changed without importing the strategy, or torch) in files written since it
+was added.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,85 @@ from clbench.errors import ResultsError
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "accuracy", "metrics", "evaluated_after_task")
+SETTINGS = ("class_il", "task_il")
+_OPTIONAL_IF_ABSENT = ("task_classes", "strategy_defaults", "started_at", "finished_at")
+"""Keys that files of older versions may lack: a record read from such a file writes them back absent."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run's result, as its JSON file holds it (schema version :data:`SCHEMA_VERSION`).
+
+    Attributes:
+        run_id: ``<benchmark>-<strategy>-m<buffer>-s<seed>-<hash>``.
+        config: The resolved run config (:meth:`clbench.config.RunConfig.to_dict`).
+        accuracy: ``class_il`` and ``task_il`` accuracy matrices, one row per evaluation.
+        metrics: ``class_il`` and ``task_il`` summaries (A1, Ainf, Am, BWT; None where undefined).
+        evaluated_after_task: The task after which each matrix row was evaluated.
+        task_classes: The classes of each task, in stream order.
+        train_seconds: Training time of each ``train`` call.
+        eval_seconds: Time of each evaluation pass.
+        environment: Versions and hardware (:func:`clbench.runner.environment_info`).
+        extras: What the strategy's ``clbench_extras()`` returned.
+        strategy_defaults: The strategy's default arguments when it ran.
+        started_at: ISO time the run started (UTC).
+        finished_at: ISO time the run finished (UTC).
+        schema_version: The file's schema version.
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    accuracy: dict[str, list[list[float]]]
+    metrics: dict[str, Any]
+    evaluated_after_task: list[int]
+    task_classes: list[list[int]] | None = None
+    train_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    strategy_defaults: dict[str, Any] | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy's registered name."""
+        return str(self.config["strategy"]["name"])
+
+    @property
+    def strategy_args(self) -> dict[str, Any]:
+        """The strategy's resolved arguments."""
+        return dict(self.config["strategy"]["args"])
+
+    @property
+    def strategy_revision(self) -> int:
+        """The strategy's implementation revision (files from before revisions existed: 1)."""
+        return int(self.config.get("strategy_revision", 1))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of the result file."""
+        data = asdict(self)
+        for key in _OPTIONAL_IF_ABSENT:
+            if data[key] is None:
+                del data[key]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "result") -> RunResult:
+        """The record of a result file's JSON object.
+
+        Raises:
+            ResultsError: Required keys, or the class-IL / task-IL parts, are missing.
+        """
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise ResultsError(f"{source}: missing keys {', '.join(missing)}")
+        for part in ("accuracy", "metrics"):
+            if not isinstance(data[part], dict) or any(s not in data[part] for s in SETTINGS):
+                raise ResultsError(f"{source}: {part} lacks one of {', '.join(SETTINGS)}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _current_umask() -> int:
@@ -62,6 +144,15 @@ def load_result(path: Path) -> dict[str, Any]:
     if data["schema_version"] != SCHEMA_VERSION:
         raise ResultsError(f"{path}: schema version {data['schema_version']!r}, expected {SCHEMA_VERSION}")
     return data
+
+
+def read_result(path: Path) -> RunResult:
+    """Read one run-result file as a :class:`RunResult`.
+
+    Raises:
+        ResultsError: As :func:`load_result`, or the file lacks its class-IL / task-IL parts.
+    """
+    return RunResult.from_json(load_result(path), str(path))
 
 
 def result_status(path: Path) -> str:

@@ -1,8 +1,10 @@
 """One run end to end: seed, build the benchmark, backbone and strategy, train task by task.
 
-After each task one evaluation pass over every task's test set fills a row of the class-IL
-and of the task-IL accuracy matrix; :func:`execute_run` returns the result record (the grid
-and its launchers are in :mod:`clbench.grid` and :mod:`clbench.launch`).
+:func:`execute_run` builds the run (:func:`_build`), trains it task by task with one
+evaluation pass over every task's test set after each (:func:`_train_and_evaluate`: a row
+of the class-IL and of the task-IL accuracy matrix each time) and returns its
+:class:`~clbench.results.RunResult`. The grid and its launchers are in :mod:`clbench.grid`
+and :mod:`clbench.launch`.
 """
 
 from __future__ import annotations
@@ -24,19 +26,13 @@ import numpy as np
 import torch
 
 from clbench.backbones import BACKBONES
-from clbench.config import (
-    RunConfig,
-    TrainingConfig,
-    config_to_dict,
-    from_mapping,
-)
+from clbench.config import RunConfig, config_to_dict, from_mapping
 from clbench.datasets.base import Benchmark, DataContext, load_benchmark
-from clbench.errors import ClbenchError, ConfigError
+from clbench.errors import ClbenchError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
-from clbench.fastdata import DevicePathOptions, Precision
 from clbench.loggers import LOGGERS
-from clbench.metrics import summarize, summarize_final_only
-from clbench.results import SCHEMA_VERSION
+from clbench.metrics import MetricValues, summarize, summarize_final_only
+from clbench.results import RunResult
 from clbench.strategies.base import STRATEGIES, StrategyContext
 
 
@@ -120,10 +116,14 @@ def _make_evaluator(loggers: list[Any]) -> Any:
 
 
 @dataclass
-class _Matrices:
+class _Trace:
+    """What the train/evaluate loop records: accuracy matrices and timings."""
+
     class_il: list[list[float]] = field(default_factory=list)
     task_il: list[list[float]] = field(default_factory=list)
     after_task: list[int] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
 
     def add(self, task: int, row: AccuracyRow) -> None:
         self.class_il.append(row.class_il)
@@ -140,21 +140,103 @@ def _log_row(loggers: list[Any], task: int, row: AccuracyRow) -> None:
         logger.log_single_metric("clbench/class_il/average_seen", sum(seen) / len(seen), task)
 
 
-def device_path_options(training: TrainingConfig, seed: int) -> DevicePathOptions | None:
-    """The device path's settings, or None for Avalanche's loaders.
+@dataclass
+class _Run:
+    """A run built and ready to train: its benchmark, strategy and evaluation plumbing."""
 
-    Raises:
-        ConfigError: A device-path-only setting is asked for on the Avalanche path.
-    """
-    if training.data_path == "avalanche":
-        if training.channels_last or training.precision != "fp32":
-            raise ConfigError(
-                f"training.channels_last={training.channels_last} / training.precision={training.precision} "
-                "need training.data_path=device; valid choices on the avalanche path: false / fp32"
-            )
-        return None
-    precision: Precision = "bf16" if training.precision == "bf16" else "fp32"
-    return DevicePathOptions(channels_last=bool(training.channels_last), precision=precision, seed=seed)
+    config: RunConfig
+    device: torch.device
+    benchmark: Benchmark
+    strategy: Any
+    trains_jointly: bool
+    collector: AccuracyCollector
+    loggers: list[Any]
+
+
+def _build(
+    run: RunConfig,
+    data_root: Path,
+    loggers: tuple[str, ...],
+    log_dir: Path | None,
+    on_epoch: Callable[[], None] | None,
+    benchmark: Benchmark | None,
+) -> _Run:
+    """Seed, then build the benchmark, backbone and strategy of ``run`` (see :func:`execute_run`)."""
+    from avalanche.training.plugins import LRSchedulerPlugin
+
+    device = resolve_device(run.device)
+    seed_everything(run.seed, run.deterministic)
+    if benchmark is None:
+        benchmark = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(data_root, run.seed))
+    # Seeded again so that the backbone's initialisation does not depend on how the data were built.
+    seed_everything(run.seed, run.deterministic)
+    backbone_entry = BACKBONES.get(run.backbone.name)
+    model = backbone_entry.factory(
+        from_mapping(backbone_entry.args, run.backbone.args, "backbone"), benchmark.input_shape, benchmark.n_classes
+    ).to(device)
+    collector = AccuracyCollector(benchmark.task_classes)
+    logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
+    context = StrategyContext.for_training(
+        model,
+        run.training,
+        benchmark=benchmark,
+        device=device,
+        seed=run.seed,
+        buffer_size=run.buffer_size,
+        plugins=[collector],
+        evaluator=_make_evaluator(logger_objects),
+    )
+    if run.training.lr_milestones:
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            context.optimizer, list(run.training.lr_milestones), run.training.lr_gamma
+        )
+        context.plugins.append(LRSchedulerPlugin(schedule, reset_scheduler=True, reset_lr=True))
+    if on_epoch is not None:
+        context.plugins.append(_EpochProgress(on_epoch).plugin)
+    entry = STRATEGIES.get(run.strategy.name)
+    strategy = entry.factory(context, from_mapping(entry.args, run.strategy.args, "strategy"))
+    jointly = bool(entry.traits.get("trains_jointly", False))
+    return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects)
+
+
+def _evaluate(built: _Run, trace: _Trace, after_task: int, seen: list[int]) -> None:
+    """One evaluation pass over every task's test set: a row of both accuracy matrices."""
+    tic = time.perf_counter()
+    built.collector.expect(seen)
+    built.strategy.eval(built.benchmark.scenario.test_stream, num_workers=built.config.training.num_workers)
+    row = built.collector.row()
+    trace.eval_seconds.append(time.perf_counter() - tic)
+    trace.add(after_task, row)
+    _log_row(built.loggers, after_task, row)
+
+
+def _train_and_evaluate(built: _Run) -> _Trace:
+    """Train task by task, evaluating after each (Joint: once on the whole stream, evaluated once)."""
+    trace = _Trace()
+    benchmark, workers = built.benchmark, built.config.training.num_workers
+    train_stream = benchmark.scenario.train_stream
+    if built.trains_jointly:
+        tic = time.perf_counter()
+        built.strategy.train(train_stream, eval_streams=[], num_workers=workers)
+        trace.train_seconds.append(time.perf_counter() - tic)
+        _evaluate(built, trace, benchmark.n_tasks - 1, [c for task in benchmark.task_classes for c in task])
+        return trace
+    seen: list[int] = []
+    for task, experience in enumerate(train_stream):
+        tic = time.perf_counter()
+        built.strategy.train(experience, eval_streams=[], num_workers=workers)
+        trace.train_seconds.append(time.perf_counter() - tic)
+        seen.extend(benchmark.task_classes[task])
+        _evaluate(built, trace, task, seen)
+    return trace
+
+
+def _summaries(trace: _Trace, trains_jointly: bool) -> dict[str, MetricValues]:
+    """A1, Ainf, Am and BWT of both settings (only the final accuracy for a joint run)."""
+    if trains_jointly:
+        final_rows = {"class_il": trace.class_il[-1], "task_il": trace.task_il[-1]}
+        return {setting: summarize_final_only(row) for setting, row in final_rows.items()}
+    return {"class_il": summarize(trace.class_il), "task_il": summarize(trace.task_il)}
 
 
 def execute_run(
@@ -164,7 +246,7 @@ def execute_run(
     log_dir: Path | None = None,
     on_epoch: Callable[[], None] | None = None,
     benchmark: Benchmark | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train and evaluate one run; return its result record (not yet written).
 
     Args:
@@ -174,111 +256,30 @@ def execute_run(
         log_dir: Where file-based loggers write.
         on_epoch: Called after every training epoch (progress display).
         benchmark: A benchmark already built for this run (same name, args and seed).
-
-    Returns:
-        The result record following :data:`clbench.results.SCHEMA_VERSION`.
     """
-    from avalanche.training.plugins import LRSchedulerPlugin
-
     started = datetime.now(timezone.utc)
-    device = resolve_device(run.device)
-    seed_everything(run.seed, run.deterministic)
-    if benchmark is None:
-        benchmark = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(data_root, run.seed))
-    seed_everything(run.seed, run.deterministic)
-
-    backbone_entry = BACKBONES.get(run.backbone.name)
-    model = backbone_entry.factory(
-        from_mapping(backbone_entry.args, run.backbone.args, "backbone"), benchmark.input_shape, benchmark.n_classes
-    ).to(device)
-    training = run.training
-    device_path = device_path_options(training, run.seed)
-    if training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
-    )
-    collector = AccuracyCollector(benchmark.task_classes)
-    plugins: list[Any] = [collector]
-    if training.lr_milestones:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(training.lr_milestones), training.lr_gamma)
-        plugins.append(LRSchedulerPlugin(scheduler, reset_scheduler=True, reset_lr=True))
-    if on_epoch is not None:
-        plugins.append(_EpochProgress(on_epoch).plugin)
-    logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
-
-    strategy_entry = STRATEGIES.get(run.strategy.name)
-    context = StrategyContext(
-        model=model,
-        optimizer=optimizer,
-        criterion=torch.nn.CrossEntropyLoss(),
-        training=training,
-        buffer_size=run.buffer_size,
-        device=device,
-        benchmark=benchmark,
-        seed=run.seed,
-        plugins=plugins,
-        evaluator=_make_evaluator(logger_objects),
-        device_path=device_path,
-    )
-    strategy = strategy_entry.factory(context, from_mapping(strategy_entry.args, run.strategy.args, "strategy"))
-
-    train_stream = benchmark.scenario.train_stream
-    test_stream = benchmark.scenario.test_stream
-    matrices = _Matrices()
-    train_seconds: list[float] = []
-    eval_seconds: list[float] = []
-    eval_kwargs = {"num_workers": training.num_workers}
-
-    def evaluate(after_task: int, seen: list[int]) -> None:
-        tic = time.perf_counter()
-        collector.expect(seen)
-        strategy.eval(test_stream, **eval_kwargs)
-        row = collector.row()
-        eval_seconds.append(time.perf_counter() - tic)
-        matrices.add(after_task, row)
-        _log_row(logger_objects, after_task, row)
-
-    if strategy_entry.traits.get("trains_jointly", False):
-        tic = time.perf_counter()
-        strategy.train(train_stream, eval_streams=[], num_workers=training.num_workers)
-        train_seconds.append(time.perf_counter() - tic)
-        evaluate(benchmark.n_tasks - 1, [c for task in benchmark.task_classes for c in task])
-        metrics = {
-            "class_il": summarize_final_only(matrices.class_il[-1]),
-            "task_il": summarize_final_only(matrices.task_il[-1]),
-        }
-    else:
-        seen: list[int] = []
-        for task, experience in enumerate(train_stream):
-            tic = time.perf_counter()
-            strategy.train(experience, eval_streams=[], num_workers=training.num_workers)
-            train_seconds.append(time.perf_counter() - tic)
-            seen.extend(benchmark.task_classes[task])
-            evaluate(task, seen)
-        metrics = {"class_il": summarize(matrices.class_il), "task_il": summarize(matrices.task_il)}
-
-    for logger in logger_objects:
+    built = _build(run, data_root, loggers, log_dir, on_epoch, benchmark)
+    trace = _train_and_evaluate(built)
+    for logger in built.loggers:
         close = getattr(logger, "close", None)
         if callable(close):
             close()
-    extras_fn = getattr(strategy, "clbench_extras", None)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run.run_id,
-        "config": run.to_dict(),
-        "task_classes": [list(c) for c in benchmark.task_classes],
-        "evaluated_after_task": matrices.after_task,
-        "accuracy": {"class_il": matrices.class_il, "task_il": matrices.task_il},
-        "metrics": metrics,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "environment": environment_info(device),
-        "extras": extras_fn() if callable(extras_fn) else {},
-        "strategy_defaults": config_to_dict(strategy_entry.args()),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    extras_fn = getattr(built.strategy, "clbench_extras", None)
+    return RunResult(
+        run_id=run.run_id,
+        config=run.to_dict(),
+        task_classes=[list(c) for c in built.benchmark.task_classes],
+        evaluated_after_task=trace.after_task,
+        accuracy={"class_il": trace.class_il, "task_il": trace.task_il},
+        metrics=_summaries(trace, built.trains_jointly),
+        train_seconds=trace.train_seconds,
+        eval_seconds=trace.eval_seconds,
+        environment=environment_info(built.device),
+        extras=extras_fn() if callable(extras_fn) else {},
+        strategy_defaults=config_to_dict(STRATEGIES.get(run.strategy.name).args()),
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
-__all__ = ["device_path_options", "environment_info", "execute_run", "resolve_device", "seed_everything"]
+__all__ = ["environment_info", "execute_run", "resolve_device", "seed_everything"]

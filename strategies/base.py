@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 
 from clbench.config import TrainingConfig
 from clbench.datasets.base import Benchmark
-from clbench.fastdata import DevicePathOptions, with_device_path
+from clbench.fastdata import DevicePathOptions, device_path_options, with_device_path
 from clbench.registry import Registry
 
 T = TypeVar("T")
@@ -74,6 +74,43 @@ class StrategyContext:
     plugins: list[Any] = field(default_factory=list)
     evaluator: Any = None
     device_path: DevicePathOptions | None = None
+
+    @classmethod
+    def for_training(
+        cls,
+        model: nn.Module,
+        training: TrainingConfig,
+        *,
+        benchmark: Benchmark,
+        device: torch.device,
+        seed: int,
+        buffer_size: int,
+        plugins: list[Any] | None = None,
+        evaluator: Any = None,
+    ) -> StrategyContext:
+        """The context of ``model`` trained with the ``training`` settings (the one way to build one).
+
+        Puts the model in channels-last layout when asked, and builds SGD with the run's lr,
+        momentum and weight decay, the cross-entropy criterion and the device path's settings.
+        """
+        if training.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+        return cls(
+            model=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            training=training,
+            buffer_size=buffer_size,
+            device=device,
+            benchmark=benchmark,
+            seed=seed,
+            plugins=list(plugins or []),
+            evaluator=evaluator,
+            device_path=device_path_options(training, seed),
+        )
 
     def strategy_class(self, template: type[T]) -> type[T]:
         """The class to instantiate for ``template``: itself, or with the device data path mixed in.

@@ -71,7 +71,7 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
     from clbench.backbones import BACKBONES
     from clbench.config import TrainingConfig, from_mapping
     from clbench.datasets.base import DataContext, load_benchmark
-    from clbench.runner import device_path_options, resolve_device, seed_everything
+    from clbench.runner import resolve_device, seed_everything
     from clbench.strategies.base import STRATEGIES, StrategyContext
 
     device = resolve_device(args.device)
@@ -82,8 +82,6 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
     model = entry.factory(typed_backbone, benchmark.input_shape, benchmark.n_classes)
     model = model.to(device)
     training = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, replay_batch_size=args.batch_size)
-    if training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     rows: list[dict[str, float]] = []
     out.mkdir(parents=True, exist_ok=True)
 
@@ -95,17 +93,14 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
             torch.save(strategy.model.state_dict(), out / f"checkpoint_task{task + 1}.pt")
             rows.append({"task": task + 1, **_compare_at(strategy, args)})
 
-    context = StrategyContext(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=training.lr),
-        criterion=torch.nn.CrossEntropyLoss(),
-        training=training,
-        buffer_size=args.buffer_size,
-        device=device,
+    context = StrategyContext.for_training(
+        model,
+        training,
         benchmark=benchmark,
+        device=device,
         seed=args.seed,
+        buffer_size=args.buffer_size,
         plugins=[Checkpoints()],
-        device_path=device_path_options(training, args.seed),
     )
     metasp = STRATEGIES.get("metasp")
     strategy = metasp.factory(context, from_mapping(metasp.args, {"meta_epochs": args.meta_epochs}, "metasp"))

@@ -16,9 +16,8 @@ from typing import Any
 import pandas as pd
 
 from clbench.errors import ResultsError
-from clbench.results import load_result
+from clbench.results import SETTINGS, RunResult, read_result
 
-SETTINGS = ("class_il", "task_il")
 METRICS = ("A1", "Ainf", "Am", "BWT")
 
 
@@ -54,11 +53,7 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     )
 
 
-def _revision(run: dict[str, Any]) -> int:
-    return int(run["config"].get("strategy_revision", 1))  # files from before revisions existed: 1
-
-
-def _strategy_labels(runs: list[dict[str, Any]]) -> list[str]:
+def _strategy_labels(runs: list[RunResult]) -> list[str]:
     """Label each run's strategy by its name plus the arguments that vary among runs of that name.
 
     Runs of two revisions of one strategy (a fix that changed its results) are never pooled:
@@ -67,20 +62,18 @@ def _strategy_labels(runs: list[dict[str, Any]]) -> list[str]:
     by_name: dict[str, list[dict[str, Any]]] = {}
     revisions: dict[str, set[int]] = {}
     for run in runs:
-        name = run["config"]["strategy"]["name"]
-        by_name.setdefault(name, []).append(run["config"]["strategy"]["args"])
-        revisions.setdefault(name, set()).add(_revision(run))
+        by_name.setdefault(run.strategy_name, []).append(run.strategy_args)
+        revisions.setdefault(run.strategy_name, set()).add(run.strategy_revision)
     varying = {
         name: sorted(k for k in set().union(*arg_sets) if len({json.dumps(a.get(k)) for a in arg_sets}) > 1)
         for name, arg_sets in by_name.items()
     }
     labels = []
     for run in runs:
-        strategy = run["config"]["strategy"]
-        keys = varying[strategy["name"]]
-        suffix = ", ".join(f"{k}={strategy['args'].get(k)}" for k in keys)
-        label = f"{strategy['name']}({suffix})" if suffix else strategy["name"]
-        labels.append(f"{label}@r{_revision(run)}" if len(revisions[strategy["name"]]) > 1 else label)
+        name, args = run.strategy_name, run.strategy_args
+        suffix = ", ".join(f"{k}={args.get(k)}" for k in varying[name])
+        label = f"{name}({suffix})" if suffix else name
+        labels.append(f"{label}@r{run.strategy_revision}" if len(revisions[name]) > 1 else label)
     return labels
 
 
@@ -126,59 +119,51 @@ def collect(results_dir: Path) -> Collection:
     """
     if not results_dir.is_dir():
         raise ResultsError(f"results directory {results_dir} not found")
-    loaded, skipped = [], []
+    loaded: list[tuple[Path, RunResult]] = []
+    skipped: list[str] = []
     for path in sorted(results_dir.rglob("*.json")):
         try:
-            result = load_result(path)
-            for setting in SETTINGS:
-                result["metrics"][setting]
-                result["accuracy"][setting]
+            loaded.append((path, read_result(path)))
         except ResultsError as exc:
             skipped.append(str(exc))
-            continue
-        except (KeyError, TypeError):
-            skipped.append(f"{path}: missing metrics or accuracy for class_il/task_il")
-            continue
-        result["_file"] = str(path)
-        loaded.append(result)
 
     protocols: dict[str, str] = {}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for result in loaded:
-        protocol = protocol_of(result["config"])
+    groups: dict[str, list[tuple[Path, RunResult]]] = {}
+    for path, result in loaded:
+        protocol = protocol_of(result.config)
         pid = protocol_id(protocol)
         protocols[pid] = describe_protocol(protocol)
-        groups.setdefault(pid, []).append(result)
+        groups.setdefault(pid, []).append((path, result))
 
     metric_rows, run_rows = [], []
     arguments: dict[str, dict[str, str]] = {}
-    for pid, runs in groups.items():
-        for run, label in zip(runs, _strategy_labels(runs), strict=True):
-            config = run["config"]
-            changed = changed_arguments(config["strategy"]["args"], run.get("strategy_defaults"))
+    for pid, members in groups.items():
+        runs = [run for _, run in members]
+        for (path, run), label in zip(members, _strategy_labels(runs), strict=True):
+            changed = changed_arguments(run.strategy_args, run.strategy_defaults)
             if changed:
                 arguments.setdefault(pid, {})[label] = changed
             base = {
                 "protocol": pid,
-                "benchmark": config["benchmark"]["name"],
+                "benchmark": run.config["benchmark"]["name"],
                 "strategy": label,
-                "buffer_size": int(config["buffer_size"]),
-                "seed": int(config["seed"]),
-                "run_id": run["run_id"],
+                "buffer_size": int(run.config["buffer_size"]),
+                "seed": int(run.config["seed"]),
+                "run_id": run.run_id,
             }
             run_rows.append(
                 {
                     **base,
-                    "file": run["_file"],
-                    "evaluated_after_task": run["evaluated_after_task"],
-                    "class_il": run["accuracy"]["class_il"],
-                    "task_il": run["accuracy"]["task_il"],
-                    "extras": run.get("extras", {}),
+                    "file": str(path),
+                    "evaluated_after_task": run.evaluated_after_task,
+                    "class_il": run.accuracy["class_il"],
+                    "task_il": run.accuracy["task_il"],
+                    "extras": run.extras,
                 }
             )
             for setting in SETTINGS:
                 for metric in METRICS:
-                    value = run["metrics"][setting].get(metric)
+                    value = run.metrics[setting].get(metric)
                     if value is not None:
                         metric_rows.append({**base, "setting": setting, "metric": metric, "value": float(value)})
     columns = ["protocol", "benchmark", "strategy", "buffer_size", "seed", "run_id", "setting", "metric", "value"]
