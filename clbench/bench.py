@@ -307,7 +307,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     from clbench.backbones import CifarResNet18
     from clbench.config import TrainingConfig, from_mapping
     from clbench.runner import resolve_device
-    from clbench.strategies.base import STRATEGIES, StrategyContext
+    from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
 
     device = resolve_device(args.device)
     benchmark = _cifar_shaped(args)
@@ -345,7 +345,8 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
                 buffer_size=args.buffer_size,
                 plugins=[clock.plugin],
             )
-            strategy = entry.factory(context, from_mapping(entry.args, strategy_args, f"strategy {strategy_name}"))
+            typed_args: Any = from_mapping(entry.args, strategy_args, f"strategy {strategy_name}")
+            strategy = build_strategy(entry, context, typed_args)
             stream = benchmark.scenario.train_stream
             strategy.train(stream[0], eval_streams=[])
             first = clock.take_median()

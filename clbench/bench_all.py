@@ -40,7 +40,7 @@ class BenchPreset:
 
 PRESETS = {
     "tiny": BenchPreset(
-        nf=4,
+        nf=8,  # narrower crashes oneDNN's channels-last backward (strategies.base.CHANNELS_LAST_MIN_WIDTH)
         train_per_class=10,
         test_images=100,
         repeats=1,

@@ -22,10 +22,10 @@ from clbench.config import (
     config_to_dict,
     from_mapping,
 )
+from clbench.data_path import device_path_options
 from clbench.datasets.base import BENCHMARKS
 from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError
-from clbench.fastdata import device_path_options
 from clbench.loggers import LOGGERS
 from clbench.results import result_status
 from clbench.strategies.base import STRATEGIES

@@ -33,7 +33,7 @@ from clbench.evaluation import AccuracyCollector, AccuracyRow
 from clbench.loggers import LOGGERS
 from clbench.metrics import MetricValues, summarize, summarize_final_only
 from clbench.results import RunResult
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -194,7 +194,7 @@ def _build(
     if on_epoch is not None:
         context.plugins.append(_EpochProgress(on_epoch).plugin)
     entry = STRATEGIES.get(run.strategy.name)
-    strategy = entry.factory(context, from_mapping(entry.args, run.strategy.args, "strategy"))
+    strategy = build_strategy(entry, context, from_mapping(entry.args, run.strategy.args, "strategy"))
     jointly = bool(entry.traits.get("trains_jointly", False))
     return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects)
 

@@ -10,7 +10,7 @@ from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import AGEMPlugin
 
 from clbench.influence.functional import flat_gradient
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class AnyLayoutAGEM(AGEMPlugin):  # type: ignore[misc]
     help="Averaged GEM: project onto one reference gradient from memory",
     uses_buffer=True,
 )
-def build_agem(ctx: StrategyContext, args: AGEMArgs) -> Any:
+def build_agem(ctx: StrategyContext, args: AGEMArgs) -> Recipe:
     """Avalanche's A-GEM rule on ``Naive`` (see :class:`AnyLayoutAGEM`).
 
     Memory budget: ``patterns_per_experience = buffer_size // n_tasks`` examples per task,
@@ -81,4 +81,4 @@ def build_agem(ctx: StrategyContext, args: AGEMArgs) -> Any:
 
     per_task = max(1, ctx.buffer_size // ctx.benchmark.n_tasks)
     sample_size = args.sample_size or ctx.training.replay_batch_size
-    return ctx.strategy_class(Naive)(**ctx.template_kwargs(AnyLayoutAGEM(per_task, sample_size)))
+    return ctx.recipe(Naive, AnyLayoutAGEM(per_task, sample_size))

@@ -1,11 +1,17 @@
 """The strategy contract.
 
 A strategy module holds three things: a frozen dataclass of its own arguments (with help
-text), a factory that builds an Avalanche strategy from a :class:`StrategyContext` and
-those arguments, and the registration line::
+text), a factory that turns a :class:`StrategyContext` and those arguments into a
+:class:`Recipe` (an Avalanche template class and its keyword arguments), and the
+registration line::
 
     @STRATEGIES.register("er", args=ERArgs, help="...", uses_buffer=True)
-    def build_er(ctx: StrategyContext, args: ERArgs) -> SupervisedTemplate: ...
+    def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
+        return ctx.recipe(Naive, ReplayPlugin(...))
+
+:func:`build_strategy` instantiates the recipe with the run's data path in front of its
+template (:func:`clbench.data_path.with_data_path`), so every strategy gets the data path
+and its ``fetch_examples`` without its factory doing anything for it.
 
 Traits of an entry:
     ``uses_buffer``: the strategy keeps a rehearsal buffer of ``ctx.buffer_size``
@@ -24,20 +30,51 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from clbench.config import TrainingConfig
+from clbench.data_path import DevicePathOptions, device_path_options, with_data_path
 from clbench.datasets.base import Benchmark
-from clbench.fastdata import DevicePathOptions, device_path_options, with_device_path
-from clbench.registry import Registry
+from clbench.errors import ConfigError
+from clbench.registry import Entry, Registry
 
-T = TypeVar("T")
+CHANNELS_LAST_MIN_WIDTH = 8
+"""Narrowest convolution (output channels) that channels-last training accepts on a CPU.
 
-StrategyFactory = Callable[["StrategyContext", Any], Any]
+With torch 2.14.1 (oneDNN 3.12) the fp32 backward pass of a channels-last ResNet-18 whose
+stem has fewer than 7 channels (nf <= 6) corrupts the heap on CPU: the process aborts a
+few steps in ("corrupted double-linked list", SIGSEGV), wherever an fp32 backward runs
+(A-GEM's reference gradient, GSS's scores). nf = 7 and wider never crashed here."""
+
+
+def _check_channels_last_width(model: nn.Module, device: torch.device) -> None:
+    """Refuse channels-last on a CPU for convolutions narrower than oneDNN survives.
+
+    Raises:
+        ConfigError: ``model`` has a convolution of fewer than :data:`CHANNELS_LAST_MIN_WIDTH` channels.
+    """
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if device.type == "cpu" and widths and min(widths) < CHANNELS_LAST_MIN_WIDTH:
+        raise ConfigError(
+            f"training.channels_last=true with a convolution of {min(widths)} channels crashes oneDNN's CPU "
+            f"backward pass; valid choices: training.channels_last=false, or a backbone at least "
+            f"{CHANNELS_LAST_MIN_WIDTH} channels wide (resnet18 nf >= {CHANNELS_LAST_MIN_WIDTH})"
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a strategy factory returns: the template class and the keyword arguments to build it with."""
+
+    template: type
+    kwargs: dict[str, Any]
+
+
+StrategyFactory = Callable[["StrategyContext", Any], Recipe]
 
 STRATEGIES: Registry[StrategyFactory] = Registry("strategy", "clbench.strategies", builtin_package="clbench.strategies")
 """Strategies by name: every module of this package is imported on the first look-up, so a
@@ -94,6 +131,7 @@ class StrategyContext:
         momentum and weight decay, the cross-entropy criterion and the device path's settings.
         """
         if training.channels_last:
+            _check_channels_last_width(model, device)
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
@@ -112,15 +150,9 @@ class StrategyContext:
             device_path=device_path_options(training, seed),
         )
 
-    def strategy_class(self, template: type[T]) -> type[T]:
-        """The class to instantiate for ``template``: itself, or with the device data path mixed in.
-
-        Every factory builds its strategy through this, so ``training.data_path: device``
-        reaches every strategy (see :mod:`clbench.fastdata`).
-        """
-        if self.device_path is None:
-            return template
-        return cast("type[T]", with_device_path(cast("type", template), self.device_path))
+    def recipe(self, template: type, *plugins: Any, train_epochs: int | None = None, **kwargs: Any) -> Recipe:
+        """``template`` built with :meth:`template_kwargs` (its ``plugins`` first) plus its own ``kwargs``."""
+        return Recipe(template, {**kwargs, **self.template_kwargs(*plugins, train_epochs=train_epochs)})
 
     def template_kwargs(self, *extra_plugins: Any, train_epochs: int | None = None) -> dict[str, Any]:
         """Keyword arguments every ``SupervisedTemplate`` subclass accepts.
@@ -145,3 +177,9 @@ class StrategyContext:
             "plugins": [*extra_plugins, *self.plugins],
             "evaluator": self.evaluator,
         }
+
+
+def build_strategy(entry: Entry[StrategyFactory], context: StrategyContext, args: Any) -> Any:
+    """The strategy of ``entry`` with ``args``, on the context's data path (the one way to build one)."""
+    recipe = entry.factory(context, args)
+    return with_data_path(recipe.template, context.device_path)(**recipe.kwargs)

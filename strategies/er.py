@@ -10,10 +10,9 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from clbench.config import OMIT_AT_DEFAULT
+from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
-from clbench.fastdata import strategy_autocast
-from clbench.strategies.base import STRATEGIES, StrategyContext
-from clbench.strategies.step_template import fetch_examples
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
         if len(memory) == 0:
             return
         chosen = torch.randperm(len(memory))[: self.batch_size_mem]
-        x, y = fetch_examples(strategy, memory, chosen.tolist(), augment=True)
+        x, y = strategy.fetch_examples(memory, chosen.tolist(), augment=True)
         with strategy_autocast(strategy):
             logits = strategy.model(x)
         strategy.loss += strategy._criterion(logits.float(), y)
@@ -82,7 +81,7 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
     help="experience replay: reservoir buffer, replay mini-batch beside each batch (Avalanche Replay)",
     uses_buffer=True,
 )
-def build_er(ctx: StrategyContext, args: ERArgs) -> Any:
+def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
     """Avalanche's ``Naive`` with a ``ReplayPlugin`` over a ``ReservoirSamplingBuffer``.
 
     Each step trains on ``training.batch_size`` current examples concatenated with
@@ -97,9 +96,7 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Any:
     if args.replay_forward == "separate":
         if args.task_balanced:
             raise ConfigError("er: task_balanced=true needs replay_forward=joint; valid choices: joint")
-        return ctx.strategy_class(Naive)(
-            **ctx.template_kwargs(SeparateForwardReplay(storage, ctx.training.replay_batch_size))
-        )
+        return ctx.recipe(Naive, SeparateForwardReplay(storage, ctx.training.replay_batch_size))
     replay = ReplayPlugin(
         mem_size=ctx.buffer_size,
         batch_size=ctx.training.batch_size,
@@ -107,4 +104,4 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Any:
         task_balanced_dataloader=args.task_balanced,
         storage_policy=storage,
     )
-    return ctx.strategy_class(Naive)(**ctx.template_kwargs(replay))
+    return ctx.recipe(Naive, replay)

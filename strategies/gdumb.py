@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class GDumbArgs:
 @STRATEGIES.register(
     "gdumb", args=GDumbArgs, help="GDumb: greedy class-balanced memory, retrain from scratch on it", uses_buffer=True
 )
-def build_gdumb(ctx: StrategyContext, args: GDumbArgs) -> Any:
+def build_gdumb(ctx: StrategyContext, args: GDumbArgs) -> Recipe:
     """Avalanche's ``GDumbPlugin`` on ``Naive``.
 
     Memory budget: a class-balanced buffer of exactly ``buffer_size`` examples. Before each
@@ -33,4 +32,4 @@ def build_gdumb(ctx: StrategyContext, args: GDumbArgs) -> Any:
     from avalanche.training.supervised import Naive
 
     plugin = GDumbPlugin(mem_size=ctx.buffer_size)
-    return ctx.strategy_class(Naive)(**ctx.template_kwargs(plugin, train_epochs=args.buffer_epochs))
+    return ctx.recipe(Naive, plugin, train_epochs=args.buffer_epochs)

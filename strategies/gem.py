@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clbench.errors import ClbenchError
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class GEMQuadProgError(ClbenchError):
     help="Gradient Episodic Memory: project gradients so no past task's loss rises",
     uses_buffer=True,
 )
-def build_gem(ctx: StrategyContext, args: GEMArgs) -> Any:
+def build_gem(ctx: StrategyContext, args: GEMArgs) -> Recipe:
     """Avalanche's ``GEMPlugin`` on ``Naive``.
 
     Memory budget: GEM stores ``patterns_per_experience`` examples of every task;
@@ -47,4 +47,4 @@ def build_gem(ctx: StrategyContext, args: GEMArgs) -> Any:
                 raise GEMQuadProgError(f"GEM's quadratic program failed ({exc}); try another memory_strength") from exc
 
     per_task = max(1, ctx.buffer_size // ctx.benchmark.n_tasks)
-    return ctx.strategy_class(Naive)(**ctx.template_kwargs(CheckedGEMPlugin(per_task, args.memory_strength)))
+    return ctx.recipe(Naive, CheckedGEMPlugin(per_task, args.memory_strength))

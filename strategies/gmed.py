@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params, tree_axpy
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.step_template import StepTemplate
 from clbench.strategies.tensor_buffer import TensorReservoirBuffer
 
@@ -121,11 +121,11 @@ class GMED(StepTemplate):
 @STRATEGIES.register(
     "gmed", args=GMEDArgs, help="ER + gradient-based memory editing (Jin et al. 2021)", uses_buffer=True
 )
-def build_gmed(ctx: StrategyContext, args: GMEDArgs) -> GMED:
+def build_gmed(ctx: StrategyContext, args: GMEDArgs) -> Recipe:
     """GMED on ER with a reservoir buffer of ``buffer_size`` examples."""
-    return ctx.strategy_class(GMED)(
+    return ctx.recipe(
+        GMED,
         args=args,
         storage=TensorReservoirBuffer(ctx.buffer_size),
         replay_batch_size=ctx.training.replay_batch_size,
-        **ctx.template_kwargs(),
     )

@@ -31,7 +31,7 @@ from avalanche.training.plugins import GSS_greedyPlugin
 
 from clbench.errors import ClbenchError
 from clbench.influence.functional import flat_gradient
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.step_template import StepTemplate
 
 
@@ -111,7 +111,7 @@ class GSS(StepTemplate):
     uses_buffer=True,
     revision=2,
 )
-def build_gss(ctx: StrategyContext, args: GSSArgs) -> GSS:
+def build_gss(ctx: StrategyContext, args: GSSArgs) -> Recipe:
     """GSS-greedy with a memory of exactly ``buffer_size`` examples."""
     if ctx.buffer_size < ctx.training.batch_size:
         # Each new batch is scored against random memory subsets of its own size; a
@@ -120,6 +120,4 @@ def build_gss(ctx: StrategyContext, args: GSSArgs) -> GSS:
             f"gss needs buffer_size >= batch_size = {ctx.training.batch_size}, got buffer_size {ctx.buffer_size}"
         )
     memory = GSSGreedyMemory(ctx.buffer_size, args.mem_strength, list(ctx.benchmark.input_shape), ctx.device)
-    return ctx.strategy_class(GSS)(
-        memory=memory, replay_batch_size=ctx.training.replay_batch_size, **ctx.template_kwargs()
-    )
+    return ctx.recipe(GSS, memory=memory, replay_batch_size=ctx.training.replay_batch_size)

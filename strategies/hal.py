@@ -54,7 +54,7 @@ from clbench.influence.functional import (
     trainable_params,
     tree_axpy,
 )
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.step_template import StepTemplate
 from clbench.strategies.tensor_buffer import TensorReservoirBuffer
 
@@ -210,7 +210,7 @@ class HAL(StepTemplate):
     uses_buffer=True,
     revision=3,
 )
-def build_hal(ctx: StrategyContext, args: HALArgs) -> HAL:
+def build_hal(ctx: StrategyContext, args: HALArgs) -> Recipe:
     """HAL with ``buffer_size - n_classes`` replay slots plus one anchor per class."""
     replay_slots = ctx.buffer_size - ctx.benchmark.n_classes
     if replay_slots < 1:
@@ -218,9 +218,6 @@ def build_hal(ctx: StrategyContext, args: HALArgs) -> HAL:
             f"hal needs buffer_size > n_classes = {ctx.benchmark.n_classes} (anchors count against the budget), "
             f"got buffer_size {ctx.buffer_size}"
         )
-    return ctx.strategy_class(HAL)(
-        args=args,
-        storage=TensorReservoirBuffer(replay_slots),
-        replay_batch_size=ctx.training.replay_batch_size,
-        **ctx.template_kwargs(),
+    return ctx.recipe(
+        HAL, args=args, storage=TensorReservoirBuffer(replay_slots), replay_batch_size=ctx.training.replay_batch_size
     )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class JointArgs:
     help="offline training on all tasks' data at once (Avalanche JointTraining), the upper bound",
     trains_jointly=True,
 )
-def build_joint(ctx: StrategyContext, args: JointArgs) -> Any:
+def build_joint(ctx: StrategyContext, args: JointArgs) -> Recipe:
     """Avalanche's ``JointTraining``: the runner trains it once on the whole stream.
 
     By default it gets the same number of epochs as a sequential run gets per task, over
@@ -34,4 +33,4 @@ def build_joint(ctx: StrategyContext, args: JointArgs) -> Any:
     """
     from avalanche.training.supervised import JointTraining
 
-    return ctx.strategy_class(JointTraining)(**ctx.template_kwargs(train_epochs=args.epochs))
+    return ctx.recipe(JointTraining, train_epochs=args.epochs)

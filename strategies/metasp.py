@@ -35,14 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from clbench.data_path import IndexedSubset, strategy_autocast
 from clbench.errors import ConfigError
-from clbench.fastdata import IndexedSubset, strategy_autocast
 from clbench.influence.estimators import InfluenceResult
 from clbench.influence.functional import gradient_by_name
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.lastlayer import classifier_influence, classifier_of
 from clbench.influence.meta import MetaInfluence, meta_influence, one_step_meta_influence
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
 from clbench.strategies.step_template import StepTemplate
 
@@ -425,18 +425,18 @@ def _build(
     selection: str,
     features: FeatureKind,
     window: InfluenceWindow = "task",
-) -> MetaSP:
+) -> Recipe:
     ledger = InfluenceLedger()
     storage = MetaSPBuffer(
         ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features, influence_window=window
     )
-    return ctx.strategy_class(MetaSP)(
+    return ctx.recipe(
+        MetaSP,
         args=args,
         storage=storage,
         ledger=ledger,
         replay_batch_size=ctx.training.replay_batch_size,
         influence_fn=influence_function(args),
-        **ctx.template_kwargs(),
     )
 
 
@@ -447,7 +447,7 @@ def _build(
     uses_buffer=True,
     revision=2,
 )
-def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> MetaSP:
+def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> Recipe:
     """MetaSP with the class-balanced random buffer."""
     return _build(ctx, args, "random", "pixels")
 
@@ -459,6 +459,6 @@ def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> MetaSP:
     uses_buffer=True,
     revision=2,
 )
-def build_metasp_rehsel(ctx: StrategyContext, args: MetaSPRehSelArgs) -> MetaSP:
+def build_metasp_rehsel(ctx: StrategyContext, args: MetaSPRehSelArgs) -> Recipe:
     """MetaSP with RehSel (or one of its ablations) filling the buffer."""
     return _build(ctx, args, args.selection, args.features, args.influence_window)

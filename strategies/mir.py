@@ -13,11 +13,10 @@ from torch import nn
 from torch.func import functional_call
 
 from clbench.config import OMIT_AT_DEFAULT
-from clbench.fastdata import strategy_autocast
+from clbench.data_path import strategy_autocast
 from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name, trainable_params, tree_axpy
-from clbench.strategies.base import STRATEGIES, StrategyContext
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.er import Reservoir
-from clbench.strategies.step_template import fetch_examples
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
         if len(memory) <= self.batch_size_mem:
             return
         positions = torch.randperm(len(memory))[: self.subsample]
-        x, y = fetch_examples(strategy, memory, positions.tolist(), augment=True)
+        x, y = strategy.fetch_examples(memory, positions.tolist(), augment=True)
         model = strategy.model
         step = gradient_by_name(strategy.loss, model)
         lr = float(strategy.optimizer.param_groups[0]["lr"])
@@ -116,7 +115,7 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
     uses_buffer=True,
     revision=3,
 )
-def build_mir(ctx: StrategyContext, args: MIRArgs) -> Any:
+def build_mir(ctx: StrategyContext, args: MIRArgs) -> Recipe:
     """MIR on ``Naive`` (see :class:`RetrievalFromAllTasks`).
 
     Memory budget: ``buffer_size`` examples (Avalanche's class-balanced buffer, or a reservoir).
@@ -126,4 +125,4 @@ def build_mir(ctx: StrategyContext, args: MIRArgs) -> Any:
     from avalanche.training.supervised import Naive
 
     plugin = RetrievalFromAllTasks(batch_size_mem=ctx.training.replay_batch_size, mem_size=ctx.buffer_size, args=args)
-    return ctx.strategy_class(Naive)(**ctx.template_kwargs(plugin))
+    return ctx.recipe(Naive, plugin)

@@ -7,36 +7,11 @@ below instead of re-writing ``training_epoch``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
-
-
-def fetch_one_by_one(
-    dataset: Any, indices: Sequence[int], augment: bool, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and labels of ``dataset[indices]``, fetched one example at a time through Avalanche."""
-    view = dataset.train() if augment else dataset.eval()
-    items = [view[int(i)] for i in indices]
-    x = torch.stack([item[0] for item in items]).to(device)
-    y = torch.as_tensor([int(item[1]) for item in items], device=device)
-    return x, y
-
-
-def fetch_examples(
-    strategy: Any, dataset: Any, indices: Sequence[int], augment: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dataset[indices]`` for a plugin, through the strategy's own fetch where it has one.
-
-    The device path's fetch is one batched gather; other strategies fetch one at a time.
-    """
-    own = getattr(strategy, "fetch_examples", None)
-    if callable(own):
-        result: tuple[torch.Tensor, torch.Tensor] = own(dataset, indices, augment)
-        return result
-    return fetch_one_by_one(dataset, indices, augment, strategy.device)
 
 
 class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
@@ -48,6 +23,17 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
     loss (weighted if weights were returned) -> backward -> :meth:`after_loss_backward`
     (extra gradient terms) -> update -> ``after_training_iteration`` -> :meth:`after_step`.
     """
+
+    if TYPE_CHECKING:
+
+        def fetch_examples(
+            self, dataset: Any, indices: Sequence[int], augment: bool
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """``dataset[indices]`` on the device: supplied by the run's data path.
+
+            :func:`clbench.strategies.base.build_strategy` puts the data path's mixin
+            (:class:`clbench.data_path.ExampleFetch`) in front of every strategy.
+            """
 
     extra_batch_fields: tuple[str, ...] = ()
     """Named fields that the strategy's own train loader appends after ``(x, y, task)``
@@ -81,14 +67,6 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
 
     def after_step(self) -> None:
         """Run after the optimiser step and all its hooks."""
-
-    def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and labels of ``dataset[indices]`` on the device (training augmentation if ``augment``).
-
-        One example at a time through the Avalanche dataset; the device data path overrides
-        this with one batched gather (:class:`clbench.fastdata.DevicePathMixin`).
-        """
-        return fetch_one_by_one(dataset, indices, augment, self.device)
 
     def append_to_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Concatenate examples (e.g. replayed ones, task label 0) to the current mini-batch."""

@@ -72,7 +72,7 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
     from clbench.config import TrainingConfig, from_mapping
     from clbench.datasets.base import DataContext, load_benchmark
     from clbench.runner import resolve_device, seed_everything
-    from clbench.strategies.base import STRATEGIES, StrategyContext
+    from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
 
     device = resolve_device(args.device)
     seed_everything(args.seed, True)
@@ -103,7 +103,7 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
         plugins=[Checkpoints()],
     )
     metasp = STRATEGIES.get("metasp")
-    strategy = metasp.factory(context, from_mapping(metasp.args, {"meta_epochs": args.meta_epochs}, "metasp"))
+    strategy = build_strategy(metasp, context, from_mapping(metasp.args, {"meta_epochs": args.meta_epochs}, "metasp"))
     for experience in benchmark.scenario.train_stream:
         strategy.train(experience, eval_streams=[])
     return rows

@@ -11,7 +11,7 @@ from clbench.config import TrainingConfig
 from clbench.datasets.base import build_benchmark
 from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
 from clbench.results import load_result
-from clbench.strategies import STRATEGIES, StrategyContext
+from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
 from clbench.strategies.gmed import edit_memory, interference
 
 BUFFER = 48
@@ -37,7 +37,7 @@ def all_runs(tmp_path_factory, request):
         training["data_path"] = request.param
     backbone = {"name": "mlp", "args": {"hidden": [16]}}
     if request.param == FAST_CONV:
-        backbone = {"name": "resnet18", "args": {"nf": 2}}
+        backbone = {"name": "resnet18", "args": {"nf": 8}}  # narrower crashes oneDNN (CHANNELS_LAST_MIN_WIDTH)
     config = {
         "name": "baselines",
         "benchmarks": [
@@ -93,7 +93,7 @@ def _plugin(strategy, cls_name):
 def test_memory_budgets_equal_the_buffer_size():
     def build(name, **kw):
         entry = STRATEGIES.get(name)
-        return entry.factory(_context(**kw), entry.args())
+        return build_strategy(entry, _context(**kw), entry.args())
 
     assert _plugin(build("gem"), "GEMPlugin").patterns_per_experience * 3 == BUFFER
     assert _plugin(build("agem"), "AGEMPlugin").patterns_per_experience * 3 == BUFFER
@@ -110,9 +110,9 @@ def test_too_small_buffers_are_one_line_errors():
     from clbench.errors import ClbenchError
 
     with pytest.raises(ClbenchError, match="hal needs buffer_size > n_classes = 6"):
-        STRATEGIES.get("hal").factory(_context(buffer_size=6), STRATEGIES.get("hal").args())
+        build_strategy(STRATEGIES.get("hal"), _context(buffer_size=6), STRATEGIES.get("hal").args())
     with pytest.raises(ClbenchError, match="gss needs buffer_size >= batch_size = 8, got buffer_size 6"):
-        STRATEGIES.get("gss").factory(_context(buffer_size=6), STRATEGIES.get("gss").args())
+        build_strategy(STRATEGIES.get("gss"), _context(buffer_size=6), STRATEGIES.get("gss").args())
 
 
 def test_buffers_after_training_never_exceed_their_budget(all_runs):
@@ -160,7 +160,7 @@ def test_gmed_edit_leaves_model_untouched():
 def test_gmed_writes_edits_back_to_memory(monkeypatch):
     entry = STRATEGIES.get("gmed")
     ctx = _context()
-    strategy = entry.factory(ctx, entry.args(edit_stride=0.5))
+    strategy = build_strategy(entry, ctx, entry.args(edit_stride=0.5))
     stream = ctx.benchmark.scenario.train_stream
     strategy.train(stream[0])
     stored_before = strategy.storage.x.clone()
@@ -209,7 +209,7 @@ def test_gss_update_is_exactly_the_replay_batch_gradient_step():
     probe = _UpdateProbe()
     ctx = _context()
     ctx.plugins = [probe]
-    strategy = STRATEGIES.get("gss").factory(ctx, STRATEGIES.get("gss").args())
+    strategy = build_strategy(STRATEGIES.get("gss"), ctx, STRATEGIES.get("gss").args())
     _train_first_two_tasks(strategy, ctx)
     assert len(strategy.memory) == BUFFER  # the swap-scoring branch ran during task 2
     assert len(probe.gaps) > 10 and max(probe.gaps) < 1e-6
@@ -230,7 +230,7 @@ def test_avalanche_gss_wrapper_contaminates_the_update():
 
 def test_gss_memory_takes_only_current_examples():
     ctx = _context()
-    strategy = STRATEGIES.get("gss").factory(ctx, STRATEGIES.get("gss").args())
+    strategy = build_strategy(STRATEGIES.get("gss"), ctx, STRATEGIES.get("gss").args())
     _train_first_two_tasks(strategy, ctx)
     task_two = set(ctx.benchmark.task_classes[1])
     stored = strategy.memory.ext_mem_list_y[: len(strategy.memory)].tolist()
@@ -244,7 +244,7 @@ def test_gss_memory_takes_only_current_examples():
 
 def test_mir_replays_the_task_just_learned():
     ctx = _context()
-    strategy = STRATEGIES.get("mir").factory(ctx, STRATEGIES.get("mir").args())
+    strategy = build_strategy(STRATEGIES.get("mir"), ctx, STRATEGIES.get("mir").args())
     strategy.train(ctx.benchmark.scenario.train_stream[0])
     plugin = _plugin(strategy, "MIRPlugin")
     labels = {int(y) for y in plugin.storage_policy.buffer.targets}
@@ -260,7 +260,7 @@ def test_mir_scoring_leaves_criterion_and_batchnorm_untouched():
     ctx = _context()
     ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, N_CLASSES))
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
-    strategy = STRATEGIES.get("mir").factory(ctx, STRATEGIES.get("mir").args())
+    strategy = build_strategy(STRATEGIES.get("mir"), ctx, STRATEGIES.get("mir").args())
     strategy.train(ctx.benchmark.scenario.train_stream[0])
     plugin = _plugin(strategy, "MIRPlugin")
     batchnorm = ctx.model[2]
@@ -277,7 +277,7 @@ def _mir_with_batchnorm(**args):
     ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, N_CLASSES))
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
     entry = STRATEGIES.get("mir")
-    strategy = entry.factory(ctx, entry.args(**args))
+    strategy = build_strategy(entry, ctx, entry.args(**args))
     strategy.train(ctx.benchmark.scenario.train_stream[0])
     return ctx, strategy, _plugin(strategy, "MIRPlugin")
 
@@ -306,8 +306,8 @@ def test_gdumb_trains_the_buffer_for_its_own_epochs():
     from clbench.strategies.gdumb import GDumbArgs
 
     entry = STRATEGIES.get("gdumb")
-    assert entry.factory(_context(), GDumbArgs()).train_epochs == 1  # the run's epochs per task
-    assert entry.factory(_context(), GDumbArgs(buffer_epochs=7)).train_epochs == 7
+    assert build_strategy(entry, _context(), GDumbArgs()).train_epochs == 1  # the run's epochs per task
+    assert build_strategy(entry, _context(), GDumbArgs(buffer_epochs=7)).train_epochs == 7
 
 
 def _anchor_output_change(anchor_weight):
@@ -318,7 +318,7 @@ def _anchor_output_change(anchor_weight):
     ctx = _context()
     ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, N_CLASSES))
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.5)
-    hal = STRATEGIES.get("hal").factory(ctx, HALArgs(anchor_weight=anchor_weight))
+    hal = build_strategy(STRATEGIES.get("hal"), ctx, HALArgs(anchor_weight=anchor_weight))
     hal.anchors = torch.randn(3, 1, 8, 8)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, N_CLASSES, (16,))
     before = ctx.model(hal.anchors).detach()
@@ -353,7 +353,7 @@ def test_hal_feature_mean_update_leaves_batchnorm_statistics_alone():
     ctx = _context()
     ctx.model = _FeatureNet()
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
-    hal = STRATEGIES.get("hal").factory(ctx, STRATEGIES.get("hal").args())
+    hal = build_strategy(STRATEGIES.get("hal"), ctx, STRATEGIES.get("hal").args())
     hal.mbatch = [torch.randn(8, 1, 8, 8) + 3, torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long)]
     hal._n_new = 8
     batchnorm = ctx.model.body[2]

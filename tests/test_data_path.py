@@ -8,18 +8,18 @@ from torch import nn
 
 from clbench.cli import main
 from clbench.config import TrainingConfig
-from clbench.datasets.base import build_benchmark
-from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
-from clbench.evaluation import AccuracyCollector
-from clbench.fastdata import (
+from clbench.data_path import (
     DeviceBatches,
     DevicePathOptions,
     IndexedSubset,
     convert_loader,
     crop_flip,
     resolve_rows,
-    with_device_path,
+    with_data_path,
 )
+from clbench.datasets.base import build_benchmark
+from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
+from clbench.evaluation import AccuracyCollector
 from clbench.results import load_result
 from clbench.strategies import StrategyContext
 
@@ -83,7 +83,7 @@ def _replay_loader(bench):
 
 
 def test_converted_replay_loader_keeps_avalanche_sampling():
-    from clbench.fastdata import _Splits
+    from clbench.data_path import _Splits
 
     bench = _benchmark()
     loader, data, memory = _replay_loader(bench)
@@ -106,7 +106,7 @@ def test_converted_replay_loader_keeps_avalanche_sampling():
 
 
 def test_every_current_example_is_drawn_once_per_epoch():
-    from clbench.fastdata import _Source, _Splits
+    from clbench.data_path import _Source, _Splits
 
     bench = _benchmark()
     data = bench.scenario.train_stream[0].dataset.train()
@@ -155,7 +155,8 @@ def test_device_evaluation_gives_the_same_accuracies_as_avalanche_evaluation():
 
     bench = _benchmark()
     rows = {}
-    for name, template in (("avalanche", Naive), ("device", with_device_path(Naive, DevicePathOptions()))):
+    for name, options in (("avalanche", None), ("device", DevicePathOptions())):
+        template = with_data_path(Naive, options)
         collector = AccuracyCollector(bench.task_classes)
         strategy = _strategy(template, bench, collector)
         collector.expect([c for task in bench.task_classes for c in task])
@@ -164,25 +165,29 @@ def test_device_evaluation_gives_the_same_accuracies_as_avalanche_evaluation():
     assert rows["avalanche"] == rows["device"]
 
 
-def test_strategy_context_mixes_the_device_path_in():
-    from avalanche.training.supervised import Naive
+@pytest.mark.parametrize("options", [None, DevicePathOptions(precision="bf16")], ids=["avalanche", "device"])
+def test_every_strategy_is_built_on_the_runs_data_path(options):
+    from clbench.data_path import AvalanchePathMixin, DevicePathMixin, ExampleFetch
+    from clbench.strategies import STRATEGIES, build_strategy
 
     bench = _benchmark()
-    model = nn.Linear(2, 2)
-    ctx = StrategyContext(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        criterion=nn.CrossEntropyLoss(),
-        training=TrainingConfig(),
-        buffer_size=0,
-        device=torch.device("cpu"),
-        benchmark=bench,
-        seed=0,
-    )
-    assert ctx.strategy_class(Naive) is Naive
-    ctx.device_path = DevicePathOptions(precision="bf16")
-    mixed = ctx.strategy_class(Naive)
-    assert issubclass(mixed, Naive) and mixed is ctx.strategy_class(Naive) and mixed.device_path.precision == "bf16"
+    mixin = AvalanchePathMixin if options is None else DevicePathMixin
+    for name in STRATEGIES.names():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(bench.input_shape)), bench.n_classes))
+        ctx = StrategyContext.for_training(
+            model,
+            TrainingConfig(batch_size=4, replay_batch_size=4),
+            benchmark=bench,
+            device=torch.device("cpu"),
+            seed=0,
+            buffer_size=16,
+        )
+        ctx.device_path = options
+        entry = STRATEGIES.get(name)
+        strategy = build_strategy(entry, ctx, entry.args())
+        assert type(strategy).__mro__[1] is mixin, name  # in front of the factory's template
+        assert isinstance(strategy, ExampleFetch), name
+        assert type(strategy) is with_data_path(entry.factory(ctx, entry.args()).template, options), name
 
 
 def _write_config(folder, training):
@@ -234,10 +239,33 @@ def test_device_fetch_of_examples_equals_the_per_item_fetch():
     bench = _benchmark()
     dataset = bench.scenario.train_stream[1].dataset
     fetched = {}
-    for name, template in (("plain", StepTemplate), ("device", with_device_path(StepTemplate, DevicePathOptions()))):
+    paths = {"plain": None, "device": DevicePathOptions()}
+    for name, options in paths.items():
+        template = with_data_path(StepTemplate, options)
         strategy = _strategy(template, bench, AccuracyCollector(bench.task_classes))
         fetched[name] = strategy.fetch_examples(dataset, [7, 0, 3, 7], augment=False)
     assert torch.equal(fetched["plain"][0], fetched["device"][0])
     assert (
         fetched["plain"][1].tolist() == fetched["device"][1].tolist() == [int(dataset.targets[i]) for i in (7, 0, 3, 7)]
     )
+
+
+@pytest.mark.parametrize("nf", [2, 6])
+def test_channels_last_below_the_width_onednn_survives_is_a_one_line_error(nf):
+    from clbench.backbones import CifarResNet18
+    from clbench.errors import ConfigError
+
+    training = TrainingConfig(data_path="device", channels_last=True)
+    with pytest.raises(ConfigError, match=f"convolution of {nf} channels.*channels_last=false.*nf >= 8"):
+        StrategyContext.for_training(
+            CifarResNet18(3, 4, nf=nf),
+            training,
+            benchmark=_benchmark(),
+            device=torch.device("cpu"),
+            seed=0,
+            buffer_size=0,
+        )
+    wide = StrategyContext.for_training(
+        CifarResNet18(3, 4, nf=8), training, benchmark=_benchmark(), device=torch.device("cpu"), seed=0, buffer_size=0
+    )
+    assert wide.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)

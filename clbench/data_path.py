@@ -1,4 +1,11 @@
-"""The device data path: images resident on the training device as uint8, augmented in batch.
+"""The two data paths a strategy runs on: Avalanche's loaders, or the device path.
+
+Both implement one interface, :class:`ExampleFetch` (``fetch_examples``: a strategy's or a
+plugin's way to read memory examples), as mixins placed in front of the strategy's
+template by :func:`with_data_path`; the runner applies it to every strategy
+(:func:`clbench.strategies.base.build_strategy`), so no factory can forget it.
+
+The device path keeps images resident on the training device as uint8, augmented in batch.
 
 Avalanche's data loaders fetch examples one by one through nested dataset wrappers and
 apply per-example transforms; on a GPU that Python work, not arithmetic, bounds a step.
@@ -11,7 +18,7 @@ few tensor operations.
 
 :class:`DevicePathMixin` puts this inside Avalanche's template: it converts the train
 loader at the start of every epoch and builds the eval loader itself, so every hook and
-plugin keeps working. Strategies get it through :meth:`StrategyContext.strategy_class`.
+plugin keeps working.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -400,7 +407,7 @@ class DevicePathMixin:
     """Template mixin: device-resident batches for training and evaluation, optional bf16.
 
     Mixed in front of any ``SupervisedTemplate`` subclass (see
-    :func:`with_device_path`). Whatever train loader the template and its plugins built
+    :func:`with_data_path`). Whatever train loader the template and its plugins built
     for an experience is converted, with the same sampling, when an epoch starts; the eval
     loader is built directly. ``forward`` runs under bf16 autocast when asked and returns
     float32 logits, so losses and metrics stay in full precision.
@@ -469,10 +476,42 @@ def strategy_autocast(strategy: Any) -> AbstractContextManager[Any]:
     return autocast() if callable(autocast) else nullcontext()
 
 
+@runtime_checkable
+class ExampleFetch(Protocol):
+    """What both data paths give a strategy: its way to read examples of any Avalanche dataset."""
+
+    def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of ``dataset[indices]`` on the device (training augmentation if ``augment``)."""
+        ...
+
+
+def fetch_one_by_one(
+    dataset: Any, indices: Sequence[int], augment: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of ``dataset[indices]``, fetched one example at a time through Avalanche."""
+    view = dataset.train() if augment else dataset.eval()
+    items = [view[int(i)] for i in indices]
+    x = torch.stack([item[0] for item in items]).to(device)
+    y = torch.as_tensor([int(item[1]) for item in items], device=device)
+    return x, y
+
+
+class AvalanchePathMixin:
+    """Template mixin of Avalanche's data path: its loaders, fp32, examples fetched one at a time."""
+
+    device: torch.device
+
+    def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dataset[indices]`` through the dataset's own transforms (see :class:`ExampleFetch`)."""
+        return fetch_one_by_one(dataset, indices, augment, self.device)
+
+
 @functools.cache
-def with_device_path(template: type, options: DevicePathOptions) -> type:
-    """``template`` with :class:`DevicePathMixin` in front, configured by ``options``.
+def with_data_path(template: type, options: DevicePathOptions | None) -> type:
+    """``template`` with its data path in front: the device path's mixin, or Avalanche's for None.
 
     Cached, so one template and one set of options give one class (pickling, isinstance).
     """
+    if options is None:
+        return type(f"Avalanche{template.__name__}", (AvalanchePathMixin, template), {})
     return type(f"Device{template.__name__}", (DevicePathMixin, template), {"device_path": options})
