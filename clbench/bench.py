@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from clbench.influence.functional import Batch, InfluenceFn, InfluenceResult
+
 
 @dataclass(frozen=True)
 class StepBenchArgs:
@@ -58,12 +60,23 @@ def _time(step: Callable[[], Any], device: torch.device, warmup: int, repeats: i
     return sorted(times)[len(times) // 2], peak
 
 
+def _double_backward(steps: int) -> InfluenceFn:
+    """MetaSP's influence by double backward (the paper code's way), as an estimator."""
+    from clbench.influence.meta import meta_influence_autograd
+
+    def compute(model: torch.nn.Module, train: Batch, measurements: list[Batch], lr: float) -> InfluenceResult:
+        return meta_influence_autograd(model, train, measurements, lr, steps)
+
+    return compute
+
+
 def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
     from clbench.backbones import CifarResNet18
+    from clbench.influence.estimators import MetaArgs, MetaEstimator
     from clbench.influence.functional import gradient_by_name
     from clbench.influence.lastlayer import classifier_influence
-    from clbench.influence.meta import meta_influence, meta_influence_autograd, one_step_meta_influence
+    from clbench.influence.meta import one_step_meta_influence
     from clbench.runner import resolve_device
     from clbench.strategies.metasp import MetaSPArgs, fuse_influence, influence_weights
 
@@ -112,7 +125,7 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
         (fuse_influence(result, metasp_args).weights * losses).sum().backward()
         optimizer.step()
 
-    def metasp_step(influence_fn: Callable[..., Any]) -> Callable[[], None]:
+    def metasp_step(influence_fn: InfluenceFn) -> Callable[[], None]:
         def step() -> None:
             fusion = influence_weights(model, batch, v_old, v_new, 0.1, metasp_args, influence_fn)
             optimizer.zero_grad()
@@ -126,8 +139,8 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     if args.pseudo_steps == 1:
         methods += [("metasp_fused", fused_step), ("metasp_lastlayer", lastlayer_step)]
     methods += [
-        ("metasp_two_pass", metasp_step(meta_influence)),
-        ("metasp_double_backward", metasp_step(meta_influence_autograd)),
+        ("metasp_two_pass", metasp_step(MetaEstimator(MetaArgs(steps=args.pseudo_steps)))),
+        ("metasp_double_backward", metasp_step(_double_backward(args.pseudo_steps))),
     ]
     for name, step in methods:
         ms, peak = _time(step, device, args.warmup, args.repeats)

@@ -25,7 +25,6 @@ two-pass computation (tested to 1e-5). Revision 2: this fused step, and under
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,11 +36,10 @@ from torch.utils.data import DataLoader
 
 from clbench.data_path import IndexedSubset, strategy_autocast
 from clbench.errors import ConfigError
-from clbench.influence.estimators import InfluenceResult
-from clbench.influence.functional import gradient_by_name
+from clbench.influence.functional import Batch, InfluenceFn, InfluenceResult, gradient_by_name
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.lastlayer import classifier_influence, classifier_of
-from clbench.influence.meta import MetaInfluence, meta_influence, one_step_meta_influence
+from clbench.influence.meta import one_step_meta_influence
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
 from clbench.strategies.step_template import StepTemplate
@@ -142,9 +140,6 @@ class FusedInfluence:
     weights: torch.Tensor
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
 def influence_weights(
     model: torch.nn.Module,
     batch: Batch,
@@ -152,7 +147,7 @@ def influence_weights(
     plasticity_set: Batch,
     lr: float,
     args: MetaSPArgs,
-    influence_fn: Callable[..., MetaInfluence] = meta_influence,
+    influence_fn: InfluenceFn | None = None,
 ) -> FusedInfluence:
     """Steps 3-6 of a MetaSP step up to the loss weights (the optimiser step excluded).
 
@@ -163,16 +158,17 @@ def influence_weights(
         plasticity_set: V_new, from the current task.
         lr: The optimiser's learning rate (the pseudo-step size).
         args: MetaSP's arguments (pseudo steps, gamma clip).
-        influence_fn: How influence is computed; the exact closed form by default.
+        influence_fn: How influence is computed; default the one ``args`` ask for
+            (:func:`influence_function`).
 
     Returns:
         The fused influence and the example weights (negative influence weighs more).
     """
-    result = influence_fn(model, batch, [stability_set, plasticity_set], lr=lr, steps=args.pseudo_steps)
-    return fuse_influence(result, args)
+    compute = influence_fn or influence_function(args)
+    return fuse_influence(compute(model, batch, [stability_set, plasticity_set], lr), args)
 
 
-def fuse_influence(result: MetaInfluence | InfluenceResult, args: MetaSPArgs) -> FusedInfluence:
+def fuse_influence(result: InfluenceResult, args: MetaSPArgs) -> FusedInfluence:
     """Normalise the stability and plasticity influence, fuse them by MGDA, weigh the examples."""
     (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
     stability = normalise_influence(stability, loss_old)
@@ -205,7 +201,7 @@ class MetaSP(StepTemplate):
         storage: MetaSPBuffer,
         ledger: InfluenceLedger,
         replay_batch_size: int,
-        influence_fn: Callable[..., Any] = meta_influence,
+        influence_fn: InfluenceFn,
         **template_kwargs: Any,
     ) -> None:
         """Create the strategy.
@@ -215,7 +211,7 @@ class MetaSP(StepTemplate):
             storage: The rehearsal buffer, updated after each task.
             ledger: Where each example's fused influence is accumulated (read by RehSel).
             replay_batch_size: Size of B_old.
-            influence_fn: ``(model, batch, measurements, lr=, steps=)`` -> influence result.
+            influence_fn: The influence estimator, ``(model, batch, measurements, lr)`` -> result.
             **template_kwargs: Passed to ``SupervisedTemplate``.
         """
         super().__init__(**template_kwargs)
@@ -348,7 +344,7 @@ class MetaSP(StepTemplate):
         options = getattr(self, "device_path", None)
         return options is not None and options.precision == "bf16"
 
-    def _graph_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
+    def _graph_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> InfluenceResult:
         pseudo_gradient = gradient_by_name(F.cross_entropy(self.mb_output, self.mb_y), self.model)
         return one_step_meta_influence(
             self.model,
@@ -369,7 +365,7 @@ class MetaSP(StepTemplate):
 
         handle = classifier.register_forward_pre_hook(keep)
 
-    def _last_layer_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> MetaInfluence:
+    def _last_layer_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> InfluenceResult:
         train = (self._captured_features.pop(), self.mb_y)
         with strategy_autocast(self):
             return classifier_influence(self.model, train, [stability_set, plasticity_set], lr)
@@ -397,26 +393,19 @@ class MetaSP(StepTemplate):
         return {"influence": self.influence_log, "buffer_class_counts": {str(k): v for k, v in sorted(counts.items())}}
 
 
-def influence_function(args: MetaSPArgs) -> Callable[..., Any]:
-    """The influence computation MetaSP's arguments ask for.
+def influence_function(args: MetaSPArgs) -> InfluenceFn:
+    """The influence estimator MetaSP's arguments ask for (``clbench list estimators``).
 
     ``meta`` is the paper's pseudo-update influence (exact, ``pseudo_steps`` steps); any
     other registered estimator is evaluated with the batch B as its training set, so its
     curvature is that of the batch loss.
     """
-    if args.influence == "meta" and not args.influence_args:
-        return meta_influence
     from clbench.influence.estimators import make_estimator
 
     options = dict(args.influence_args)
     if args.influence == "meta":
         options["steps"] = args.pseudo_steps  # one source of truth (checked equal in MetaSPArgs)
-    estimator = make_estimator(args.influence, options)
-
-    def compute(model: torch.nn.Module, batch: Batch, measurements: list[Batch], lr: float, steps: int) -> Any:
-        return estimator(model, batch, measurements, lr)
-
-    return compute
+    return make_estimator(args.influence, options)
 
 
 def _build(

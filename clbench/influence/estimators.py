@@ -22,6 +22,8 @@ from torch import nn
 from torch.func import jvp
 
 from clbench.influence.functional import (
+    Batch,
+    InfluenceResult,
     Params,
     batchnorm_stats_frozen,
     mean_loss_gradient,
@@ -41,23 +43,7 @@ from clbench.influence.hessian import (
 from clbench.influence.meta import meta_influence
 from clbench.registry import Registry
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 Curvature = Literal["full", "gauss_newton"]
-
-
-@dataclass(frozen=True)
-class InfluenceResult:
-    """Influence of each training example on each measurement set's mean loss.
-
-    Attributes:
-        influence: One (n_train,) tensor per measurement set; positive = harmful.
-        measurement_loss: Each measurement set's mean loss (at the parameters used).
-        seconds: Wall-clock time of the computation.
-    """
-
-    influence: tuple[torch.Tensor, ...]
-    measurement_loss: tuple[float, ...]
-    seconds: float = 0.0
 
 
 class Estimator(ABC):

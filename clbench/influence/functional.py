@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,28 @@ from torch.func import functional_call, grad_and_value
 
 Params = dict[str, torch.Tensor]
 LossVector = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""``(x, y)`` of a training batch or a measurement set: the one batch type of the influence library."""
+
+
+@dataclass(frozen=True)
+class InfluenceResult:
+    """Influence of each training example on each measurement set's mean loss (every estimator's result).
+
+    Attributes:
+        influence: One (n_train,) tensor per measurement set; positive = harmful.
+        measurement_loss: Each measurement set's mean loss (at the parameters the influence
+            refers to: after the pseudo update for MetaSP's influence).
+        seconds: Wall-clock time of the computation (0 where the caller did not time it).
+    """
+
+    influence: tuple[torch.Tensor, ...]
+    measurement_loss: tuple[float, ...]
+    seconds: float = 0.0
+
+
+InfluenceFn = Callable[[nn.Module, Batch, list[Batch], float], InfluenceResult]
+"""The one signature of an influence computation: ``(model, train, measurements, lr)``."""
 
 
 def trainable_params(model: nn.Module) -> Params:

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp
 
-from clbench.influence.functional import LossVector, Params, tree_dot
+from clbench.influence.functional import Batch, LossVector, Params, tree_dot
 
 MatVec = Callable[[Params], Params]
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _axpy(alpha: float | torch.Tensor, x: Params, y: Params) -> Params:

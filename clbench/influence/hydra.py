@@ -26,8 +26,15 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
-from clbench.influence.estimators import ESTIMATORS, Batch, Estimator, InfluenceResult
-from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.influence.estimators import ESTIMATORS, Estimator
+from clbench.influence.functional import (
+    Batch,
+    InfluenceResult,
+    Params,
+    batchnorm_stats_frozen,
+    per_example_loss_fn,
+    trainable_params,
+)
 
 
 @dataclass(frozen=True)

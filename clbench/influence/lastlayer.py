@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.errors import ConfigError
-from clbench.influence.functional import batchnorm_stats_frozen
-from clbench.influence.meta import MetaInfluence
+from clbench.influence.functional import InfluenceResult, batchnorm_stats_frozen
 
 Features = tuple[torch.Tensor, torch.Tensor]
 """(h, y): penultimate features (N, D) and labels (N,)."""
@@ -42,7 +41,7 @@ def last_layer_meta_influence(
     train: Features,
     measurements: Sequence[Features],
     lr: float,
-) -> MetaInfluence:
+) -> InfluenceResult:
     """Influence of each training example on each measurement set, classifier only.
 
     Args:
@@ -73,7 +72,7 @@ def last_layer_meta_influence(
             directional = directional + residual @ residual_v.mean(0)
         influences.append(-(lr / n) * directional)
         losses.append(float(F.cross_entropy(logits_v, y_v)))
-    return MetaInfluence(influence=tuple(influences), measurement_loss=tuple(losses))
+    return InfluenceResult(influence=tuple(influences), measurement_loss=tuple(losses))
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
@@ -102,7 +101,7 @@ def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def classifier_influence(
     model: nn.Module, train: Features, measurements: Sequence[tuple[torch.Tensor, torch.Tensor]], lr: float
-) -> MetaInfluence:
+) -> InfluenceResult:
     """:func:`last_layer_meta_influence` of ``model``'s classifier.
 
     Args:

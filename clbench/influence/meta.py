@@ -28,7 +28,6 @@ left untouched.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,8 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from clbench.influence.functional import (
+    Batch,
+    InfluenceResult,
     LossVector,
     Params,
     batchnorm_stats_frozen,
@@ -44,22 +45,6 @@ from clbench.influence.functional import (
     trainable_params,
     tree_axpy,
 )
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MetaInfluence:
-    """Influence of each training example on each measurement set.
-
-    Attributes:
-        influence: One (|B|,) tensor per measurement set; positive = harmful.
-        measurement_loss: Mean loss of each measurement set at the pseudo-updated
-            parameters.
-    """
-
-    influence: tuple[torch.Tensor, ...]
-    measurement_loss: tuple[float, ...]
 
 
 def _mean_loss(loss_vec: LossVector) -> LossVector:
@@ -85,7 +70,7 @@ def meta_influence(
     measurements: Sequence[Batch],
     lr: float,
     steps: int = 1,
-) -> MetaInfluence:
+) -> InfluenceResult:
     """Exact influence of each example of ``batch`` on each measurement set's loss.
 
     The loss is measured after ``steps`` pseudo SGD steps of size ``lr`` (see the module
@@ -136,7 +121,7 @@ def meta_influence(
                 curvature = vmap(hvp)(lam)
                 lam = {name: lam[name] - lr * curvature[name] for name in lam}
         influences = list(total.unbind(0))
-    return MetaInfluence(influence=tuple(influences), measurement_loss=tuple(losses))
+    return InfluenceResult(influence=tuple(influences), measurement_loss=tuple(losses))
 
 
 def meta_influence_autograd(
@@ -145,7 +130,7 @@ def meta_influence_autograd(
     measurements: Sequence[Batch],
     lr: float,
     steps: int = 1,
-) -> MetaInfluence:
+) -> InfluenceResult:
     """The definition of the influence, by autograd (double backward).
 
     Differentiates each measurement loss through the unrolled weighted pseudo steps with
@@ -169,7 +154,7 @@ def meta_influence_autograd(
             (d_eps,) = torch.autograd.grad(val_loss, eps)
             influences.append(d_eps.detach())
             losses.append(float(val_loss.detach()))
-    return MetaInfluence(influence=tuple(influences), measurement_loss=tuple(losses))
+    return InfluenceResult(influence=tuple(influences), measurement_loss=tuple(losses))
 
 
 def validation_gradients(
@@ -234,7 +219,7 @@ def one_step_meta_influence(
     lr: float,
     pseudo_gradient: Params,
     low_precision: bool = False,
-) -> MetaInfluence:
+) -> InfluenceResult:
     """:func:`meta_influence` for one pseudo step, given the batch's mean-loss gradient at theta.
 
     The gradient can come from the training step's own forward and backward (MetaSP's
@@ -265,4 +250,4 @@ def one_step_meta_influence(
         lam = {name: torch.stack([a[name] for a in adjoints]).detach() for name in theta}
         directional = _per_example_directional(model, theta, batch, lam, low_precision)
         total = -(lr / n) * directional.to(next(iter(theta.values())).dtype)
-    return MetaInfluence(influence=tuple(total.unbind(0)), measurement_loss=tuple(losses))
+    return InfluenceResult(influence=tuple(total.unbind(0)), measurement_loss=tuple(losses))

@@ -22,9 +22,14 @@ import torch
 from torch import nn
 from torch.func import grad, jvp
 
-from clbench.influence.functional import Params, batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+from clbench.influence.functional import (
+    Batch,
+    Params,
+    batchnorm_stats_frozen,
+    per_example_loss_fn,
+    trainable_params,
+)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 Regulariser = Callable[[Params], Params]
 
 

@@ -178,7 +178,7 @@ def test_pseudo_steps_reach_the_estimator_when_influence_args_are_set(monkeypatc
     compute = influence_function(MetaSPArgs(pseudo_steps=3, influence_args={"lr": 0.05}))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     batch = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
-    compute(model, batch, [batch, batch], lr=0.1, steps=3)
+    compute(model, batch, [batch, batch], 0.1)
     assert seen["steps"] == 3  # the old adapter dropped it and ran one step
 
 
