@@ -21,8 +21,16 @@ from typing import Any
 
 import torch
 
-from clbench.bench import IhvpBenchArgs, LoopBenchArgs, StepBenchArgs, bench_ihvp, bench_loop, bench_step, format_rows
 from clbench.errors import ClbenchError
+from clbench.speed_bench import (
+    IhvpBenchArgs,
+    LoopBenchArgs,
+    StepBenchArgs,
+    bench_ihvp,
+    bench_loop,
+    bench_step,
+    format_rows,
+)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     agreement.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     agreement.add_argument("--out", default="runs/influence_agreement", help="output folder (table, checkpoints)")
 
-    bench = commands.add_parser("bench", help="print speed figures (see clbench.bench)")
+    bench = commands.add_parser("bench", help="print speed figures (see clbench.speed_bench)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
     step.add_argument(
@@ -214,7 +214,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 
 
 def _cmd_influence_bench(ns: argparse.Namespace) -> int:
-    from clbench.influence.bench import load_fidelity_config, run_fidelity, to_markdown, write_fidelity
+    from clbench.influence.fidelity_bench import load_fidelity_config, run_fidelity, to_markdown, write_fidelity
 
     config = load_fidelity_config(ns.config, ns.overrides)
     result = run_fidelity(config)
@@ -264,7 +264,8 @@ def _device_name(requested: str) -> str:
 def _cmd_bench(ns: argparse.Namespace) -> int:
     import torch
 
-    from clbench.bench import (
+    from clbench.config import from_mapping, parse_override
+    from clbench.speed_bench import (
         IhvpBenchArgs,
         LoopBenchArgs,
         StepBenchArgs,
@@ -273,7 +274,6 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         bench_step,
         format_rows,
     )
-    from clbench.config import from_mapping, parse_override
 
     raw: dict[str, Any] = {}
     for text in ns.overrides:

@@ -12,7 +12,7 @@ Per task t with E epochs, the last K of which are MetaSP epochs:
   weight and trains on the influence-weighted loss
   (:mod:`clbench.influence.fusion`): beneficial examples (negative influence) weigh more.
 
-The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.rehsel`):
+The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.metasp_buffer`):
 ``metasp`` fills it at random (the paper's "Ours"), ``metasp_rehsel`` by RehSel.
 
 The fused step (``influence: meta`` with one pseudo step, and ``meta_lastlayer``) takes
@@ -41,7 +41,7 @@ from clbench.influence.fusion import example_weights, fuse, mgda_weight, normali
 from clbench.influence.lastlayer import classifier_influence, classifier_of
 from clbench.influence.meta import one_step_meta_influence
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.rehsel import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
+from clbench.strategies.metasp_buffer import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
 from clbench.strategies.step_template import StepTemplate
 
 

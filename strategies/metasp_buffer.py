@@ -106,7 +106,7 @@ class Selection:
 
 
 SELECTIONS: Registry[Callable[[], Selection]] = Registry(
-    "buffer selection", "clbench.selections", builtin_modules=("clbench.strategies.rehsel",)
+    "buffer selection", "clbench.selections", builtin_modules=("clbench.strategies.metasp_buffer",)
 )
 
 
