@@ -22,7 +22,7 @@ from clbench.config import (
     config_to_dict,
     from_mapping,
 )
-from clbench.data_path import device_path_options
+from clbench.data_path import device_path_options, slow_precision_warning
 from clbench.datasets.base import BENCHMARKS
 from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError
@@ -126,6 +126,9 @@ def prepare_grid(
         if status == "corrupt":
             print(f"re-running {run.run_id}: its result file is corrupt", file=sys.stderr)
         todo.append(run)
+    warnings = {slow_precision_warning(run.training.precision, run.device) for run in todo} - {None}
+    for warning in sorted(w for w in warnings if w):
+        print(warning, file=sys.stderr)
     return root, summary, todo
 
 

@@ -269,3 +269,18 @@ def test_channels_last_below_the_width_onednn_survives_is_a_one_line_error(nf):
         CifarResNet18(3, 4, nf=8), training, benchmark=_benchmark(), device=torch.device("cpu"), seed=0, buffer_size=0
     )
     assert wide.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_named_once_before_the_grid(tmp_path, capsys, monkeypatch):
+    import clbench.data_path as data_path
+
+    monkeypatch.setattr(data_path, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert data_path.slow_precision_warning("fp32", "cpu") is None
+    assert data_path.slow_precision_warning("bf16", "cuda") is None
+    path = _write_config(tmp_path, {"data_path": "device", "precision": "bf16"})
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "precision=bf16" in line]
+    assert len(lines) == 1 and "training.precision=fp32" in lines[0]
+    monkeypatch.setattr(data_path, "cpu_has_native_bf16", lambda: True)
+    assert data_path.slow_precision_warning("bf16", "cpu") is None
