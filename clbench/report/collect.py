@@ -109,6 +109,45 @@ class Collection:
     skipped: list[str] = field(default_factory=list)
 
 
+def _read_all(results_dir: Path) -> tuple[list[tuple[Path, RunResult]], list[str]]:
+    """Every readable run result under ``results_dir``, and one message per file that is not one."""
+    loaded: list[tuple[Path, RunResult]] = []
+    skipped: list[str] = []
+    for path in sorted(results_dir.rglob("*.json")):
+        try:
+            loaded.append((path, read_result(path)))
+        except ResultsError as exc:
+            skipped.append(str(exc))
+    return loaded, skipped
+
+
+def _rows(pid: str, path: Path, run: RunResult, label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One run's row of the runs frame and its rows of the tidy metrics frame."""
+    base = {
+        "protocol": pid,
+        "benchmark": run.config["benchmark"]["name"],
+        "strategy": label,
+        "buffer_size": int(run.config["buffer_size"]),
+        "seed": int(run.config["seed"]),
+        "run_id": run.run_id,
+    }
+    run_row = {
+        **base,
+        "file": str(path),
+        "evaluated_after_task": run.evaluated_after_task,
+        "class_il": run.accuracy["class_il"],
+        "task_il": run.accuracy["task_il"],
+        "extras": run.extras,
+    }
+    metric_rows = [
+        {**base, "setting": setting, "metric": metric, "value": float(value)}
+        for setting in SETTINGS
+        for metric in METRICS
+        if (value := run.metrics[setting].get(metric)) is not None
+    ]
+    return run_row, metric_rows
+
+
 def collect(results_dir: Path) -> Collection:
     """Load every ``*.json`` run result under ``results_dir`` (recursively).
 
@@ -119,14 +158,7 @@ def collect(results_dir: Path) -> Collection:
     """
     if not results_dir.is_dir():
         raise ResultsError(f"results directory {results_dir} not found")
-    loaded: list[tuple[Path, RunResult]] = []
-    skipped: list[str] = []
-    for path in sorted(results_dir.rglob("*.json")):
-        try:
-            loaded.append((path, read_result(path)))
-        except ResultsError as exc:
-            skipped.append(str(exc))
-
+    loaded, skipped = _read_all(results_dir)
     protocols: dict[str, str] = {}
     groups: dict[str, list[tuple[Path, RunResult]]] = {}
     for path, result in loaded:
@@ -138,34 +170,14 @@ def collect(results_dir: Path) -> Collection:
     metric_rows, run_rows = [], []
     arguments: dict[str, dict[str, str]] = {}
     for pid, members in groups.items():
-        runs = [run for _, run in members]
-        for (path, run), label in zip(members, _strategy_labels(runs), strict=True):
+        labels = _strategy_labels([run for _, run in members])
+        for (path, run), label in zip(members, labels, strict=True):
             changed = changed_arguments(run.strategy_args, run.strategy_defaults)
             if changed:
                 arguments.setdefault(pid, {})[label] = changed
-            base = {
-                "protocol": pid,
-                "benchmark": run.config["benchmark"]["name"],
-                "strategy": label,
-                "buffer_size": int(run.config["buffer_size"]),
-                "seed": int(run.config["seed"]),
-                "run_id": run.run_id,
-            }
-            run_rows.append(
-                {
-                    **base,
-                    "file": str(path),
-                    "evaluated_after_task": run.evaluated_after_task,
-                    "class_il": run.accuracy["class_il"],
-                    "task_il": run.accuracy["task_il"],
-                    "extras": run.extras,
-                }
-            )
-            for setting in SETTINGS:
-                for metric in METRICS:
-                    value = run.metrics[setting].get(metric)
-                    if value is not None:
-                        metric_rows.append({**base, "setting": setting, "metric": metric, "value": float(value)})
+            run_row, rows = _rows(pid, path, run, label)
+            run_rows.append(run_row)
+            metric_rows.extend(rows)
     columns = ["protocol", "benchmark", "strategy", "buffer_size", "seed", "run_id", "setting", "metric", "value"]
     return Collection(
         metrics=pd.DataFrame(metric_rows, columns=columns),
