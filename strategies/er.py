@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
@@ -13,6 +12,7 @@ from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.strategies.memory import DatasetMemory, ReplayMemory
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class ERArgs:
     )
 
 
-class Reservoir(ReservoirSamplingBuffer):  # type: ignore[misc]
-    """Avalanche's reservoir buffer, without the deprecation warning of ``update``.
+class Reservoir(DatasetMemory, ReservoirSamplingBuffer):  # type: ignore[misc]
+    """Avalanche's reservoir buffer as a :class:`ReplayMemory`, without the deprecation warning of ``update``.
 
     0.6.0's ``ReplayPlugin`` still calls the deprecated ``update``; this one is its body
     without the wrapper, which warned three times a run.
@@ -53,26 +53,24 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
     every task boundary as updating it after every incoming batch, in distribution.
     """
 
-    def __init__(self, storage: Any, batch_size_mem: int) -> None:
-        """Replay ``batch_size_mem`` examples a step from ``storage`` (an Avalanche buffer)."""
+    def __init__(self, memory: ReplayMemory, batch_size_mem: int) -> None:
+        """Replay ``batch_size_mem`` examples a step from ``memory``."""
         super().__init__()
-        self.storage = storage
+        self.memory = memory
         self.batch_size_mem = batch_size_mem
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """Add the mean loss of a random memory batch, forwarded on its own."""
-        memory = self.storage.buffer
-        if len(memory) == 0:
+        if len(self.memory) == 0:
             return
-        chosen = torch.randperm(len(memory))[: self.batch_size_mem]
-        x, y = strategy.fetch_examples(memory, chosen.tolist(), augment=True)
+        x, y, _ = self.memory.draw(strategy, self.batch_size_mem, augment=True)
         with strategy_autocast(strategy):
             logits = strategy.model(x)
         strategy.loss += strategy._criterion(logits.float(), y)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Offer the experience just learned to the reservoir."""
-        self.storage.post_adapt(strategy, strategy.experience)
+        self.memory.update(strategy)
 
 
 @STRATEGIES.register(

@@ -96,7 +96,7 @@ class GMED(StepTemplate):
         """Edit a memory mini-batch, write it back, and append it to the batch."""
         if len(self.storage) == 0:
             return None
-        mem_x, mem_y, positions = self.storage.sample(self.replay_batch_size, self.device)
+        mem_x, mem_y, positions = self.storage.draw(self, self.replay_batch_size, augment=False)
         strides = self.args.edit_stride * self.args.edit_decay ** self.storage.edit_counts[positions].float()
         lr = float(self.optimizer.param_groups[0]["lr"])
         mem_x = edit_memory(self.model, (self.mb_x, self.mb_y), mem_x, mem_y, lr, strides, self.args.edit_reg)
@@ -105,7 +105,7 @@ class GMED(StepTemplate):
         return None
 
     def _after_training_exp(self, **kwargs: Any) -> None:
-        self.storage.post_adapt(self, self.experience)
+        self.storage.update(self)
         super()._after_training_exp(**kwargs)
 
     def clbench_extras(self) -> dict[str, Any]:

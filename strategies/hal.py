@@ -141,7 +141,7 @@ class HAL(StepTemplate):
         """Append a replayed memory mini-batch."""
         self._n_new = int(self.mb_x.shape[0])
         if len(self.storage) > 0:
-            mem_x, mem_y, _ = self.storage.sample(self.replay_batch_size, self.device)
+            mem_x, mem_y, _ = self.storage.draw(self, self.replay_batch_size, augment=False)
             self.append_to_batch(mem_x, mem_y)
         return None
 
@@ -167,13 +167,13 @@ class HAL(StepTemplate):
         lr = float(self.optimizer.param_groups[0]["lr"])
         with batchnorm_stats_frozen(self.model):
             for _ in range(self.args.finetune_steps):
-                x, y, _ = self.storage.sample(self.replay_batch_size, self.device)
+                x, y, _ = self.storage.draw(self, self.replay_batch_size, augment=False)
                 step = grad(lambda p, x=x, y=y: loss_vec(p, x, y).mean())(params)
                 params = tree_axpy(-lr, step, params)
         return params
 
     def _after_training_exp(self, **kwargs: Any) -> None:
-        self.storage.post_adapt(self, self.experience)
+        self.storage.update(self)
         if self.mean_features is not None:
             finetuned = self._finetuned_params()
             lr = self.args.anchor_lr or float(self.optimizer.param_groups[0]["lr"])

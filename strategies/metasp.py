@@ -249,9 +249,7 @@ class MetaSP(StepTemplate):
         )
 
     def _sample_memory(self, count: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        positions = torch.randperm(len(self.storage))[:count]
-        x, y = self.fetch_examples(self.storage.buffer, positions.tolist(), augment=train)
-        return x, y, positions
+        return self.storage.draw(self, count, augment=train)
 
     def _sample_new_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         pool = self._heldout if self._heldout else self._train_indices
@@ -371,7 +369,7 @@ class MetaSP(StepTemplate):
             return classifier_influence(self.model, train, [stability_set, plasticity_set], lr)
 
     def _after_training_exp(self, **kwargs: Any) -> None:
-        self.storage.post_adapt(self, self.experience)
+        self.storage.update(self)
         values = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self._task_values.items()}
         self.influence_log.append(
             {

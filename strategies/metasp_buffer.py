@@ -33,6 +33,7 @@ import torch
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from clbench.registry import Registry
+from clbench.strategies.memory import DatasetMemory
 
 FeatureKind = Literal["pixels", "penultimate"]
 InfluenceWindow = Literal["task", "all"]
@@ -209,7 +210,7 @@ def balanced_quotas(total: int, available: dict[int, int]) -> dict[int, int]:
     return quotas
 
 
-class MetaSPBuffer(ExemplarsBuffer):  # type: ignore[misc]
+class MetaSPBuffer(DatasetMemory, ExemplarsBuffer):  # type: ignore[misc]
     """Class-balanced buffer updated after each task by a :class:`Selection`.
 
     Holds (task, index) keys into each task's training dataset; :attr:`buffer` is the

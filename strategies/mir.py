@@ -17,6 +17,7 @@ from clbench.data_path import strategy_autocast
 from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name, trainable_params, tree_axpy
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.er import Reservoir
+from clbench.strategies.memory import ExemplarsMemory
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
         super().__init__(batch_size_mem=batch_size_mem, mem_size=mem_size, subsample=args.subsample)
         if args.memory == "reservoir":
             self.storage_policy = Reservoir(mem_size)
+        self.memory = ExemplarsMemory(self.storage_policy)
         self.scoring_bn_stats = args.scoring_bn_stats
 
     def _scoring_context(self, model: nn.Module) -> AbstractContextManager[None]:
@@ -82,11 +84,9 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """Add the loss of the ``batch_size_mem`` memory candidates a virtual step would hurt most."""
-        memory = self.storage_policy.buffer
-        if len(memory) <= self.batch_size_mem:
+        if len(self.memory) <= self.batch_size_mem:
             return
-        positions = torch.randperm(len(memory))[: self.subsample]
-        x, y = strategy.fetch_examples(memory, positions.tolist(), augment=True)
+        x, y, _ = self.memory.draw(strategy, self.subsample, augment=True)
         model = strategy.model
         step = gradient_by_name(strategy.loss, model)
         lr = float(strategy.optimizer.param_groups[0]["lr"])
@@ -105,7 +105,7 @@ class RetrievalFromAllTasks(MIRPlugin):  # type: ignore[misc]
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Update the class-balanced memory; replay candidates come from all of it."""
-        self.storage_policy.post_adapt(strategy, strategy.experience)
+        self.memory.update(strategy)
 
 
 @STRATEGIES.register(

@@ -48,6 +48,17 @@ class TensorReservoirBuffer(ExemplarsBuffer):  # type: ignore[misc]
         positions = torch.randperm(len(self))[:count]
         return self.x[positions].to(device), self.y[positions].to(device), positions
 
+    def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The :class:`~clbench.strategies.memory.ReplayMemory` draw: :meth:`sample` on the strategy's device.
+
+        ``augment`` is not applied: the stored tensors are the edited inputs themselves.
+        """
+        return self.sample(count, strategy.device)
+
+    def update(self, strategy: Any, **kwargs: Any) -> None:
+        """The :class:`~clbench.strategies.memory.ReplayMemory` update: reservoir over the experience."""
+        self.post_adapt(strategy, strategy.experience)
+
     def write(self, positions: torch.Tensor, x: torch.Tensor) -> None:
         """Replace the stored inputs at ``positions`` and count the edit."""
         self.x[positions] = x.detach().to(self.x.device, self.x.dtype)

@@ -361,3 +361,24 @@ def test_hal_feature_mean_update_leaves_batchnorm_statistics_alone():
     hal.after_step()
     assert hal.mean_features is not None and hal.mean_features.shape == (16,)
     assert torch.equal(batchnorm.running_mean, mean) and int(batchnorm.num_batches_tracked) == tracked
+
+
+def test_every_rehearsal_memory_but_gss_shares_one_interface():
+    from clbench.strategies.memory import ReplayMemory
+
+    def build(name, **args):
+        entry = STRATEGIES.get(name)
+        return build_strategy(entry, _context(), entry.args(**args))
+
+    memories = {
+        "er": _plugin(build("er", replay_forward="separate"), "SeparateForwardReplay").memory,
+        "mir": _plugin(build("mir"), "MIRPlugin").memory,
+        "mir_reservoir": _plugin(build("mir", memory="reservoir"), "MIRPlugin").memory,
+        "gmed": build("gmed").storage,
+        "hal": build("hal").storage,
+        "metasp": build("metasp").storage,
+        "metasp_rehsel": build("metasp_rehsel").storage,
+    }
+    for name, memory in memories.items():
+        assert isinstance(memory, ReplayMemory), name
+        assert len(memory) == 0, name
