@@ -312,6 +312,7 @@ def device_path_options(training: TrainingConfig, seed: int) -> DevicePathOption
     return DevicePathOptions(channels_last=bool(training.channels_last), precision=precision, seed=seed)
 
 
+@functools.cache  # /proc/cpuinfo once a process, not once a run of the grid
 def cpu_has_native_bf16() -> bool | None:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); None where it cannot be told.
 

@@ -126,7 +126,7 @@ def prepare_grid(
         if status == "corrupt":
             print(f"re-running {run.run_id}: its result file is corrupt", file=sys.stderr)
         todo.append(run)
-    warnings = {slow_precision_warning(run.training.precision, run.device) for run in todo} - {None}
+    warnings = {slow_precision_warning(run.training.precision, run.device) for run in todo}
     for warning in sorted(w for w in warnings if w):
         print(warning, file=sys.stderr)
     return root, summary, todo

@@ -33,13 +33,9 @@ class ERArgs:
 class Reservoir(DatasetMemory, ReservoirSamplingBuffer):  # type: ignore[misc]
     """Avalanche's reservoir buffer as a :class:`ReplayMemory`, without the deprecation warning of ``update``.
 
-    0.6.0's ``ReplayPlugin`` still calls the deprecated ``update``; this one is its body
+    0.6.0's ``ReplayPlugin`` still calls the deprecated ``update``; :class:`DatasetMemory`'s is its body
     without the wrapper, which warned three times a run.
     """
-
-    def update(self, strategy: Any, **kwargs: Any) -> None:
-        """Offer the experience just learned (what the deprecated ``update`` does)."""
-        self.post_adapt(strategy, strategy.experience)
 
 
 class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]

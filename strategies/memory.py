@@ -73,6 +73,6 @@ class ExemplarsMemory(DatasetMemory):
         """The wrapped buffer's dataset."""
         return self.storage.buffer
 
-    def update(self, strategy: Any, **kwargs: Any) -> None:
-        """See :class:`ReplayMemory`."""
-        self.storage.post_adapt(strategy, strategy.experience)
+    def post_adapt(self, agent: Any, exp: Any) -> None:
+        """The wrapped buffer's update (so :meth:`DatasetMemory.update` serves both)."""
+        self.storage.post_adapt(agent, exp)
