@@ -53,6 +53,41 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class Component:
+    """A registered component with its validated arguments: what a run carries.
+
+    :func:`clbench.grid.expand_grid` validates a :class:`ComponentSpec`'s raw arguments
+    once into the component's frozen arguments dataclass; the runner, the benchmark loader
+    and the strategy factory take that typed value as it is. The plain mapping
+    (:meth:`plain_args`) is made only at the edges: the run id, the result JSON and the
+    hand-off to a worker process.
+
+    Attributes:
+        name: Registered name (see ``clbench list``).
+        args: An instance of the component's registered arguments dataclass.
+    """
+
+    name: str
+    args: Any
+
+    def plain_args(self) -> dict[str, Any]:
+        """The arguments as a JSON-ready mapping.
+
+        Fields marked :data:`OMIT_AT_DEFAULT` are left out while they have their default, so
+        runs published before those fields existed keep their ids.
+        """
+        plain = config_to_dict(self.args)
+        for f in dataclasses.fields(self.args):
+            if f.metadata.get(OMIT_AT_DEFAULT) and getattr(self.args, f.name) == f.default:
+                plain.pop(f.name)
+        return plain
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., "args": ...}``, the form a run's JSON records."""
+        return {"name": self.name, "args": self.plain_args()}
+
+
+@dataclass(frozen=True)
 class StrategySpec(ComponentSpec):
     """A strategy of an experiment: a component, optionally with buffer sizes of its own.
 
@@ -184,9 +219,9 @@ class RunConfig:
     """
 
     experiment: str
-    benchmark: ComponentSpec
-    strategy: ComponentSpec
-    backbone: ComponentSpec
+    benchmark: Component
+    strategy: Component
+    backbone: Component
     buffer_size: int
     seed: int
     training: TrainingConfig
@@ -197,8 +232,16 @@ class RunConfig:
     )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready plain mapping of the config."""
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        """A JSON-ready plain mapping of the config (components as ``{name, args}``)."""
+        plain: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Component):
+                plain[f.name] = value.to_dict()
+            elif dataclasses.is_dataclass(value):
+                plain[f.name] = config_to_dict(value)
+            else:
+                plain[f.name] = _plain(value)
         return plain
 
     @property

@@ -7,7 +7,6 @@ and to-run, so an interrupted grid resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,11 @@ from typing import Any
 
 from clbench.backbones import BACKBONES
 from clbench.config import (
-    OMIT_AT_DEFAULT,
+    Component,
     ComponentSpec,
     ExperimentConfig,
     RunConfig,
+    TrainingConfig,
     config_to_dict,
     from_mapping,
 )
@@ -27,17 +27,14 @@ from clbench.datasets.base import BENCHMARKS
 from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError
 from clbench.loggers import LOGGERS
+from clbench.registry import Registry
 from clbench.results import result_status
 from clbench.strategies.base import STRATEGIES
 
 
-def _resolved(spec: ComponentSpec, args_type: type, where: str) -> ComponentSpec:
-    typed: Any = from_mapping(args_type, spec.args, where)
-    plain = config_to_dict(typed)
-    for f in dataclasses.fields(typed):
-        if f.metadata.get(OMIT_AT_DEFAULT) and getattr(typed, f.name) == f.default:
-            plain.pop(f.name)
-    return ComponentSpec(spec.name, plain)
+def _resolved(spec: ComponentSpec, args_type: type, where: str) -> Component:
+    """Validate a component's raw arguments once, into its typed arguments dataclass."""
+    return Component(spec.name, from_mapping(args_type, spec.args, where))
 
 
 def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
@@ -92,6 +89,21 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     return runs
 
 
+def run_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` (a worker's or a job's hand-off).
+
+    The components' arguments are validated against their registered dataclasses again,
+    as they must be on the far side of a process boundary.
+    """
+    data = dict(raw)
+    registries: dict[str, Registry[Any]] = {"benchmark": BENCHMARKS, "strategy": STRATEGIES, "backbone": BACKBONES}
+    for key, registry in registries.items():
+        spec = from_mapping(ComponentSpec, data[key], key)
+        data[key] = _resolved(spec, registry.get(spec.name).args, f"{key} {spec.name}")
+    data["training"] = from_mapping(TrainingConfig, data["training"], "run.training")
+    return RunConfig(**data)
+
+
 @dataclass
 class GridSummary:
     """What a grid run did."""
@@ -132,4 +144,4 @@ def prepare_grid(
     return root, summary, todo
 
 
-__all__ = ["GridSummary", "expand_grid", "output_dir_for", "prepare_grid"]
+__all__ = ["GridSummary", "expand_grid", "output_dir_for", "prepare_grid", "run_from_dict"]

@@ -15,20 +15,17 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clbench.claims import release, try_claim
-from clbench.config import (
-    ExperimentConfig,
-    RunConfig,
-    from_mapping,
-)
+from clbench.config import ExperimentConfig, RunConfig
 from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError
-from clbench.grid import GridSummary, prepare_grid
+from clbench.grid import GridSummary, prepare_grid, run_from_dict
 from clbench.results import result_status, write_json_atomic
 from clbench.runner import execute_run
 from clbench.strategies.base import STRATEGIES
@@ -159,7 +156,7 @@ def _worker(payload: Payload) -> tuple[str, str | None, str | None]:
     import multiprocessing
 
     raw, root, loggers, output_dir = payload
-    run = from_mapping(RunConfig, raw, "run")
+    run = run_from_dict(raw)
     if run.device in ("auto", "cuda") and torch.cuda.is_available():
         identity = multiprocessing.current_process()._identity
         slot = (identity[0] - 1) if identity else 0
@@ -216,24 +213,32 @@ def run_grid(
         echo(f"skipping {len(summary.skipped)} finished run(s) in {output_dir}")
 
     with _quiet_avalanche(), tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, position=0) as bar:
+        launch = _Launch(root, experiment.loggers, output_dir, summary, echo, progress, bar)
         if jobs > 1 and len(todo) > 1:
-            _run_in_pool(todo, root, experiment.loggers, output_dir, jobs, plugin_files, summary, echo, bar)
+            _run_in_pool(todo, launch, jobs, plugin_files)
         else:
-            _run_inline(todo, root, experiment.loggers, output_dir, progress, summary, echo, bar)
+            _run_inline(todo, launch)
     return summary
 
 
-def _run_in_pool(
-    todo: list[RunConfig],
-    root: Path,
-    loggers: tuple[str, ...],
-    output_dir: Path,
-    jobs: int,
-    plugin_files: tuple[str, ...],
-    summary: GridSummary,
-    echo: Callable[[str], None],
-    bar: Any,
-) -> None:
+@dataclass(frozen=True)
+class _Launch:
+    """Where a local launcher's runs read and write, and how it reports them."""
+
+    root: Path
+    loggers: tuple[str, ...]
+    output_dir: Path
+    summary: GridSummary
+    echo: Callable[[str], None]
+    progress: bool
+    bar: Any
+
+    def settle(self, run_id: str, failure: str | None) -> None:
+        settle(self.summary, run_id, failure, self.output_dir, self.echo)
+        self.bar.update(1)
+
+
+def _run_in_pool(todo: list[RunConfig], launch: _Launch, jobs: int, plugin_files: tuple[str, ...]) -> None:
     """``jobs`` spawned worker processes, CPU threads shared out between them."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -241,14 +246,14 @@ def _run_in_pool(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads))
+    payloads = _payloads(todo, launch.root, launch.loggers, launch.output_dir)
     try:
-        futures = [pool.submit(_worker, payload) for payload in _payloads(todo, root, loggers, output_dir)]
+        futures = [pool.submit(_worker, payload) for payload in payloads]
         for future in as_completed(futures):
             run_id, failure, user_error = future.result()
             if user_error is not None:
                 raise ClbenchError(user_error)
-            settle(summary, run_id, failure, output_dir, echo)
-            bar.update(1)
+            launch.settle(run_id, failure)
     except BaseException:
         # Ctrl-C or a user error: stop the workers now instead of letting them finish the
         # grid; finished results stay (atomic writes), claims of the killed runs go stale.
@@ -257,34 +262,26 @@ def _run_in_pool(
     pool.shutdown()
 
 
-def _run_inline(
-    todo: list[RunConfig],
-    root: Path,
-    loggers: tuple[str, ...],
-    output_dir: Path,
-    progress: bool,
-    summary: GridSummary,
-    echo: Callable[[str], None],
-    bar: Any,
-) -> None:
+def _run_inline(todo: list[RunConfig], launch: _Launch) -> None:
     """One run after the other in this process, each benchmark built once for its seed."""
     from tqdm import tqdm
 
     cache: dict[tuple[str, str, int], Benchmark] = {}
     for run in todo:
-        bar.set_postfix_str(run.run_id)
-        key = (run.benchmark.name, repr(sorted(run.benchmark.args.items())), run.seed)
+        launch.bar.set_postfix_str(run.run_id)
+        key = (run.benchmark.name, repr(run.benchmark.args), run.seed)
         if key not in cache:
             cache.clear()
-            cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(root, run.seed))
+            cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(launch.root, run.seed))
         benchmark = cache[key]
         joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
         total_epochs = run.training.epochs * (1 if joint else benchmark.n_tasks)
-        bars = {"desc": "epochs", "unit": "ep", "leave": False, "disable": not progress, "position": 1}
+        bars = {"desc": "epochs", "unit": "ep", "leave": False, "disable": not launch.progress, "position": 1}
         with tqdm(total=total_epochs, **bars) as epochs:
-            failure = execute_and_write(run, root, loggers, output_dir, lambda: epochs.update(1), benchmark)
-        settle(summary, run.run_id, failure, output_dir, echo)
-        bar.update(1)
+            failure = execute_and_write(
+                run, launch.root, launch.loggers, launch.output_dir, lambda: epochs.update(1), benchmark
+            )
+        launch.settle(run.run_id, failure)
 
 
 def _remote_run(payload: Payload, plugin_files: tuple[str, ...]) -> Any:

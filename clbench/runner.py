@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from clbench.backbones import BACKBONES
-from clbench.config import RunConfig, config_to_dict, from_mapping
+from clbench.config import RunConfig, config_to_dict
 from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
@@ -171,9 +171,7 @@ def _build(
     # Seeded again so that the backbone's initialisation does not depend on how the data were built.
     seed_everything(run.seed, run.deterministic)
     backbone_entry = BACKBONES.get(run.backbone.name)
-    model = backbone_entry.factory(
-        from_mapping(backbone_entry.args, run.backbone.args, "backbone"), benchmark.input_shape, benchmark.n_classes
-    ).to(device)
+    model = backbone_entry.factory(run.backbone.args, benchmark.input_shape, benchmark.n_classes).to(device)
     collector = AccuracyCollector(benchmark.task_classes)
     logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
     context = StrategyContext.for_training(
@@ -194,7 +192,7 @@ def _build(
     if on_epoch is not None:
         context.plugins.append(_EpochProgress(on_epoch).plugin)
     entry = STRATEGIES.get(run.strategy.name)
-    strategy = build_strategy(entry, context, from_mapping(entry.args, run.strategy.args, "strategy"))
+    strategy = build_strategy(entry, context, run.strategy.args)
     jointly = bool(entry.traits.get("trains_jointly", False))
     return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects)
 

@@ -237,8 +237,14 @@ BENCHMARKS: Registry[BenchmarkFactory] = Registry("benchmark", "clbench.benchmar
 ``n_tasks_arg`` is the args field holding the task count."""
 
 
-def load_benchmark(name: str, args: dict[str, Any], context: DataContext) -> Benchmark:
-    """Build a registered benchmark from its raw arguments.
+def load_benchmark(name: str, args: Any, context: DataContext) -> Benchmark:
+    """Build a registered benchmark from its arguments.
+
+    Args:
+        name: The registered benchmark name.
+        args: Its arguments dataclass as a run carries it (validated once, by the grid), or
+            a raw mapping (validated here: the form a script or a test writes).
+        context: Data root and seed.
 
     Raises:
         UnknownNameError: ``name`` is not a registered benchmark.
@@ -248,6 +254,6 @@ def load_benchmark(name: str, args: dict[str, Any], context: DataContext) -> Ben
     from clbench.config import from_mapping
 
     entry = BENCHMARKS.get(name)
-    typed: Any = from_mapping(entry.args, args, f"benchmark {name}")
+    typed: Any = args if isinstance(args, entry.args) else from_mapping(entry.args, args, f"benchmark {name}")
     splits = entry.factory(typed, context)
     return build_benchmark(name, splits, typed.n_tasks, typed.class_order, context.seed)
