@@ -18,6 +18,8 @@ from clbench.errors import ClbenchError
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    # Long on purpose: a flat list of argparse declarations, one block a sub-command, read
+    # top to bottom like the CLI's help; splitting it would scatter the interface.
     parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmarks on Avalanche.")
     parser.add_argument(
         "--plugin",

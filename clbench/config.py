@@ -273,6 +273,8 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; lists become tuples, mappings dataclasses."""
+    # Long on purpose: one short branch per supported annotation, in one place, so the
+    # accepted types of every config field can be read at once.
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
