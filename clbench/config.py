@@ -39,6 +39,18 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+def without_omitted_defaults(settings: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-ready mapping, fields marked :data:`OMIT_AT_DEFAULT` left out at their default.
+
+    So runs published before those fields existed keep their ids.
+    """
+    plain = config_to_dict(settings)
+    for f in dataclasses.fields(settings):
+        if f.metadata.get(OMIT_AT_DEFAULT) and getattr(settings, f.name) == f.default:
+            plain.pop(f.name)
+    return plain
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """A registered component chosen by name, with its own arguments.
@@ -71,16 +83,8 @@ class Component:
     args: Any
 
     def plain_args(self) -> dict[str, Any]:
-        """The arguments as a JSON-ready mapping.
-
-        Fields marked :data:`OMIT_AT_DEFAULT` are left out while they have their default, so
-        runs published before those fields existed keep their ids.
-        """
-        plain = config_to_dict(self.args)
-        for f in dataclasses.fields(self.args):
-            if f.metadata.get(OMIT_AT_DEFAULT) and getattr(self.args, f.name) == f.default:
-                plain.pop(f.name)
-        return plain
+        """The arguments as a JSON-ready mapping (see :func:`without_omitted_defaults`)."""
+        return without_omitted_defaults(self.args)
 
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., "args": ...}``, the form a run's JSON records."""
@@ -120,6 +124,14 @@ class TrainingConfig:
     )
     lr_gamma: float = field(default=0.1, metadata=_help("lr decay factor at each milestone"))
     eval_batch_size: int = field(default=256, metadata=_help("mini-batch size for evaluation"))
+    iterations: int = field(
+        default=1,
+        metadata={
+            "help": "updates per incoming mini-batch (the online literature's n_iters): each repeats the whole "
+            "step, replay draw included, on the same stream batch",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
     num_workers: int = field(default=0, metadata=_help("data-loader worker processes (avalanche data path)"))
     data_path: Literal["avalanche", "device"] = field(
         default="device",
@@ -151,6 +163,7 @@ class TrainingConfig:
             ("batch_size", 1, self.batch_size),
             ("replay_batch_size", 1, self.replay_batch_size),
             ("eval_batch_size", 1, self.eval_batch_size),
+            ("iterations", 1, self.iterations),
             ("num_workers", 0, self.num_workers),
         ):
             if value < low:
@@ -239,7 +252,7 @@ class RunConfig:
             if isinstance(value, Component):
                 plain[f.name] = value.to_dict()
             elif dataclasses.is_dataclass(value):
-                plain[f.name] = config_to_dict(value)
+                plain[f.name] = without_omitted_defaults(value)
             else:
                 plain[f.name] = _plain(value)
         return plain

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -431,7 +431,50 @@ def convert_loader(loader: Any, splits: _Splits, augment: bool, generator: torch
     )
 
 
-class DevicePathMixin:
+class RepeatedBatches:
+    """Each mini-batch of ``loader`` ``times`` times in a row: ``times`` updates per incoming batch.
+
+    The online literature's ``n_iters`` (MIR's reference code): every repetition is a whole
+    step (hooks, replay draw, update) on the same stream batch. Before each copy the owner's
+    ``batch_repetition`` is set (0 for the first), so a strategy that stores stream examples
+    per step (GSS) stores each incoming batch once.
+    """
+
+    def __init__(self, loader: Any, times: int, owner: Any) -> None:
+        self.loader, self.times, self.owner = loader, times, owner
+
+    def __len__(self) -> int:
+        return len(self.loader) * self.times
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            for repetition in range(self.times):
+                self.owner.batch_repetition = repetition
+                yield list(batch)  # a fresh list: a step may replace or extend its batch
+
+
+class StreamUpdates:
+    """What both data paths share: ``updates_per_batch`` steps on every incoming mini-batch."""
+
+    updates_per_batch: int = 1
+    batch_repetition: int = 0
+    dataloader: Any
+
+    @contextmanager
+    def _each_batch_repeated(self) -> Iterator[None]:
+        """Within: the train loader yields each batch ``updates_per_batch`` times (see :class:`RepeatedBatches`)."""
+        if self.updates_per_batch == 1:
+            yield
+            return
+        loader = self.dataloader
+        self.dataloader = RepeatedBatches(loader, self.updates_per_batch, self)
+        try:
+            yield
+        finally:
+            self.dataloader, self.batch_repetition = loader, 0
+
+
+class DevicePathMixin(StreamUpdates):
     """Template mixin: device-resident batches for training and evaluation, optional bf16.
 
     Mixed in front of any ``SupervisedTemplate`` subclass (see
@@ -461,7 +504,8 @@ class DevicePathMixin:
         """Convert the experience's train loader (once), then run the template's epoch."""
         splits, generator = self._device_state()
         self.dataloader = convert_loader(self.dataloader, splits, augment=True, generator=generator)
-        super().training_epoch(**kwargs)  # type: ignore[misc]
+        with self._each_batch_repeated():
+            super().training_epoch(**kwargs)  # type: ignore[misc]
 
     def make_eval_dataloader(self, **kwargs: Any) -> None:
         """Un-augmented device batches of the adapted eval dataset, in order."""
@@ -524,22 +568,35 @@ def fetch_one_by_one(
     return x, y
 
 
-class AvalanchePathMixin:
+class AvalanchePathMixin(StreamUpdates):
     """Template mixin of Avalanche's data path: its loaders, fp32, examples fetched one at a time."""
 
     device: torch.device
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """The template's epoch, each batch taken ``updates_per_batch`` times."""
+        with self._each_batch_repeated():
+            super().training_epoch(**kwargs)  # type: ignore[misc]
 
     def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``dataset[indices]`` through the dataset's own transforms (see :class:`ExampleFetch`)."""
         return fetch_one_by_one(dataset, indices, augment, self.device)
 
 
-@functools.cache
-def with_data_path(template: type, options: DevicePathOptions | None) -> type:
+def with_data_path(template: type, options: DevicePathOptions | None, updates_per_batch: int = 1) -> type:
     """``template`` with its data path in front: the device path's mixin, or Avalanche's for None.
 
-    Cached, so one template and one set of options give one class (pickling, isinstance).
+    ``updates_per_batch`` steps are taken on every incoming mini-batch (``training.iterations``).
+    One template and one set of settings give one class (pickling, isinstance).
     """
+    if updates_per_batch < 1:
+        raise ConfigError(f"training.iterations: must be at least 1, got {updates_per_batch}")
+    return _data_path_class(template, options, updates_per_batch)
+
+
+@functools.cache
+def _data_path_class(template: type, options: DevicePathOptions | None, updates_per_batch: int) -> type:
+    settings: dict[str, Any] = {"updates_per_batch": updates_per_batch}
     if options is None:
-        return type(f"Avalanche{template.__name__}", (AvalanchePathMixin, template), {})
-    return type(f"Device{template.__name__}", (DevicePathMixin, template), {"device_path": options})
+        return type(f"Avalanche{template.__name__}", (AvalanchePathMixin, template), settings)
+    return type(f"Device{template.__name__}", (DevicePathMixin, template), {**settings, "device_path": options})

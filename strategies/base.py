@@ -182,4 +182,4 @@ class StrategyContext:
 def build_strategy(entry: Entry[StrategyFactory], context: StrategyContext, args: Any) -> Any:
     """The strategy of ``entry`` with ``args``, on the context's data path (the one way to build one)."""
     recipe = entry.factory(context, args)
-    return with_data_path(recipe.template, context.device_path)(**recipe.kwargs)
+    return with_data_path(recipe.template, context.device_path, context.training.iterations)(**recipe.kwargs)

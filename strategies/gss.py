@@ -94,7 +94,8 @@ class GSS(StepTemplate):
         """Offer the current examples to the memory, then append a replayed memory batch."""
         x, y = self.mb_x, self.mb_y
         replay = self.memory.sample(self.replay_batch_size) if len(self.memory) > 0 else None
-        self.memory.update(self, x, y)
+        if getattr(self, "batch_repetition", 0) == 0:  # with training.iterations > 1, offered once
+            self.memory.update(self, x, y)
         if replay is not None:
             self.append_to_batch(*replay)
         return None
