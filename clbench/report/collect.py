@@ -62,7 +62,7 @@ def _strategy_labels(runs: list[RunResult]) -> list[str]:
     by_name: dict[str, list[dict[str, Any]]] = {}
     revisions: dict[str, set[int]] = {}
     for run in runs:
-        by_name.setdefault(run.strategy_name, []).append(run.strategy_args)
+        by_name.setdefault(run.strategy_name, []).append(_effective_arguments(run))
         revisions.setdefault(run.strategy_name, set()).add(run.strategy_revision)
     varying = {
         name: sorted(k for k in set().union(*arg_sets) if len({json.dumps(a.get(k)) for a in arg_sets}) > 1)
@@ -70,11 +70,20 @@ def _strategy_labels(runs: list[RunResult]) -> list[str]:
     }
     labels = []
     for run in runs:
-        name, args = run.strategy_name, run.strategy_args
+        name, args = run.strategy_name, _effective_arguments(run)
         suffix = ", ".join(f"{k}={args.get(k)}" for k in varying[name])
         label = f"{name}({suffix})" if suffix else name
         labels.append(f"{label}@r{run.strategy_revision}" if len(revisions[name]) > 1 else label)
     return labels
+
+
+def _effective_arguments(run: RunResult) -> dict[str, Any]:
+    """The run's strategy arguments, those it left out at their default filled in from its file.
+
+    A run id leaves out arguments added after runs were published while they hold their
+    default, so a label names ``memory=class_balanced`` rather than ``memory=None``.
+    """
+    return {**(run.strategy_defaults or {}), **run.strategy_args}
 
 
 def changed_arguments(args: dict[str, Any], defaults: dict[str, Any] | None) -> str:

@@ -188,6 +188,18 @@ def test_varying_strategy_arguments_give_separate_rows(tmp_path):
     assert set(report.tables[0].mean.index) == {"metasp_rehsel(selection=random)", "metasp_rehsel(selection=rehsel)"}
 
 
+def test_an_argument_left_out_at_its_default_is_labelled_by_its_default(tmp_path):
+    folder = tmp_path / "runs"
+    defaults = {"memory": "class_balanced", "subsample": 50}
+    for seed in SEEDS:
+        for args, value in (({"subsample": 50}, 45.0), ({"memory": "reservoir", "subsample": 50}, 50.0)):
+            record = _record("mir", 500, seed, value + seed % 3, args=args)
+            record["strategy_defaults"] = defaults
+            write_json_atomic(folder / f"{len(args)}{seed}.json", record)
+    report = build_report(folder, reference="mir(memory=reservoir)")
+    assert set(report.tables[0].mean.index) == {"mir(memory=class_balanced)", "mir(memory=reservoir)"}
+
+
 def test_unknown_reference_and_format_are_one_line_errors(results, capsys):
     assert main(["report", str(results), "--reference", "nope"]) == 2
     assert "unknown reference strategy 'nope'; valid choices: er, finetune" in capsys.readouterr().err
