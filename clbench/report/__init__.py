@@ -14,8 +14,8 @@ import pandas as pd
 
 from clbench.errors import ClbenchError
 from clbench.report.collect import Collection, collect
-from clbench.report.stats import aggregate, paired_tests
-from clbench.report.tables import Table, build_tables, to_latex, to_markdown
+from clbench.report.stats import aggregate, cost, paired_tests
+from clbench.report.tables import Table, build_tables, cost_markdown, to_latex, to_markdown
 
 FORMATS = ("md", "tex", "csv")
 DEFAULT_REFERENCES = ("metasp_rehsel", "metasp")
@@ -33,6 +33,7 @@ class Report:
         reference: The reference strategy (None if there is none).
         skipped: Files that could not be read.
         collection: The loaded runs (for figures).
+        cost: Seconds of training and evaluation per run, by protocol/strategy/buffer.
     """
 
     metrics: pd.DataFrame
@@ -42,6 +43,7 @@ class Report:
     reference: str | None
     skipped: list[str] = field(default_factory=list)
     collection: Collection | None = None
+    cost: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _choose_reference(strategies: set[str], requested: str | None) -> str | None:
@@ -74,7 +76,8 @@ def build_report(results_dir: str | Path, reference: str | None = None) -> Repor
     tables = (
         build_tables(summary, tests, collection.protocols, chosen, collection.arguments) if not summary.empty else []
     )
-    return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection)
+    costs = cost(collection.runs) if not collection.runs.empty else pd.DataFrame()
+    return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection, costs)
 
 
 def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, figures: bool = True) -> list[Path]:
@@ -90,7 +93,10 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
     written: list[Path] = []
     if "md" in formats:
         path = out / "report.md"
-        path.write_text("\n".join(to_markdown(t) for t in report.tables))
+        sections = [to_markdown(t) for t in report.tables]
+        if not report.cost.empty and report.collection is not None:
+            sections.append(cost_markdown(report.cost, report.collection.protocols))
+        path.write_text("\n".join(sections))
         written.append(path)
     if "tex" in formats:
         for table in report.tables:
@@ -98,7 +104,13 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
             path.write_text(to_latex(table))
             written.append(path)
     if "csv" in formats:
-        for name, frame in (("metrics_long", report.metrics), ("summary", report.summary), ("ttests", report.tests)):
+        frames = (
+            ("metrics_long", report.metrics),
+            ("summary", report.summary),
+            ("ttests", report.tests),
+            ("cost", report.cost),
+        )
+        for name, frame in frames:
             path = out / f"{name}.csv"
             frame.to_csv(path, index=False)
             written.append(path)

@@ -147,6 +147,8 @@ def _rows(pid: str, path: Path, run: RunResult, label: str) -> tuple[dict[str, A
         "class_il": run.accuracy["class_il"],
         "task_il": run.accuracy["task_il"],
         "extras": run.extras,
+        "train_seconds": float(sum(run.train_seconds)),
+        "eval_seconds": float(sum(run.eval_seconds)),
     }
     metric_rows = [
         {**base, "setting": setting, "metric": metric, "value": float(value)}

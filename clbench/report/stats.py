@@ -20,6 +20,23 @@ def aggregate(metrics: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def cost(runs: pd.DataFrame) -> pd.DataFrame:
+    """Training and evaluation seconds per run, by protocol, strategy and buffer size.
+
+    Median, minimum and maximum over the runs (seeds) of each row: runs that shared a
+    machine with others take longer, so the spread says how much the figures can be trusted.
+    """
+    keys = ["protocol", "benchmark", "strategy", "buffer_size"]
+    grouped = runs.groupby(keys, sort=True)
+    return grouped.agg(
+        runs=("seed", "count"),
+        train_median=("train_seconds", "median"),
+        train_min=("train_seconds", "min"),
+        train_max=("train_seconds", "max"),
+        eval_median=("eval_seconds", "median"),
+    ).reset_index()
+
+
 def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Paired t-tests (``scipy.stats.ttest_rel``) of ``reference`` against every other strategy.
 

@@ -175,3 +175,24 @@ def to_latex(table: Table) -> str:
     )
     notes = "".join(f"% {note}\n" for note in table.notes)
     return notes + body
+
+
+def cost_markdown(cost: pd.DataFrame, protocols: dict[str, str]) -> str:
+    """The cost section of ``report.md``: one table per protocol, seconds per run."""
+    parts = ["## Cost (seconds per run: median [min-max] over seeds)", ""]
+    for pid, rows in cost.groupby("protocol", sort=True):
+        parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
+        frame = pd.DataFrame(
+            {
+                "strategy": rows["strategy"],
+                "M": rows["buffer_size"],
+                "runs": rows["runs"],
+                "train s": [
+                    f"{m:.0f} [{lo:.0f}-{hi:.0f}]"
+                    for m, lo, hi in zip(rows["train_median"], rows["train_min"], rows["train_max"], strict=True)
+                ],
+                "eval s": [f"{m:.0f}" for m in rows["eval_median"]],
+            }
+        )
+        parts += [frame.to_markdown(index=False), ""]
+    return "\n".join(parts)

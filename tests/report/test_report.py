@@ -200,6 +200,28 @@ def test_an_argument_left_out_at_its_default_is_labelled_by_its_default(tmp_path
     assert set(report.tables[0].mean.index) == {"mir(memory=class_balanced)", "mir(memory=reservoir)"}
 
 
+def test_the_cost_of_each_strategy_is_the_median_and_range_of_its_runs_seconds(tmp_path):
+    folder = tmp_path / "runs"
+    for seed, seconds in zip(SEEDS, (100.0, 300.0, 200.0), strict=True):
+        record = _record("er", 500, seed, 40.0)
+        record["train_seconds"], record["eval_seconds"] = [seconds / 2, seconds / 2], [5.0, 6.0]
+        write_json_atomic(folder / f"er{seed}.json", record)
+    report = build_report(folder)
+    (row,) = report.cost.to_dict("records")
+    assert (row["strategy"], row["runs"], row["train_median"], row["train_min"], row["train_max"]) == (
+        "er",
+        3,
+        200.0,
+        100.0,
+        300.0,
+    )
+    assert row["eval_median"] == 11.0
+    write_report(report, tmp_path / "out", figures=False)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Cost" in text and "200 [100-300]" in text
+    assert (tmp_path / "out" / "cost.csv").is_file()
+
+
 def test_unknown_reference_and_format_are_one_line_errors(results, capsys):
     assert main(["report", str(results), "--reference", "nope"]) == 2
     assert "unknown reference strategy 'nope'; valid choices: er, finetune" in capsys.readouterr().err
