@@ -61,8 +61,9 @@ def _strategy_labels(runs: list[RunResult]) -> list[str]:
     """
     by_name: dict[str, list[dict[str, Any]]] = {}
     revisions: dict[str, set[int]] = {}
+    defaults = _known_defaults(runs)
     for run in runs:
-        by_name.setdefault(run.strategy_name, []).append(_effective_arguments(run))
+        by_name.setdefault(run.strategy_name, []).append(_effective_arguments(run, defaults))
         revisions.setdefault(run.strategy_name, set()).add(run.strategy_revision)
     varying = {
         name: sorted(k for k in set().union(*arg_sets) if len({json.dumps(a.get(k)) for a in arg_sets}) > 1)
@@ -70,20 +71,28 @@ def _strategy_labels(runs: list[RunResult]) -> list[str]:
     }
     labels = []
     for run in runs:
-        name, args = run.strategy_name, _effective_arguments(run)
+        name, args = run.strategy_name, _effective_arguments(run, defaults)
         suffix = ", ".join(f"{k}={args.get(k)}" for k in varying[name])
         label = f"{name}({suffix})" if suffix else name
         labels.append(f"{label}@r{run.strategy_revision}" if len(revisions[name]) > 1 else label)
     return labels
 
 
-def _effective_arguments(run: RunResult) -> dict[str, Any]:
-    """The run's strategy arguments, those it left out at their default filled in from its file.
+def _known_defaults(runs: list[RunResult]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each strategy revision's default arguments, from the runs whose files record them."""
+    return {(run.strategy_name, run.strategy_revision): run.strategy_defaults for run in runs if run.strategy_defaults}
+
+
+def _effective_arguments(run: RunResult, defaults: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """The run's strategy arguments, those it left out at their default filled in.
 
     A run id leaves out arguments added after runs were published while they hold their
-    default, so a label names ``memory=class_balanced`` rather than ``memory=None``.
+    default, so a label names ``memory=class_balanced`` rather than ``memory=None``. The
+    defaults come from the run's file, or, for a file written before they were recorded,
+    from another run of the same strategy revision.
     """
-    return {**(run.strategy_defaults or {}), **run.strategy_args}
+    known = run.strategy_defaults or defaults.get((run.strategy_name, run.strategy_revision), {})
+    return {**known, **run.strategy_args}
 
 
 def changed_arguments(args: dict[str, Any], defaults: dict[str, Any] | None) -> str:

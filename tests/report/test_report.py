@@ -194,7 +194,8 @@ def test_an_argument_left_out_at_its_default_is_labelled_by_its_default(tmp_path
     for seed in SEEDS:
         for args, value in (({"subsample": 50}, 45.0), ({"memory": "reservoir", "subsample": 50}, 50.0)):
             record = _record("mir", 500, seed, value + seed % 3, args=args)
-            record["strategy_defaults"] = defaults
+            if seed != SEEDS[0]:  # the first seed's files predate recorded defaults
+                record["strategy_defaults"] = defaults
             write_json_atomic(folder / f"{len(args)}{seed}.json", record)
     report = build_report(folder, reference="mir(memory=reservoir)")
     assert set(report.tables[0].mean.index) == {"mir(memory=class_balanced)", "mir(memory=reservoir)"}
