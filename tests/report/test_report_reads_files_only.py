@@ -13,16 +13,25 @@ from clbench.report.collect import changed_arguments, collect
 RUNS = Path(__file__).resolve().parents[2] / "results" / "online_cifar10" / "runs"
 
 
-def _copy_runs(folder: Path, pattern: str) -> list[Path]:
+def _copy_runs(folder: Path, pattern: str, replay_forward: str | None = None) -> list[Path]:
+    """Copy committed runs; ``replay_forward`` keeps only ER runs with that forward."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy(p, folder)) for p in sorted(RUNS.glob(pattern))]
+    paths = sorted(RUNS.glob(pattern))
+    if replay_forward is not None:
+        paths = [
+            p
+            for p in paths
+            if json.loads(p.read_text())["config"]["strategy"]["args"].get("replay_forward", "joint") == replay_forward
+        ]
+    return [Path(shutil.copy(p, folder)) for p in paths]
 
 
 def test_clbench_report_imports_no_torch(tmp_path):
     _copy_runs(tmp_path / "runs", "split_cifar10-*-s123[12]-*.json")
     script = (
         "import sys\nfrom clbench.cli import main\n"
-        f"code = main(['report', {str(tmp_path / 'runs')!r}, '--reference', 'er', '--out', {str(tmp_path / 'r')!r}])\n"
+        f"code = main(['report', {str(tmp_path / 'runs')!r}, '--reference', 'er(replay_forward=separate)',"
+        f" '--out', {str(tmp_path / 'r')!r}])\n"
         "assert code == 0, code\nprint(sorted(m for m in ('torch', 'avalanche') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -31,7 +40,7 @@ def test_clbench_report_imports_no_torch(tmp_path):
 
 
 def test_two_revisions_of_one_strategy_are_two_rows(tmp_path):
-    (old,) = _copy_runs(tmp_path, "split_cifar10-er-m500-s1231-*.json")
+    (old,) = _copy_runs(tmp_path, "split_cifar10-er-m500-s1231-*.json", replay_forward="separate")
     newer = json.loads(old.read_text())
     newer["config"]["strategy_revision"] = 2
     newer["run_id"] = "split_cifar10-er-m500-s1231-newer"
@@ -41,7 +50,7 @@ def test_two_revisions_of_one_strategy_are_two_rows(tmp_path):
 
 
 def test_one_revision_keeps_the_plain_name(tmp_path):
-    _copy_runs(tmp_path, "split_cifar10-er-m500-*.json")
+    _copy_runs(tmp_path, "split_cifar10-er-m500-*.json", replay_forward="separate")
     assert set(collect(tmp_path).runs["strategy"]) == {"er"}
 
 
