@@ -586,11 +586,11 @@ class AvalanchePathMixin(StreamUpdates):
 def with_data_path(template: type, options: DevicePathOptions | None, updates_per_batch: int = 1) -> type:
     """``template`` with its data path in front: the device path's mixin, or Avalanche's for None.
 
-    ``updates_per_batch`` steps are taken on every incoming mini-batch (``training.iterations``).
-    One template and one set of settings give one class (pickling, isinstance).
+    ``updates_per_batch`` steps are taken on every incoming mini-batch (``training.iterations``,
+    whose range :class:`clbench.config.TrainingConfig` checks). One template and one set of
+    settings give one class (pickling, isinstance): the cache sits behind this function so
+    that leaving ``updates_per_batch`` out and passing 1 are one key.
     """
-    if updates_per_batch < 1:
-        raise ConfigError(f"training.iterations: must be at least 1, got {updates_per_batch}")
     return _data_path_class(template, options, updates_per_batch)
 
 

@@ -34,7 +34,7 @@ def _bench():
     return build_benchmark("synthetic", data, 2, "fixed", 0)
 
 
-def _strategy(name, bench, options, iterations, recorder):
+def _strategy(name, bench, options, iterations, recorder, args=None):
     model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(bench.input_shape)), bench.n_classes))
     training = TrainingConfig(epochs=1, batch_size=4, replay_batch_size=4, iterations=iterations)
     ctx = StrategyContext.for_training(
@@ -42,7 +42,7 @@ def _strategy(name, bench, options, iterations, recorder):
     )
     ctx.device_path = options
     entry = STRATEGIES.get(name)
-    return build_strategy(entry, ctx, entry.args())
+    return build_strategy(entry, ctx, entry.args() if args is None else args)
 
 
 @PATHS
@@ -74,13 +74,7 @@ def test_every_repetition_draws_its_own_memory_batch(monkeypatch):
 
     monkeypatch.setattr(DatasetMemory, "draw", recording_draw)
     bench = _bench()
-    model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(bench.input_shape)), bench.n_classes))
-    training = TrainingConfig(epochs=1, batch_size=4, replay_batch_size=4, iterations=2)
-    ctx = StrategyContext.for_training(
-        model, training, benchmark=bench, device=torch.device("cpu"), seed=0, buffer_size=8
-    )
-    ctx.device_path = DevicePathOptions()
-    strategy = build_strategy(STRATEGIES.get("er"), ctx, ERArgs(replay_forward="separate"))
+    strategy = _strategy("er", bench, DevicePathOptions(), 2, StepRecorder(), ERArgs(replay_forward="separate"))
     for experience in bench.scenario.train_stream:
         strategy.train(experience)
     assert len(draws) == 2 * 5  # task 2 only: 5 incoming batches, two steps each

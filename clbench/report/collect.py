@@ -62,16 +62,17 @@ def _strategy_labels(runs: list[RunResult]) -> list[str]:
     by_name: dict[str, list[dict[str, Any]]] = {}
     revisions: dict[str, set[int]] = {}
     defaults = _known_defaults(runs)
-    for run in runs:
-        by_name.setdefault(run.strategy_name, []).append(_effective_arguments(run, defaults))
+    effective = [_effective_arguments(run, defaults) for run in runs]
+    for run, args in zip(runs, effective, strict=True):
+        by_name.setdefault(run.strategy_name, []).append(args)
         revisions.setdefault(run.strategy_name, set()).add(run.strategy_revision)
     varying = {
         name: sorted(k for k in set().union(*arg_sets) if len({json.dumps(a.get(k)) for a in arg_sets}) > 1)
         for name, arg_sets in by_name.items()
     }
     labels = []
-    for run in runs:
-        name, args = run.strategy_name, _effective_arguments(run, defaults)
+    for run, args in zip(runs, effective, strict=True):
+        name = run.strategy_name
         suffix = ", ".join(f"{k}={args.get(k)}" for k in varying[name])
         label = f"{name}({suffix})" if suffix else name
         labels.append(f"{label}@r{run.strategy_revision}" if len(revisions[name]) > 1 else label)
