@@ -58,6 +58,12 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="md,tex,csv", help="comma-separated: md, tex, csv")
     report.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
     report.add_argument("--no-figures", action="store_true", help="skip the figures")
+    report.add_argument(
+        "--published",
+        default=None,
+        metavar="FILE.yaml",
+        help="published values to put beside the runs (e.g. experiments/online/published/cifar10.yaml)",
+    )
 
     fidelity = commands.add_parser("influence-bench", help="compare influence estimators with the exact influence")
     fidelity.add_argument("config", help="fidelity YAML (see experiments/influence/fidelity.yaml)")
@@ -199,9 +205,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 def _cmd_report(ns: argparse.Namespace) -> int:
     from clbench.report import build_report, write_report
+    from clbench.report.published import published_markdown
     from clbench.report.tables import to_markdown
 
-    report = build_report(ns.results_dir, ns.reference)
+    report = build_report(ns.results_dir, ns.reference, ns.published)
     for message in report.skipped:
         print(f"skipped: {message}", file=sys.stderr)
     if not report.tables:
@@ -211,6 +218,8 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     written = write_report(report, out, formats, figures=not ns.no_figures)
     for table in report.tables:
         print(to_markdown(table))
+    if report.published_table is not None and report.collection is not None:
+        print(published_markdown(report.published, report.published_table, report.collection.protocols))
     print(f"{len(report.tables)} table(s), {len(written)} file(s) written to {out}")
     return 0
 

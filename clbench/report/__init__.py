@@ -14,6 +14,7 @@ import pandas as pd
 
 from clbench.errors import ClbenchError
 from clbench.report.collect import Collection, collect
+from clbench.report.published import PublishedTable, compare_published, load_published, published_markdown
 from clbench.report.stats import aggregate, cost, paired_tests
 from clbench.report.tables import Table, build_tables, cost_markdown, to_latex, to_markdown
 
@@ -34,6 +35,8 @@ class Report:
         skipped: Files that could not be read.
         collection: The loaded runs (for figures).
         cost: Seconds of training and evaluation per run, by protocol/strategy/buffer.
+        published: clbench beside each published value (empty without a published table).
+        published_table: The published values compared (None without one).
     """
 
     metrics: pd.DataFrame
@@ -44,6 +47,8 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     collection: Collection | None = None
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)
+    published: pd.DataFrame = field(default_factory=pd.DataFrame)
+    published_table: PublishedTable | None = None
 
 
 def _choose_reference(strategies: set[str], requested: str | None) -> str | None:
@@ -56,13 +61,15 @@ def _choose_reference(strategies: set[str], requested: str | None) -> str | None
     return next((name for name in DEFAULT_REFERENCES if name in strategies), None)
 
 
-def build_report(results_dir: str | Path, reference: str | None = None) -> Report:
+def build_report(results_dir: str | Path, reference: str | None = None, published: str | Path | None = None) -> Report:
     """Load runs and build summary, t-tests and tables.
 
     Args:
         results_dir: Folder searched recursively for run JSON files.
         reference: Strategy label tested against the others; default MetaSP+RehSel, then
             MetaSP, when present.
+        published: A published-values YAML file (:mod:`clbench.report.published`) to put
+            beside the runs.
 
     Returns:
         The report.
@@ -77,7 +84,9 @@ def build_report(results_dir: str | Path, reference: str | None = None) -> Repor
         build_tables(summary, tests, collection.protocols, chosen, collection.arguments) if not summary.empty else []
     )
     costs = cost(collection.runs) if not collection.runs.empty else pd.DataFrame()
-    return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection, costs)
+    table = load_published(published) if published is not None else None
+    beside = compare_published(collection.runs, metrics, table) if table is not None else pd.DataFrame()
+    return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection, costs, beside, table)
 
 
 def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, figures: bool = True) -> list[Path]:
@@ -96,6 +105,8 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
         sections = [to_markdown(t) for t in report.tables]
         if not report.cost.empty and report.collection is not None:
             sections.append(cost_markdown(report.cost, report.collection.protocols))
+        if report.published_table is not None and report.collection is not None:
+            sections.append(published_markdown(report.published, report.published_table, report.collection.protocols))
         path.write_text("\n".join(sections))
         written.append(path)
     if "tex" in formats:
@@ -104,12 +115,14 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
             path.write_text(to_latex(table))
             written.append(path)
     if "csv" in formats:
-        frames = (
+        frames: list[tuple[str, pd.DataFrame]] = [
             ("metrics_long", report.metrics),
             ("summary", report.summary),
             ("ttests", report.tests),
             ("cost", report.cost),
-        )
+        ]
+        if report.published_table is not None:
+            frames.append(("published", report.published))
         for name, frame in frames:
             path = out / f"{name}.csv"
             frame.to_csv(path, index=False)

@@ -115,7 +115,8 @@ class Collection:
 
     Attributes:
         metrics: Tidy frame, one row per run x setting x metric.
-        runs: One row per run: ids, protocol, strategy label, buffer, seed, matrices, extras.
+        runs: One row per run: ids, protocol, strategy label, name and effective arguments,
+            buffer, seed, matrices, extras.
         protocols: Protocol id -> human description.
         arguments: Protocol id -> strategy label -> its arguments other than the defaults.
         skipped: One message per file that could not be used.
@@ -140,8 +141,10 @@ def _read_all(results_dir: Path) -> tuple[list[tuple[Path, RunResult]], list[str
     return loaded, skipped
 
 
-def _rows(pid: str, path: Path, run: RunResult, label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One run's row of the runs frame and its rows of the tidy metrics frame."""
+def _rows(
+    pid: str, path: Path, run: RunResult, label: str, arguments: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One run's row of the runs frame (``arguments``: its effective strategy arguments) and its metric rows."""
     base = {
         "protocol": pid,
         "benchmark": run.config["benchmark"]["name"],
@@ -152,6 +155,8 @@ def _rows(pid: str, path: Path, run: RunResult, label: str) -> tuple[dict[str, A
     }
     run_row = {
         **base,
+        "strategy_name": run.strategy_name,
+        "arguments": arguments,
         "file": str(path),
         "evaluated_after_task": run.evaluated_after_task,
         "class_il": run.accuracy["class_il"],
@@ -191,12 +196,14 @@ def collect(results_dir: Path) -> Collection:
     metric_rows, run_rows = [], []
     arguments: dict[str, dict[str, str]] = {}
     for pid, members in groups.items():
-        labels = _strategy_labels([run for _, run in members])
+        runs = [run for _, run in members]
+        labels = _strategy_labels(runs)
+        defaults = _known_defaults(runs)
         for (path, run), label in zip(members, labels, strict=True):
             changed = changed_arguments(run.strategy_args, run.strategy_defaults)
             if changed:
                 arguments.setdefault(pid, {})[label] = changed
-            run_row, rows = _rows(pid, path, run, label)
+            run_row, rows = _rows(pid, path, run, label, _effective_arguments(run, defaults))
             run_rows.append(run_row)
             metric_rows.extend(rows)
     columns = ["protocol", "benchmark", "strategy", "buffer_size", "seed", "run_id", "setting", "metric", "value"]
