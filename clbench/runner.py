@@ -219,19 +219,22 @@ def _train_and_evaluate(built: _Run) -> _Trace:
         trace.train_seconds.append(time.perf_counter() - tic)
         _evaluate(built, trace, benchmark.n_tasks - 1, [c for task in benchmark.task_classes for c in task])
         return trace
+    # A strategy with a trained model after some tasks only (GDumb trained at the end) says which.
+    evaluates_after = getattr(built.strategy, "clbench_evaluates_after", lambda task: True)
     seen: list[int] = []
     for task, experience in enumerate(train_stream):
         tic = time.perf_counter()
         built.strategy.train(experience, eval_streams=[], num_workers=workers)
         trace.train_seconds.append(time.perf_counter() - tic)
         seen.extend(benchmark.task_classes[task])
-        _evaluate(built, trace, task, seen)
+        if evaluates_after(task):
+            _evaluate(built, trace, task, seen)
     return trace
 
 
-def _summaries(trace: _Trace, trains_jointly: bool) -> dict[str, MetricValues]:
-    """A1, Ainf, Am and BWT of both settings (only the final accuracy for a joint run)."""
-    if trains_jointly:
+def _summaries(trace: _Trace, trains_jointly: bool, n_tasks: int) -> dict[str, MetricValues]:
+    """A1, Ainf, Am and BWT of both settings (only the final accuracy for a joint run, or one evaluated at the end)."""
+    if trains_jointly or len(trace.after_task) < n_tasks:
         final_rows = {"class_il": trace.class_il[-1], "task_il": trace.task_il[-1]}
         return {setting: summarize_final_only(row) for setting, row in final_rows.items()}
     return {"class_il": summarize(trace.class_il), "task_il": summarize(trace.task_il)}
@@ -269,7 +272,7 @@ def execute_run(
         task_classes=[list(c) for c in built.benchmark.task_classes],
         evaluated_after_task=trace.after_task,
         accuracy={"class_il": trace.class_il, "task_il": trace.task_il},
-        metrics=_summaries(trace, built.trains_jointly),
+        metrics=_summaries(trace, built.trains_jointly, built.benchmark.n_tasks),
         train_seconds=trace.train_seconds,
         eval_seconds=trace.eval_seconds,
         environment=environment_info(built.device),

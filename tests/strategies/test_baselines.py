@@ -310,6 +310,59 @@ def test_gdumb_trains_the_buffer_for_its_own_epochs():
     assert build_strategy(entry, _context(), GDumbArgs(buffer_epochs=7)).train_epochs == 7
 
 
+def _gdumb_run(tmp_path, train_at):
+    """A 3-task GDumb run through the CLI, with a plugin counting its optimiser steps per task."""
+    config = {
+        "name": "gdumb",
+        "benchmarks": [{"name": "synthetic", "args": {"n_tasks": 3, "n_classes": N_CLASSES, "train_per_class": 20}}],
+        "strategies": [{"name": "gdumb", "args": {"buffer_epochs": 2, "train_at": train_at}}],
+        "buffer_sizes": [BUFFER],
+        "seeds": [1231],
+        "backbone": {"name": "mlp", "args": {"hidden": [16]}},
+        "training": {"epochs": 1, "batch_size": 8},
+        "device": "cpu",
+    }
+    path = tmp_path / f"{train_at}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / train_at
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    (result,) = map(load_result, out.glob("*.json"))
+    return result
+
+
+def test_gdumb_trained_at_the_last_task_trains_once_on_the_full_buffer_and_is_evaluated_once(tmp_path):
+    every = _gdumb_run(tmp_path, "every_task")
+    last = _gdumb_run(tmp_path, "last_task")
+    assert every["evaluated_after_task"] == [0, 1, 2]
+    assert last["evaluated_after_task"] == [2]
+    assert last["metrics"]["class_il"]["A1"] is None and last["metrics"]["class_il"]["Ainf"] is not None
+    assert "train_at" not in every["run_id"] and every["config"]["strategy"]["args"] == {"buffer_epochs": 2}
+
+
+def test_gdumb_trained_at_the_last_task_takes_every_task_into_its_buffer():
+    from clbench.strategies.gdumb import GDumbArgs
+
+    ctx = _context()
+    strategy = build_strategy(STRATEGIES.get("gdumb"), ctx, GDumbArgs(train_at="last_task"))
+    steps = []
+    strategy.plugins.append(_Counter(steps))
+    for experience in ctx.benchmark.scenario.train_stream:
+        strategy.train(experience)
+    plugin = next(p for p in strategy.plugins if type(p).__name__ == "GDumbPlugin")
+    stored = {int(y) for y in plugin.storage_policy.buffer.targets}
+    assert stored == set(range(N_CLASSES))
+    assert steps == [2] * -(-BUFFER // ctx.training.batch_size)  # one epoch of the buffer, in the last task only
+
+
+class _Counter(SupervisedPlugin):
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.steps.append(strategy.clock.train_exp_counter)
+
+
 def _anchor_output_change(anchor_weight):
     """How far one HAL step moves the anchors' outputs on a seeded tanh MLP."""
     from clbench.strategies.hal import HALArgs
