@@ -13,6 +13,7 @@ from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.memory import DatasetMemory, ReplayMemory
+from clbench.strategies.tensor_buffer import StreamReservoir
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class ERArgs:
         metadata={
             "help": "joint: memory examples concatenated to the batch, one forward, one mean loss (Avalanche); "
             "separate: their own forward, loss = stream mean + memory mean (the online replay literature's code)",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
+    memory_update: Literal["after_task", "every_batch"] = field(
+        default="after_task",
+        metadata={
+            "help": "after_task: the reservoir takes each task once it is learned, so replay draws earlier tasks "
+            "only (MIR's reference code); every_batch: it takes every incoming batch after its step and replay "
+            "draws from all it holds, the current task included (the online survey's code); separate forward only",
             OMIT_AT_DEFAULT: True,
         },
     )
@@ -46,11 +56,18 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
     the update follows the sum of the two mean losses (not the mean over their union, which
     halves both parts' step). Replay starts with the second task and draws only earlier
     tasks: the reservoir is updated after each experience, which gives the same memory at
-    every task boundary as updating it after every incoming batch, in distribution.
+    every task boundary as updating it after every incoming batch, in distribution. With a
+    :class:`StreamReservoir` (``memory_update: every_batch``) the memory takes every
+    incoming batch and replay draws the current task too, as the online survey's code does.
     """
 
     def __init__(self, memory: ReplayMemory, batch_size_mem: int) -> None:
-        """Replay ``batch_size_mem`` examples a step from ``memory``."""
+        """Replay ``batch_size_mem`` examples a step from ``memory``.
+
+        A :class:`StreamReservoir` is offered every incoming batch after its step (once per
+        batch when ``training.iterations`` repeats it); any other memory takes each
+        experience after it is learned.
+        """
         super().__init__()
         self.memory = memory
         self.batch_size_mem = batch_size_mem
@@ -63,6 +80,11 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
         with strategy_autocast(strategy):
             logits = strategy.model(x)
         strategy.loss += strategy._criterion(logits.float(), y)
+
+    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Offer the incoming batch to a stream reservoir (the first time the batch is used)."""
+        if isinstance(self.memory, StreamReservoir) and getattr(strategy, "batch_repetition", 0) == 0:
+            self.memory.offer(strategy.mb_x, strategy.mb_y)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Offer the experience just learned to the reservoir."""
@@ -87,10 +109,13 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
     from avalanche.training.supervised import Naive
 
     storage = Reservoir(ctx.buffer_size)
+    if args.memory_update == "every_batch" and args.replay_forward != "separate":
+        raise ConfigError("er: memory_update=every_batch needs replay_forward=separate; valid choices: separate")
     if args.replay_forward == "separate":
         if args.task_balanced:
             raise ConfigError("er: task_balanced=true needs replay_forward=joint; valid choices: joint")
-        return ctx.recipe(Naive, SeparateForwardReplay(storage, ctx.training.replay_batch_size))
+        memory = StreamReservoir(ctx.buffer_size) if args.memory_update == "every_batch" else storage
+        return ctx.recipe(Naive, SeparateForwardReplay(memory, ctx.training.replay_batch_size))
     replay = ReplayPlugin(
         mem_size=ctx.buffer_size,
         batch_size=ctx.training.batch_size,

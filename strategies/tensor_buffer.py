@@ -87,3 +87,71 @@ class TensorReservoirBuffer(ExemplarsBuffer):  # type: ignore[misc]
             self.edit_counts[keep],
             self._keys[keep],
         )
+
+
+class StreamReservoir(ExemplarsBuffer):  # type: ignore[misc]
+    """Reservoir sampling (Vitter's algorithm R) over the incoming mini-batches, held as tensors.
+
+    :meth:`offer` takes each incoming example as it arrives: the first ``max_size`` fill the
+    buffer, the n-th after that replaces a random slot with probability ``max_size / n``, so
+    at every step the buffer is a uniform sample of the stream so far, the current task
+    included. This is the memory of the online survey's code (RaptorMai/online-continual-learning,
+    ``utils/buffer/reservoir_update.py``), whose replay draws from it during the task that fills it.
+    The inputs are stored as the model received them (no augmentation on replay).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        """Create an empty buffer of ``max_size`` examples."""
+        super().__init__(max_size)
+        self.x = torch.zeros(0)
+        self.y = torch.zeros(0, dtype=torch.long)
+        self.filled = 0
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return self.filled
+
+    @property
+    def buffer(self) -> Any:
+        """The stored examples as an Avalanche dataset (built on demand)."""
+        from avalanche.benchmarks.utils.classification_dataset import (
+            _make_taskaware_tensor_classification_dataset,
+        )
+
+        x, y = self.x[: self.filled].cpu(), self.y[: self.filled].cpu()
+        return _make_taskaware_tensor_classification_dataset(x, y, targets=y.tolist())
+
+    @buffer.setter
+    def buffer(self, value: Any) -> None:
+        pass  # the tensors are the source of truth (see TensorReservoirBuffer)
+
+    def offer(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Take the incoming examples ``(x, y)`` by reservoir sampling."""
+        if self.filled == 0 and self.x.numel() == 0:
+            self.x = torch.zeros((self.max_size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            self.y = torch.zeros(self.max_size, dtype=torch.long, device=y.device)
+        for i in range(len(y)):
+            self.seen += 1
+            if self.filled < self.max_size:
+                slot, self.filled = self.filled, self.filled + 1
+            else:
+                slot = int(torch.randint(0, self.seen, (1,)))
+                if slot >= self.max_size:
+                    continue
+            self.x[slot] = x[i].detach()
+            self.y[slot] = y[i]
+
+    def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` distinct random stored examples on the strategy's device (``augment`` does not apply)."""
+        positions = torch.randperm(self.filled)[:count]
+        return self.x[positions].to(strategy.device), self.y[positions].to(strategy.device), positions
+
+    def update(self, strategy: Any, **kwargs: Any) -> None:
+        """Nothing to do at the end of an experience: :meth:`offer` took every example as it came."""
+
+    def post_adapt(self, agent: Any, exp: Any) -> None:
+        """See :meth:`update`."""
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        """A stream reservoir has a fixed size."""
+        raise NotImplementedError("StreamReservoir has a fixed size")

@@ -82,6 +82,17 @@ def test_every_repetition_draws_its_own_memory_batch(monkeypatch):
     assert any(not torch.equal(a.sort().values, b.sort().values) for a, b in pairs)
 
 
+def test_er_stream_reservoir_takes_each_incoming_batch_once():
+    from clbench.strategies.er import ERArgs
+
+    bench = _bench()
+    args = ERArgs(replay_forward="separate", memory_update="every_batch")
+    strategy = _strategy("er", bench, DevicePathOptions(), 3, StepRecorder(), args)
+    strategy.train(bench.scenario.train_stream[0])
+    memory = next(p for p in strategy.plugins if type(p).__name__ == "SeparateForwardReplay").memory
+    assert memory.seen == 20 and len(memory) == 8  # 5 batches of 4, each offered once; buffer_size 8
+
+
 def test_gss_offers_each_incoming_batch_to_its_memory_once(monkeypatch):
     from clbench.strategies.gss import GSSGreedyMemory
 

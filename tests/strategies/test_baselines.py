@@ -425,6 +425,9 @@ def test_every_rehearsal_memory_but_gss_shares_one_interface():
 
     memories = {
         "er": _plugin(build("er", replay_forward="separate"), "SeparateForwardReplay").memory,
+        "er_every_batch": _plugin(
+            build("er", replay_forward="separate", memory_update="every_batch"), "SeparateForwardReplay"
+        ).memory,
         "mir": _plugin(build("mir"), "MIRPlugin").memory,
         "mir_reservoir": _plugin(build("mir", memory="reservoir"), "MIRPlugin").memory,
         "gmed": build("gmed").storage,
