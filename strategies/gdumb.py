@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.training.supervised import Naive
 
 from clbench.config import OMIT_AT_DEFAULT
+from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
@@ -18,6 +21,14 @@ class GDumbArgs:
     buffer_epochs: int | None = field(
         default=None,
         metadata={"help": "epochs of each from-scratch training on the buffer; default the run's epochs per task"},
+    )
+    clip_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "clip the gradient's norm to this before each step of the buffer training "
+            "(the online survey's GDumb code: 10); None: no clipping",
+            OMIT_AT_DEFAULT: True,
+        },
     )
     train_at: Literal["every_task", "last_task"] = field(
         default="every_task",
@@ -54,6 +65,19 @@ class GDumb(Naive):  # type: ignore[misc]
             super()._train_exp(experience, eval_streams, **kwargs)
 
 
+class ClipGradNorm(SupervisedPlugin):  # type: ignore[misc]
+    """Clips the gradient's norm before every update (a gradient edit, so a plugin)."""
+
+    def __init__(self, max_norm: float) -> None:
+        """Clip to ``max_norm``."""
+        super().__init__()
+        self.max_norm = max_norm
+
+    def before_update(self, strategy: Any, **kwargs: Any) -> None:
+        """Scale the gradient down to ``max_norm`` if it is longer."""
+        torch.nn.utils.clip_grad_norm_(strategy.model.parameters(), self.max_norm)
+
+
 @STRATEGIES.register(
     "gdumb", args=GDumbArgs, help="GDumb: greedy class-balanced memory, retrain from scratch on it", uses_buffer=True
 )
@@ -67,7 +91,13 @@ def build_gdumb(ctx: StrategyContext, args: GDumbArgs) -> Recipe:
     """
     from avalanche.training.plugins import GDumbPlugin
 
-    plugin = GDumbPlugin(mem_size=ctx.buffer_size)
+    if args.clip_grad_norm is not None and args.clip_grad_norm <= 0:
+        raise ConfigError(
+            f"gdumb: clip_grad_norm must be > 0, got {args.clip_grad_norm}; valid choices: a positive number or null"
+        )
+    plugins = [GDumbPlugin(mem_size=ctx.buffer_size)]
+    if args.clip_grad_norm is not None:
+        plugins.append(ClipGradNorm(args.clip_grad_norm))
     return ctx.recipe(
-        GDumb, plugin, train_epochs=args.buffer_epochs, train_at=args.train_at, n_tasks=ctx.benchmark.n_tasks
+        GDumb, *plugins, train_epochs=args.buffer_epochs, train_at=args.train_at, n_tasks=ctx.benchmark.n_tasks
     )

@@ -50,7 +50,8 @@ def test_strategy_args_reject_unknown_keys():
     from clbench.errors import ConfigError
     from clbench.strategies import STRATEGIES
 
-    with pytest.raises(ConfigError, match="unknown key 'mem'; valid keys: replay_forward, task_balanced"):
+    expected = "unknown key 'mem'; valid keys: memory_update, replay_forward, task_balanced"
+    with pytest.raises(ConfigError, match=expected):
         from_mapping(STRATEGIES.get("er").args, {"mem": 3}, "strategy er")
 
 

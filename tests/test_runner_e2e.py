@@ -55,7 +55,11 @@ def test_grid_writes_one_file_per_run_with_both_matrices(grid_run):
         assert result["environment"]["avalanche"] == "0.6.0"
         assert len(result["train_seconds"]) == rows
         if strategy == "er":  # the defaults the report compares arguments with, recorded with the run
-            assert result["strategy_defaults"] == {"task_balanced": False, "replay_forward": "joint"}
+            assert result["strategy_defaults"] == {
+                "task_balanced": False,
+                "replay_forward": "joint",
+                "memory_update": "after_task",
+            }
 
 
 def test_task_il_is_never_below_class_il(grid_run):

@@ -354,6 +354,29 @@ def test_gdumb_trained_at_the_last_task_takes_every_task_into_its_buffer():
     assert steps == [2] * -(-BUFFER // ctx.training.batch_size)  # one epoch of the buffer, in the last task only
 
 
+def test_gdumb_clips_the_gradient_norm_before_each_update():
+    from types import SimpleNamespace
+
+    from clbench.errors import ConfigError
+    from clbench.strategies.gdumb import ClipGradNorm, GDumbArgs
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    (model(torch.randn(4, 8) * 100).sum() * 100).backward()
+    norm = lambda: float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())  # noqa: E731
+    assert norm() > 10
+    ClipGradNorm(10.0).before_update(SimpleNamespace(model=model))
+    assert norm() == pytest.approx(10.0, rel=1e-5)
+    ClipGradNorm(10.0).before_update(SimpleNamespace(model=model))  # a shorter gradient is left as it is
+    assert norm() == pytest.approx(10.0, rel=1e-5)
+    entry = STRATEGIES.get("gdumb")
+    built = build_strategy(entry, _context(), GDumbArgs(clip_grad_norm=10.0))
+    assert any(isinstance(p, ClipGradNorm) for p in built.plugins)
+    assert not any(isinstance(p, ClipGradNorm) for p in build_strategy(entry, _context(), GDumbArgs()).plugins)
+    with pytest.raises(ConfigError, match=r"clip_grad_norm must be > 0, got 0\.0"):
+        build_strategy(entry, _context(), GDumbArgs(clip_grad_norm=0.0))
+
+
 class _Counter(SupervisedPlugin):
     def __init__(self, steps):
         super().__init__()
