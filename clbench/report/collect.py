@@ -80,8 +80,17 @@ def _strategy_labels(runs: list[RunResult]) -> list[str]:
 
 
 def _known_defaults(runs: list[RunResult]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Each strategy revision's default arguments, from the runs whose files record them."""
-    return {(run.strategy_name, run.strategy_revision): run.strategy_defaults for run in runs if run.strategy_defaults}
+    """Each strategy revision's default arguments: the union of what its runs' files record.
+
+    An option added to a strategy without a revision bump (its default keeps the earlier
+    behaviour) is missing from the defaults that older files record; a newer file of the
+    same revision supplies it.
+    """
+    known: dict[tuple[str, int], dict[str, Any]] = {}
+    for run in runs:
+        if run.strategy_defaults:
+            known.setdefault((run.strategy_name, run.strategy_revision), {}).update(run.strategy_defaults)
+    return known
 
 
 def _effective_arguments(run: RunResult, defaults: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
@@ -89,10 +98,10 @@ def _effective_arguments(run: RunResult, defaults: dict[tuple[str, int], dict[st
 
     A run id leaves out arguments added after runs were published while they hold their
     default, so a label names ``memory=class_balanced`` rather than ``memory=None``. The
-    defaults come from the run's file, or, for a file written before they were recorded,
-    from another run of the same strategy revision.
+    defaults come from the run's file and, for options its file predates, from the other
+    runs of the same strategy revision.
     """
-    known = run.strategy_defaults or defaults.get((run.strategy_name, run.strategy_revision), {})
+    known = {**defaults.get((run.strategy_name, run.strategy_revision), {}), **(run.strategy_defaults or {})}
     return {**known, **run.strategy_args}
 
 

@@ -201,6 +201,24 @@ def test_an_argument_left_out_at_its_default_is_labelled_by_its_default(tmp_path
     assert set(report.tables[0].mean.index) == {"mir(memory=class_balanced)", "mir(memory=reservoir)"}
 
 
+def test_an_argument_added_after_a_file_was_written_is_labelled_by_its_default(tmp_path):
+    # The older files record the defaults of their day, without the option added since at
+    # its default (so their run ids did not change); a newer file records it.
+    folder = tmp_path / "runs"
+    for seed in SEEDS:
+        old = _record("er", 500, seed, 40.0 + seed % 3, args={"replay_forward": "separate"})
+        old["strategy_defaults"] = {"replay_forward": "joint"}
+        new = _record(
+            "er", 500, seed, 42.0 + seed % 3, args={"replay_forward": "separate", "memory_update": "every_batch"}
+        )
+        new["strategy_defaults"] = {"replay_forward": "joint", "memory_update": "after_task"}
+        write_json_atomic(folder / f"old{seed}.json", old)
+        write_json_atomic(folder / f"new{seed}.json", new)
+    report = build_report(folder, reference="er(memory_update=every_batch)")
+    assert set(report.tables[0].mean.index) == {"er(memory_update=after_task)", "er(memory_update=every_batch)"}
+    assert all(args["memory_update"] in ("after_task", "every_batch") for args in report.collection.runs["arguments"])
+
+
 def test_the_cost_of_each_strategy_is_the_median_and_range_of_its_runs_seconds(tmp_path):
     folder = tmp_path / "runs"
     for seed, seconds in zip(SEEDS, (100.0, 300.0, 200.0), strict=True):

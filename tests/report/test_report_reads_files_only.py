@@ -14,23 +14,26 @@ RUNS = Path(__file__).resolve().parents[2] / "results" / "online_cifar10" / "run
 
 
 def _copy_runs(folder: Path, pattern: str, replay_forward: str | None = None) -> list[Path]:
-    """Copy committed runs; ``replay_forward`` keeps only ER runs with that forward."""
+    """Copy committed runs; ``replay_forward`` keeps only ER runs with that forward (and MIR's memory update)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = sorted(RUNS.glob(pattern))
     if replay_forward is not None:
-        paths = [
-            p
-            for p in paths
-            if json.loads(p.read_text())["config"]["strategy"]["args"].get("replay_forward", "joint") == replay_forward
-        ]
+        wanted = {"replay_forward": replay_forward, "memory_update": "after_task"}
+        defaults = {"replay_forward": "joint", "memory_update": "after_task"}
+        paths = [p for p in paths if _er_args(p, defaults) == wanted]
     return [Path(shutil.copy(p, folder)) for p in paths]
+
+
+def _er_args(path: Path, defaults: dict[str, str]) -> dict[str, str]:
+    args = json.loads(path.read_text())["config"]["strategy"]["args"]
+    return {key: args.get(key, default) for key, default in defaults.items()}
 
 
 def test_clbench_report_imports_no_torch(tmp_path):
     _copy_runs(tmp_path / "runs", "split_cifar10-*-s123[12]-*.json")
     script = (
         "import sys\nfrom clbench.cli import main\n"
-        f"code = main(['report', {str(tmp_path / 'runs')!r}, '--reference', 'er(replay_forward=separate)',"
+        f"code = main(['report', {str(tmp_path / 'runs')!r}, '--reference', 'finetune',"
         f" '--out', {str(tmp_path / 'r')!r}])\n"
         "assert code == 0, code\nprint(sorted(m for m in ('torch', 'avalanche') if m in sys.modules))\n"
     )
