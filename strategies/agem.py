@@ -27,7 +27,25 @@ class AnyLayoutAGEM(AGEMPlugin):  # type: ignore[misc]
 
     The reference gradient and the projection are Avalanche's, number for number; only the
     flattening of the gradients differs, so that channels-last weights do not crash it.
+    With more past tasks than ``sample_size`` Avalanche's per-task draw
+    (``sample_size // n_tasks`` a task) is empty and crashes; there each draw takes one
+    example of each of ``sample_size`` random past tasks (see :meth:`sample_from_memory`).
     """
+
+    def sample_from_memory(self) -> Any:
+        """Avalanche's task-balanced draw, or one example of each of ``sample_size`` random past tasks.
+
+        The second keeps the reference batch at ``sample_size`` examples and balanced over
+        tasks in expectation; it is used only where Avalanche's draw would hold no example.
+        """
+        if len(self.buffers) <= self.sample_size:
+            return super().sample_from_memory()
+        tasks = torch.randperm(len(self.buffers))[: self.sample_size].tolist()
+        items = [self.buffers[t][int(torch.randint(len(self.buffers[t]), ()))] for t in tasks]
+        x = torch.stack([item[0] for item in items])
+        y = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+        task = torch.as_tensor([int(item[-1]) for item in items], dtype=torch.long)
+        return x, y, task
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         """The reference gradient on a memory sample."""

@@ -386,6 +386,23 @@ class _Counter(SupervisedPlugin):
         self.steps.append(strategy.clock.train_exp_counter)
 
 
+def test_agem_trains_past_more_tasks_than_examples_in_its_reference_batch():
+    # Avalanche's draw takes sample_size // n_past_tasks examples a task: none from the
+    # third task on with sample_size 2 (it crashed on 20-task Split CIFAR-100 at task 12).
+    from clbench.strategies.agem import AGEMArgs
+
+    ctx = _context(n_tasks=6)
+    strategy = build_strategy(STRATEGIES.get("agem"), ctx, AGEMArgs(sample_size=2))
+    plugin = _plugin(strategy, "AGEMPlugin")
+    for experience in ctx.benchmark.scenario.train_stream:
+        strategy.train(experience)
+    assert len(plugin.buffers) == 6
+    x, y, task = plugin.sample_from_memory()
+    assert x.shape[0] == y.shape[0] == task.shape[0] == 2
+    seen = {int(label) for _ in range(50) for label in plugin.sample_from_memory()[1]}
+    assert len(seen) > 2  # drawn from more than two past tasks over the draws
+
+
 def _anchor_output_change(anchor_weight):
     """How far one HAL step moves the anchors' outputs on a seeded tanh MLP."""
     from clbench.strategies.hal import HALArgs
