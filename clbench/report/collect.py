@@ -53,16 +53,15 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     )
 
 
-def _strategy_labels(runs: list[RunResult]) -> list[str]:
+def _strategy_labels(runs: list[RunResult], effective: list[dict[str, Any]]) -> list[str]:
     """Label each run's strategy by its name plus the arguments that vary among runs of that name.
 
+    ``effective`` holds each run's arguments with its defaults filled in (:func:`effective_arguments`).
     Runs of two revisions of one strategy (a fix that changed its results) are never pooled:
     their labels end in ``@r<revision>`` when one folder holds more than one revision.
     """
     by_name: dict[str, list[dict[str, Any]]] = {}
     revisions: dict[str, set[int]] = {}
-    defaults = _known_defaults(runs)
-    effective = [_effective_arguments(run, defaults) for run in runs]
     for run, args in zip(runs, effective, strict=True):
         by_name.setdefault(run.strategy_name, []).append(args)
         revisions.setdefault(run.strategy_name, set()).add(run.strategy_revision)
@@ -91,6 +90,12 @@ def _known_defaults(runs: list[RunResult]) -> dict[tuple[str, int], dict[str, An
         if run.strategy_defaults:
             known.setdefault((run.strategy_name, run.strategy_revision), {}).update(run.strategy_defaults)
     return known
+
+
+def effective_arguments(runs: list[RunResult]) -> list[dict[str, Any]]:
+    """Each run's strategy arguments, those it left out at their default filled in (:func:`_effective_arguments`)."""
+    defaults = _known_defaults(runs)
+    return [_effective_arguments(run, defaults) for run in runs]
 
 
 def _effective_arguments(run: RunResult, defaults: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
@@ -206,13 +211,13 @@ def collect(results_dir: Path) -> Collection:
     arguments: dict[str, dict[str, str]] = {}
     for pid, members in groups.items():
         runs = [run for _, run in members]
-        labels = _strategy_labels(runs)
-        defaults = _known_defaults(runs)
-        for (path, run), label in zip(members, labels, strict=True):
+        effective = effective_arguments(runs)
+        labels = _strategy_labels(runs, effective)
+        for (path, run), label, args in zip(members, labels, effective, strict=True):
             changed = changed_arguments(run.strategy_args, run.strategy_defaults)
             if changed:
                 arguments.setdefault(pid, {})[label] = changed
-            run_row, rows = _rows(pid, path, run, label, _effective_arguments(run, defaults))
+            run_row, rows = _rows(pid, path, run, label, args)
             run_rows.append(run_row)
             metric_rows.extend(rows)
     columns = ["protocol", "benchmark", "strategy", "buffer_size", "seed", "run_id", "setting", "metric", "value"]

@@ -81,9 +81,7 @@ def load_published(path: str | Path) -> PublishedTable:
         raw = yaml.safe_load(file.read_text())
     except yaml.YAMLError:
         raise ConfigError(f"published-values file {str(path)!r} is not valid YAML") from None
-    table = from_mapping(PublishedTable, raw, file.name)
-    if not isinstance(table.sources, dict):
-        raise ConfigError(f"{file.name}.sources: expected a mapping")
+    table = from_mapping(PublishedTable, raw, file.name)  # rejects a `sources` that is not a mapping
     sources = {key: from_mapping(Source, value, f"{file.name}.sources.{key}") for key, value in table.sources.items()}
     for i, value in enumerate(table.values):
         if value.source not in sources:
