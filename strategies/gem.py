@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from clbench.data_path import strategy_autocast
 from clbench.errors import ClbenchError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
@@ -27,6 +28,7 @@ class GEMQuadProgError(ClbenchError):
     args=GEMArgs,
     help="Gradient Episodic Memory: project gradients so no past task's loss rises",
     uses_buffer=True,
+    revision=2,
 )
 def build_gem(ctx: StrategyContext, args: GEMArgs) -> Recipe:
     """Avalanche's ``GEMPlugin`` on ``Naive``.
@@ -34,12 +36,18 @@ def build_gem(ctx: StrategyContext, args: GEMArgs) -> Recipe:
     Memory budget: GEM stores ``patterns_per_experience`` examples of every task;
     clbench sets it to ``buffer_size // n_tasks`` so the memory holds at most
     ``buffer_size`` examples after the last task (the GEM paper's way of splitting a budget).
-    The reference gradients use every stored example of each past task.
+    The reference gradients use every stored example of each past task, at the run's
+    precision (revision 2; revision 1 ran these passes in fp32 on a bf16 run, as Avalanche's
+    plugin does not know the run's autocast: they were most of GEM's cost).
     """
     from avalanche.training.plugins import GEMPlugin
     from avalanche.training.supervised import Naive
 
     class CheckedGEMPlugin(GEMPlugin):  # type: ignore[misc]
+        def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+            with strategy_autocast(strategy):
+                super().before_training_iteration(strategy, **kwargs)
+
         def solve_quadprog(self, g: Any) -> Any:
             try:
                 return super().solve_quadprog(g)
