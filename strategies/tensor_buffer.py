@@ -1,4 +1,4 @@
-"""A reservoir buffer that stores its examples as tensors, so strategies can edit them."""
+"""Reservoir buffers that store their examples as tensors, so strategies can draw and edit them in batches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,45 @@ import torch
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 
-class TensorReservoirBuffer(ExemplarsBuffer):  # type: ignore[misc]
+class TensorStore(ExemplarsBuffer):  # type: ignore[misc]
+    """An ``ExemplarsBuffer`` whose first ``len(self)`` rows of ``x`` / ``y`` are its examples.
+
+    The tensors are the source of truth: Avalanche's ``buffer`` dataset is built from them
+    on demand, and replay draws rows in one indexing operation.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def buffer(self) -> Any:
+        """The stored examples as an Avalanche dataset (built on demand)."""
+        from avalanche.benchmarks.utils.classification_dataset import (
+            _make_taskaware_tensor_classification_dataset,
+        )
+
+        x, y = self.x[: len(self)].cpu(), self.y[: len(self)].cpu()
+        return _make_taskaware_tensor_classification_dataset(x, y, targets=y.tolist())
+
+    @buffer.setter
+    def buffer(self, value: Any) -> None:
+        # Avalanche's base class assigns an empty dataset at construction; the tensors rule.
+        pass
+
+    def sample(self, count: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` random stored examples (without replacement) and their positions."""
+        positions = torch.randperm(len(self))[:count]
+        return self.x[positions].to(device), self.y[positions].to(device), positions
+
+    def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The :class:`~clbench.strategies.memory.ReplayMemory` draw: :meth:`sample` on the strategy's device.
+
+        ``augment`` is not applied: the stored tensors are the inputs as stored (edited, for GMED).
+        """
+        return self.sample(count, strategy.device)
+
+
+class TensorReservoirBuffer(TensorStore):
     """Reservoir sampling over the stream, holding inputs and labels as tensors.
 
     Updated after each experience: every example seen so far has the same chance to be
@@ -27,33 +65,6 @@ class TensorReservoirBuffer(ExemplarsBuffer):  # type: ignore[misc]
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
-
-    @property
-    def buffer(self) -> Any:
-        """The stored examples as an Avalanche dataset (built on demand)."""
-        from avalanche.benchmarks.utils.classification_dataset import (
-            _make_taskaware_tensor_classification_dataset,
-        )
-
-        return _make_taskaware_tensor_classification_dataset(self.x, self.y, targets=self.y.tolist())
-
-    @buffer.setter
-    def buffer(self, value: Any) -> None:
-        # The tensors are the source of truth; Avalanche's base class assigns an empty
-        # dataset at construction, which is ignored.
-        pass
-
-    def sample(self, count: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``count`` random examples (without replacement) and their positions."""
-        positions = torch.randperm(len(self))[:count]
-        return self.x[positions].to(device), self.y[positions].to(device), positions
-
-    def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The :class:`~clbench.strategies.memory.ReplayMemory` draw: :meth:`sample` on the strategy's device.
-
-        ``augment`` is not applied: the stored tensors are the edited inputs themselves.
-        """
-        return self.sample(count, strategy.device)
 
     def update(self, strategy: Any, **kwargs: Any) -> None:
         """The :class:`~clbench.strategies.memory.ReplayMemory` update: reservoir over the experience."""
@@ -89,7 +100,7 @@ class TensorReservoirBuffer(ExemplarsBuffer):  # type: ignore[misc]
         )
 
 
-class StreamReservoir(ExemplarsBuffer):  # type: ignore[misc]
+class StreamReservoir(TensorStore):
     """Reservoir sampling (Vitter's algorithm R) over the incoming mini-batches, held as tensors.
 
     :meth:`offer` takes each incoming example as it arrives: the first ``max_size`` fill the
@@ -111,20 +122,6 @@ class StreamReservoir(ExemplarsBuffer):  # type: ignore[misc]
     def __len__(self) -> int:
         return self.filled
 
-    @property
-    def buffer(self) -> Any:
-        """The stored examples as an Avalanche dataset (built on demand)."""
-        from avalanche.benchmarks.utils.classification_dataset import (
-            _make_taskaware_tensor_classification_dataset,
-        )
-
-        x, y = self.x[: self.filled].cpu(), self.y[: self.filled].cpu()
-        return _make_taskaware_tensor_classification_dataset(x, y, targets=y.tolist())
-
-    @buffer.setter
-    def buffer(self, value: Any) -> None:
-        pass  # the tensors are the source of truth (see TensorReservoirBuffer)
-
     def offer(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Take the incoming examples ``(x, y)`` by reservoir sampling."""
         if self.filled == 0 and self.x.numel() == 0:
@@ -140,11 +137,6 @@ class StreamReservoir(ExemplarsBuffer):  # type: ignore[misc]
                     continue
             self.x[slot] = x[i].detach()
             self.y[slot] = y[i]
-
-    def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``count`` distinct random stored examples on the strategy's device (``augment`` does not apply)."""
-        positions = torch.randperm(self.filled)[:count]
-        return self.x[positions].to(strategy.device), self.y[positions].to(strategy.device), positions
 
     def update(self, strategy: Any, **kwargs: Any) -> None:
         """Nothing to do at the end of an experience: :meth:`offer` took every example as it came."""
