@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from clbench.config import OMIT_AT_DEFAULT
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageSplits, first_per_class
 from clbench.datasets.sources import read_split_folder, read_torchvision_cifar
 
@@ -32,6 +33,13 @@ class CifarArgs:
     train_per_class: int | None = field(
         default=None, metadata={"help": "keep only the first n training images of each class (reduced protocols)"}
     )
+    normalize: bool = field(
+        default=True,
+        metadata={
+            "help": "per-channel mean/std normalisation; false: pixels scaled to [0, 1] only (ToTensor)",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,8 @@ def _load(
         root = context.data_root if args.path is None else context.data_root / args.path
         train, test = read_torchvision_cifar(name, root, args.download)
     train = first_per_class(train, args.train_per_class)
-    return ImageSplits(train=train, test=test, mean=stats[0], std=stats[1], augment=args.augment)
+    mean, std = stats if args.normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return ImageSplits(train=train, test=test, mean=mean, std=std, augment=args.augment)
 
 
 @BENCHMARKS.register(

@@ -5,9 +5,11 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clbench.datasets.base import DataContext, load_benchmark
+from clbench.datasets.cifar import CIFAR10_STATS
 from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
 
@@ -173,3 +175,18 @@ def test_split_cifar100_reads_image_folder(tmp_path):
     _split_folder(tmp_path / "cifar100", classes, 1, 1)
     bench = load_benchmark("split_cifar100", {"source": "folder"}, DataContext(tmp_path, 1))
     assert bench.n_tasks == 10 and bench.task_classes[3] == (3,)
+
+
+def test_cifar_without_normalisation_serves_pixels_in_unit_range(tmp_path):
+    _split_folder(tmp_path / "cifar10", CLASSES, 2, 1)
+    args = {"source": "folder", "n_tasks": 2}
+    plain = load_benchmark("split_cifar10", {**args, "normalize": False}, DataContext(tmp_path, seed=1))
+    normalised = load_benchmark("split_cifar10", args, DataContext(tmp_path, seed=1))
+    # the test split: the training one is randomly cropped and flipped on reading
+    x_plain, y_plain, *_ = plain.scenario.test_stream[0].dataset[0]
+    x_norm, y_norm, *_ = normalised.scenario.test_stream[0].dataset[0]
+    assert y_plain == y_norm
+    assert float(x_plain.min()) >= 0.0 and float(x_plain.max()) <= 1.0
+    assert float(x_norm.min()) < 0.0  # the dark fixture images fall below CIFAR-10's channel means
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in CIFAR10_STATS)
+    assert torch.allclose((x_plain - mean) / std, x_norm, atol=1e-5)
