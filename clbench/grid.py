@@ -7,6 +7,7 @@ and to-run, so an interrupted grid resumes.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError
 from clbench.loggers import LOGGERS
 from clbench.registry import Registry
-from clbench.results import result_status
+from clbench.results import result_status, write_text_atomic
 from clbench.strategies.base import STRATEGIES
 
 
@@ -118,6 +119,22 @@ def output_dir_for(experiment: ExperimentConfig, override: str | None = None) ->
     return Path(override or experiment.output_dir or Path("runs") / experiment.name)
 
 
+def save_resolved_experiment(text: str, output_dir: Path) -> Path:
+    """Save a grid's resolved experiment beside its runs without replacing another grid's.
+
+    ``experiment.resolved.yaml`` holds the first grid run into the folder; a different one
+    (a part of it chosen with ``--set``, or another config writing into the same folder)
+    goes to ``experiment.<digest>.resolved.yaml``, so every grid that wrote runs there stays
+    on record. Returns the file's path.
+    """
+    path = output_dir / "experiment.resolved.yaml"
+    if path.is_file() and path.read_text() != text:
+        path = output_dir / f"experiment.{hashlib.sha256(text.encode()).hexdigest()[:10]}.resolved.yaml"
+    if not path.is_file():
+        write_text_atomic(path, text)
+    return path
+
+
 def prepare_grid(
     experiment: ExperimentConfig, output_dir: Path, data_root: Path | None
 ) -> tuple[Path, GridSummary, list[RunConfig]]:
@@ -127,7 +144,7 @@ def prepare_grid(
     runs = expand_grid(experiment)
     root = data_root or (Path(experiment.data_root) if experiment.data_root else default_data_root())
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "experiment.resolved.yaml").write_text(yaml.safe_dump(config_to_dict(experiment), sort_keys=False))
+    save_resolved_experiment(yaml.safe_dump(config_to_dict(experiment), sort_keys=False), output_dir)
     summary = GridSummary()
     todo = []
     for run in runs:

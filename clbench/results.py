@@ -108,14 +108,13 @@ def _current_umask() -> int:
     return mask
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so that readers see either the old file or the complete new one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see either the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp creates 0600; results are shared, so give the file the umask's mode as open() would.
@@ -124,6 +123,11 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 def load_result(path: Path) -> dict[str, Any]:

@@ -197,3 +197,16 @@ def test_submitit_local_launcher_writes_the_same_files(grid_run, tmp_path, capsy
     # a second submission finds nothing to do
     assert main(["run", str(config), "--out", str(submitted), "--launcher", "local", "--set", "strategies=[er]"]) == 0
     assert "0 run(s) finished, 2 skipped" in capsys.readouterr().out
+
+
+def test_a_second_grid_into_the_same_folder_keeps_the_first_resolved_experiment(tmp_path):
+    from clbench.grid import save_resolved_experiment
+
+    first = save_resolved_experiment("strategies: [er, mir]\n", tmp_path)
+    same = save_resolved_experiment("strategies: [er, mir]\n", tmp_path)
+    part = save_resolved_experiment("strategies: [mir]\n", tmp_path)
+    assert first == same == tmp_path / "experiment.resolved.yaml"
+    assert first.read_text() == "strategies: [er, mir]\n"
+    assert part != first and part.name.startswith("experiment.") and part.read_text() == "strategies: [mir]\n"
+    assert save_resolved_experiment("strategies: [mir]\n", tmp_path) == part
+    assert len(list(tmp_path.glob("*.yaml"))) == 2
