@@ -25,11 +25,16 @@ from clbench.errors import ClbenchError
 METRICS = ("A1", "Ainf", "Am", "BWT")
 
 
+UNSET = "(default)"
+"""The value shown for a key that a run's config does not record: an option left at a default
+that is omitted from run files (so that runs made before the option existed keep their ids)."""
+
+
 def _get(config: dict[str, Any], dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return UNSET
         node = node[part]
     return node
 

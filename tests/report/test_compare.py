@@ -36,3 +36,16 @@ def test_no_pairs_is_a_one_line_error(tmp_path, capsys):
     _run(tmp_path, 1, "fp32", 30.0, 60.0)
     assert main(["compare", str(tmp_path), "--by", "training.precision"]) == 2
     assert "differ only in 'training.precision'" in capsys.readouterr().err
+
+
+def test_a_key_left_at_its_omitted_default_is_shown_as_the_default(tmp_path):
+    for seed, (a, b) in zip((1, 2), ((30.0, 31.0), (32.0, 34.5)), strict=True):
+        _run(tmp_path, seed, "fp32", a, 60.0)
+        path = tmp_path / f"run-{seed}-fp32.json"
+        result = json.loads(path.read_text())
+        del result["config"]["training"]["precision"]  # as a run file omits an option at its default
+        (tmp_path / f"run-{seed}-default.json").write_text(json.dumps(result))
+        _run(tmp_path, seed, "bf16", b, 60.0)
+        path.unlink()
+    table = compare_setting(tmp_path, "training.precision")
+    assert set(table["training.precision=A"]) | set(table["training.precision=B"]) == {"(default)", "bf16"}
