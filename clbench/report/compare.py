@@ -73,8 +73,6 @@ def compare_setting(folder: Path, key: str) -> pd.DataFrame:
     """
     runs = []
     for path in sorted(folder.glob("*.json")):
-        if path.name.endswith(".error.txt") or path.name == "experiment.resolved.yaml":
-            continue
         try:
             result = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
