@@ -64,6 +64,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE.yaml",
         help="published values to put beside the runs (e.g. experiments/online/published/cifar10.yaml)",
     )
+    report.add_argument(
+        "--readme",
+        default=None,
+        metavar="FILE.md",
+        help="regenerate this README's '<!-- clbench:KIND ... -->' blocks from the report (kinds: published, "
+        "sources, cost, table; see clbench.report.readme)",
+    )
 
     fidelity = commands.add_parser("influence-bench", help="compare influence estimators with the exact influence")
     fidelity.add_argument("config", help="fidelity YAML (see experiments/influence/fidelity.yaml)")
@@ -221,6 +228,10 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     if report.published_table is not None and report.collection is not None:
         print(published_markdown(report.published, report.published_table, report.collection.protocols))
     print(f"{len(report.tables)} table(s), {len(written)} file(s) written to {out}")
+    if ns.readme:
+        from clbench.report.readme import fill_readme
+
+        print(f"{fill_readme(Path(ns.readme), report)} block(s) regenerated in {ns.readme}")
     return 0
 
 

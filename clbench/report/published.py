@@ -25,6 +25,7 @@ from clbench.config import from_mapping
 from clbench.errors import ConfigError
 
 Spread = Literal["std", "2se", "ci95", "unknown"]
+NOT_RUN = "—"  # the protocol of a published value that no run matches
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def compare_published(runs: pd.DataFrame, metrics: pd.DataFrame, table: Publishe
         source = table.sources[value.source]
         matched = candidates[candidates.apply(_matches, axis=1, value=value)] if not candidates.empty else candidates
         if matched.empty:
-            rows.append(_row(value, source, "—", _label(value), []))
+            rows.append(_row(value, source, NOT_RUN, _label(value), []))
             continue
         for (protocol, strategy), group in matched.groupby(["protocol", "strategy"], sort=True):
             values = [by_run[run_id] for run_id in group["run_id"] if run_id in by_run]
@@ -188,30 +189,42 @@ def _clbench_cell(row: pd.Series) -> str:
     return f"{row['mean']:.2f} ± {row['std']:.2f} ({row['n']} seeds)"
 
 
+def published_rows_markdown(rows: pd.DataFrame) -> str:
+    """The rows of one protocol (from :func:`compare_published`): clbench beside each published value."""
+    shown = pd.DataFrame(
+        {
+            "strategy": rows["strategy"],
+            "M": rows["buffer_size"],
+            "clbench": rows.apply(_clbench_cell, axis=1),
+            "published": rows["published"],
+            "gap": [f"{g:+.2f}" if not math.isnan(g) else "—" for g in rows["gap"]],
+            "inside ±": [{True: "yes", False: "no"}.get(v, "—") for v in rows["inside_plus_minus"]],
+            "Welch p": [f"{p:.3f}" if p is not None and not math.isnan(p) else "—" for p in rows["welch_p"]],
+            "source": rows["source"],
+            "note": rows["note"],
+        }
+    )
+    text: str = shown.to_markdown(index=False, disable_numparse=True)
+    return text
+
+
+def sources_markdown(table: PublishedTable) -> str:
+    """The published table's sources, one bullet each, with run count and what its ± means."""
+    lines = []
+    for key, source in table.sources.items():
+        runs = f"{source.runs} runs" if source.runs else "runs not stated"
+        lines.append(f"- **{key}**: {source.citation} ({runs}; ± = {source.spread})")
+    return "\n".join(lines)
+
+
 def published_markdown(frame: pd.DataFrame, table: PublishedTable, protocols: dict[str, str]) -> str:
     """The report section: per protocol, clbench beside each published value, then the sources."""
     title = f"## Published values ({table.setting} {table.metric}, %): clbench beside the literature"
     parts = [title, ""]
     for protocol, rows in frame.groupby("protocol", sort=True):
-        heading = "not run yet" if protocol == "—" else f"protocol {protocol}"
+        heading = "not run yet" if protocol == NOT_RUN else f"protocol {protocol}"
         described = protocols.get(str(protocol), "no run of this benchmark has these arguments and memory size")
         parts += [f"### {table.benchmark} — {heading}", "", described, ""]
-        shown = pd.DataFrame(
-            {
-                "strategy": rows["strategy"],
-                "M": rows["buffer_size"],
-                "clbench": rows.apply(_clbench_cell, axis=1),
-                "published": rows["published"],
-                "gap": [f"{g:+.2f}" if not math.isnan(g) else "—" for g in rows["gap"]],
-                "inside ±": [{True: "yes", False: "no"}.get(v, "—") for v in rows["inside_plus_minus"]],
-                "Welch p": [f"{p:.3f}" if p is not None and not math.isnan(p) else "—" for p in rows["welch_p"]],
-                "source": rows["source"],
-                "note": rows["note"],
-            }
-        )
-        parts += [shown.to_markdown(index=False, disable_numparse=True), ""]
-    parts += ["Sources:", ""]
-    for key, source in table.sources.items():
-        runs = f"{source.runs} runs" if source.runs else "runs not stated"
-        parts.append(f"- **{key}**: {source.citation} ({runs}; ± = {source.spread})")
+        parts += [published_rows_markdown(rows), ""]
+    parts += ["Sources:", "", sources_markdown(table)]
     return "\n".join(parts) + "\n"

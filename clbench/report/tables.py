@@ -154,14 +154,17 @@ def display_frame(table: Table, tex: bool = False) -> pd.DataFrame:
     return frame
 
 
-def to_markdown(table: Table) -> str:
-    """The table as markdown, with its title, protocol and notes."""
+def table_body_markdown(table: Table) -> str:
+    """The table's cells and notes as markdown, without its title and protocol line."""
     frame = display_frame(table)
     flat = frame.copy()
     flat.columns = [f"{b} {m}".strip() for b, m in frame.columns]
-    lines = [f"### {table.title}", "", f"Protocol: {table.protocol}", "", flat.to_markdown(), ""]
-    lines += [f"- {note}" for note in table.notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join([flat.to_markdown(), "", *[f"- {note}" for note in table.notes]])
+
+
+def to_markdown(table: Table) -> str:
+    """The table as markdown, with its title, protocol and notes."""
+    return "\n".join([f"### {table.title}", "", f"Protocol: {table.protocol}", "", table_body_markdown(table)]) + "\n"
 
 
 def to_latex(table: Table) -> str:
@@ -177,22 +180,28 @@ def to_latex(table: Table) -> str:
     return notes + body
 
 
+def cost_rows_markdown(rows: pd.DataFrame) -> str:
+    """One protocol's cost rows: seconds of training (median [min-max]) and evaluation per run."""
+    frame = pd.DataFrame(
+        {
+            "strategy": rows["strategy"],
+            "M": rows["buffer_size"],
+            "runs": rows["runs"],
+            "train s": [
+                f"{m:.0f} [{lo:.0f}-{hi:.0f}]"
+                for m, lo, hi in zip(rows["train_median"], rows["train_min"], rows["train_max"], strict=True)
+            ],
+            "eval s": [f"{m:.0f}" for m in rows["eval_median"]],
+        }
+    )
+    text: str = frame.to_markdown(index=False)
+    return text
+
+
 def cost_markdown(cost: pd.DataFrame, protocols: dict[str, str]) -> str:
     """The cost section of ``report.md``: one table per protocol, seconds per run."""
     parts = ["## Cost (seconds per run: median [min-max] over seeds)", ""]
     for pid, rows in cost.groupby("protocol", sort=True):
         parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
-        frame = pd.DataFrame(
-            {
-                "strategy": rows["strategy"],
-                "M": rows["buffer_size"],
-                "runs": rows["runs"],
-                "train s": [
-                    f"{m:.0f} [{lo:.0f}-{hi:.0f}]"
-                    for m, lo, hi in zip(rows["train_median"], rows["train_min"], rows["train_max"], strict=True)
-                ],
-                "eval s": [f"{m:.0f}" for m in rows["eval_median"]],
-            }
-        )
-        parts += [frame.to_markdown(index=False), ""]
+        parts += [cost_rows_markdown(rows), ""]
     return "\n".join(parts)

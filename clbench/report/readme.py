@@ -1,0 +1,110 @@
+"""Fill a results README's marked blocks from a report (``clbench report --readme``).
+
+A results README is prose around tables. The tables are the report's, so they are marked
+and regenerated, never copied by hand::
+
+    <!-- clbench:published protocol=9f5377b8 -->
+    (replaced by the report's rows for that protocol)
+    <!-- clbench:end -->
+
+Block kinds (:data:`BLOCKS`): ``published`` (clbench beside each published value of one
+protocol; ``protocol=not-run`` for the published values no run matches), ``sources`` (the
+published values' sources), ``cost`` (seconds per run of one protocol) and ``table`` (a
+protocol's main table for one setting, ``setting=class_il`` or ``task_il``). Everything
+outside the blocks is left as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from clbench.errors import ClbenchError
+from clbench.report import Report
+from clbench.report.published import NOT_RUN, published_rows_markdown, sources_markdown
+from clbench.report.tables import cost_rows_markdown, table_body_markdown
+from clbench.results import write_text_atomic
+
+_BLOCK = re.compile(
+    r"(?P<open><!-- clbench:(?P<kind>[\w-]+)(?P<params>(?: [\w-]+=\S+)*) -->\n)"
+    r"(?P<body>.*?)(?P<close><!-- clbench:end -->)",
+    re.DOTALL,
+)
+NOT_RUN_PROTOCOL = "not-run"
+
+Renderer = Callable[[Report, Mapping[str, str]], str]
+
+
+def _choose(name: str, value: str | None, choices: list[str], where: str) -> str:
+    if value not in choices:
+        raise ClbenchError(f"{where}: unknown {name} {value!r}; valid choices: {', '.join(choices) or '(none)'}")
+    return value
+
+
+def _published(report: Report, params: Mapping[str, str]) -> str:
+    if report.published_table is None:
+        raise ClbenchError("a 'published' block needs --published FILE.yaml; valid choices: add --published")
+    frame = report.published
+    choices = [NOT_RUN_PROTOCOL if p == NOT_RUN else str(p) for p in sorted(set(frame["protocol"]))]
+    protocol = _choose("protocol", params.get("protocol"), choices, "published block")
+    return published_rows_markdown(frame[frame["protocol"] == (NOT_RUN if protocol == NOT_RUN_PROTOCOL else protocol)])
+
+
+def _sources(report: Report, params: Mapping[str, str]) -> str:
+    if report.published_table is None:
+        raise ClbenchError("a 'sources' block needs --published FILE.yaml; valid choices: add --published")
+    return sources_markdown(report.published_table)
+
+
+def _cost(report: Report, params: Mapping[str, str]) -> str:
+    choices = sorted(set(report.cost["protocol"].astype(str))) if not report.cost.empty else []
+    protocol = _choose("protocol", params.get("protocol"), choices, "cost block")
+    return cost_rows_markdown(report.cost[report.cost["protocol"].astype(str) == protocol])
+
+
+def _table(report: Report, params: Mapping[str, str]) -> str:
+    tables = {(t.protocol_id, t.setting): t for t in report.tables}
+    protocol = _choose("protocol", params.get("protocol"), sorted({p for p, _ in tables}), "table block")
+    settings = sorted(s for p, s in tables if p == protocol)
+    setting = _choose("setting", params.get("setting"), settings, "table block")
+    return table_body_markdown(tables[(protocol, setting)])
+
+
+BLOCKS: dict[str, Renderer] = {"published": _published, "sources": _sources, "cost": _cost, "table": _table}
+
+
+def _params(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split())
+
+
+def fill_blocks(text: str, report: Report) -> tuple[str, int]:
+    """``text`` with every marked block regenerated from ``report``, and the number of blocks.
+
+    Raises:
+        ClbenchError: A block names an unknown kind, protocol or setting.
+    """
+
+    def render(match: re.Match[str]) -> str:
+        kind = _choose("block kind", match["kind"], sorted(BLOCKS), "README")
+        body = BLOCKS[kind](report, _params(match["params"]))
+        return f"{match['open']}{body.rstrip()}\n{match['close']}"
+
+    return _BLOCK.subn(render, text)
+
+
+def fill_readme(path: Path, report: Report) -> int:
+    """Regenerate the marked blocks of the README at ``path`` in place; return how many.
+
+    Raises:
+        ClbenchError: The file is missing or has no block, or a block is invalid.
+    """
+    if not path.is_file():
+        raise ClbenchError(f"--readme {str(path)!r} is not a file; valid choices: an existing markdown file")
+    text, count = fill_blocks(path.read_text(), report)
+    if count == 0:
+        raise ClbenchError(
+            f"--readme {str(path)!r} has no '<!-- clbench:KIND ... -->' block; valid kinds: {', '.join(sorted(BLOCKS))}"
+        )
+    write_text_atomic(path, text)
+    return count
