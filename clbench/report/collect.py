@@ -143,7 +143,7 @@ class Collection:
     skipped: list[str] = field(default_factory=list)
 
 
-def _read_all(results_dir: Path) -> tuple[list[tuple[Path, RunResult]], list[str]]:
+def read_runs(results_dir: Path) -> tuple[list[tuple[Path, RunResult]], list[str]]:
     """Every readable run result under ``results_dir``, and one message per file that is not one."""
     loaded: list[tuple[Path, RunResult]] = []
     skipped: list[str] = []
@@ -198,7 +198,7 @@ def collect(results_dir: Path) -> Collection:
     """
     if not results_dir.is_dir():
         raise ResultsError(f"results directory {results_dir} not found")
-    loaded, skipped = _read_all(results_dir)
+    loaded, skipped = read_runs(results_dir)
     protocols: dict[str, str] = {}
     groups: dict[str, list[tuple[Path, RunResult]]] = {}
     for path, result in loaded:

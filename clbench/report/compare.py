@@ -1,6 +1,6 @@
 """Paired comparison of one config setting: the same runs but for one key, matched by seed.
 
-``clbench compare DIR --by training.precision`` groups the run files of ``DIR`` by their
+``clbench compare DIR --by training.precision`` groups the run files under ``DIR`` by their
 whole config except the seed and the ``--by`` key (or comma-separated keys that vary
 together, e.g. ``training.precision,training.channels_last``), pairs the runs of each group that
 differ only in that key by seed, and reports for every metric (A1, A∞, Am, BWT and the
@@ -21,6 +21,8 @@ import pandas as pd
 from scipy import stats
 
 from clbench.errors import ClbenchError
+from clbench.report.collect import read_runs
+from clbench.results import RunResult
 
 METRICS = ("A1", "Ainf", "Am", "BWT")
 
@@ -52,15 +54,15 @@ def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
     return copy
 
 
-def _values(result: dict[str, Any]) -> dict[str, float]:
+def _values(result: RunResult) -> dict[str, float]:
     out: dict[str, float] = {}
     for setting in ("class_il", "task_il"):
         for metric in METRICS:
-            value = result["metrics"][setting].get(metric)
+            value = result.metrics[setting].get(metric)
             if value is not None:
                 out[f"{setting} {metric}"] = float(value)
-        first = result["accuracy"][setting][0][0] if result["accuracy"][setting] else None
-        if first is not None and len(result["accuracy"][setting]) > 1:
+        first = result.accuracy[setting][0][0] if result.accuracy[setting] else None
+        if first is not None and len(result.accuracy[setting]) > 1:
             out[f"{setting} task-1 after task 1"] = float(first)
     return out
 
@@ -71,18 +73,11 @@ def compare_setting(folder: Path, key: str) -> pd.DataFrame:
     Raises:
         ClbenchError: No run pairs differ only in ``key``.
     """
-    runs = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if "config" in result and "metrics" in result:
-            runs.append(result)
+    loaded, _ = read_runs(folder)  # files that are not run results (error notes, resolved configs) are skipped
     groups: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     keys = [k.strip() for k in key.split(",") if k.strip()]
-    for result in runs:
-        config = result["config"]
+    for _, result in loaded:
+        config = result.config
         rest = config
         for k in keys:
             rest = _without(rest, k)

@@ -6,18 +6,21 @@ import pytest
 
 from clbench.cli import main
 from clbench.report.compare import compare_setting
+from clbench.results import RunResult, write_json_atomic
 
 
 def _run(folder, seed, precision, ainf, first):
     config = {"seed": seed, "strategy": {"name": "er", "args": {}}, "training": {"precision": precision, "lr": 0.1}}
     matrix = [[first, None], [40.0, 50.0]]
     metrics = {"A1": 50.0, "Ainf": ainf, "Am": 45.0, "BWT": -5.0}
-    result = {
-        "config": config,
-        "metrics": {"class_il": metrics, "task_il": metrics},
-        "accuracy": {"class_il": matrix, "task_il": matrix},
-    }
-    (folder / f"run-{seed}-{precision}.json").write_text(json.dumps(result))
+    record = RunResult(
+        run_id=f"run-{seed}-{precision}",
+        config=config,
+        accuracy={"class_il": matrix, "task_il": matrix},
+        metrics={"class_il": metrics, "task_il": metrics},
+        evaluated_after_task=[0, 1],
+    )
+    write_json_atomic(folder / f"run-{seed}-{precision}.json", record.to_json())
 
 
 def test_pairs_by_seed_and_tests_the_difference(tmp_path):
@@ -30,6 +33,17 @@ def test_pairs_by_seed_and_tests_the_difference(tmp_path):
     assert row["mean A-B"] == pytest.approx(((31 - 30) + (34.5 - 32) + (30.5 - 29)) / 3)  # A = bf16 (sorted)
     assert 0 < row["p"] < 1
     assert table.loc["class_il task-1 after task 1"]["mean A-B"] == 0
+
+
+def test_runs_in_subfolders_are_paired_and_other_json_files_ignored(tmp_path):
+    (tmp_path / "more").mkdir()
+    for seed, (a, b) in zip((1, 2), ((30.0, 31.0), (32.0, 34.5)), strict=True):
+        _run(tmp_path, seed, "fp32", a, 60.0)
+        _run(tmp_path / "more", seed, "bf16", b, 60.0)
+    (tmp_path / "run-3-fp32.error.json").write_text(json.dumps({"error": "out of memory"}))
+    (tmp_path / "broken.json").write_text("{")
+    row = compare_setting(tmp_path, "training.precision").set_index("metric").loc["class_il Ainf"]
+    assert (row["n"], row["mean A-B"]) == (2, pytest.approx(((31 - 30) + (34.5 - 32)) / 2))
 
 
 def test_no_pairs_is_a_one_line_error(tmp_path, capsys):
