@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.errors import ClbenchError
+from clbench.influence.functional import batchnorm_stats_frozen
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
@@ -16,6 +19,15 @@ class GEMArgs:
 
     memory_strength: float = field(
         default=0.5, metadata={"help": "offset gamma added to the projected gradient's constraints (GEM paper: 0.5)"}
+    )
+    reference_bn_stats: Literal["update", "frozen"] = field(
+        default="update",
+        metadata={
+            "help": "update: the train-mode passes over each past task's memory move BatchNorm's running "
+            "statistics (GEM's code and Avalanche's plugin); frozen: they normalise by their batch but leave "
+            "the running statistics, which evaluation uses, to the stream batches",
+            OMIT_AT_DEFAULT: True,
+        },
     )
 
 
@@ -38,14 +50,17 @@ def build_gem(ctx: StrategyContext, args: GEMArgs) -> Recipe:
     ``buffer_size`` examples after the last task (the GEM paper's way of splitting a budget).
     The reference gradients use every stored example of each past task, at the run's
     precision (revision 2; revision 1 ran these passes in fp32 on a bf16 run, as Avalanche's
-    plugin does not know the run's autocast: they were most of GEM's cost).
+    plugin does not know the run's autocast: they were most of GEM's cost). Those passes run
+    in train mode, so by default they move BatchNorm's running statistics toward the
+    memory, as in GEM's code; ``reference_bn_stats: frozen`` measures what that is worth.
     """
     from avalanche.training.plugins import GEMPlugin
     from avalanche.training.supervised import Naive
 
     class CheckedGEMPlugin(GEMPlugin):  # type: ignore[misc]
         def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-            with strategy_autocast(strategy):
+            frozen = args.reference_bn_stats == "frozen"
+            with strategy_autocast(strategy), batchnorm_stats_frozen(strategy.model) if frozen else nullcontext():
                 super().before_training_iteration(strategy, **kwargs)
 
         def solve_quadprog(self, g: Any) -> Any:

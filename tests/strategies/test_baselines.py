@@ -294,6 +294,23 @@ def test_mir_reference_scoring_moves_batchnorm_statistics_by_the_candidates_only
     assert ctx.criterion.reduction == "mean"
 
 
+@pytest.mark.parametrize(("reference_bn_stats", "passes"), [("update", 1), ("frozen", 0)])
+def test_gem_reference_passes_move_batchnorm_statistics_only_when_asked(reference_bn_stats, passes):
+    ctx = _context()
+    ctx.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, N_CLASSES))
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+    entry = STRATEGIES.get("gem")
+    strategy = build_strategy(entry, ctx, entry.args(reference_bn_stats=reference_bn_stats))
+    strategy.train(ctx.benchmark.scenario.train_stream[0])
+    plugin = _plugin(strategy, "GEMPlugin")
+    batchnorm = ctx.model[2]
+    tracked, mean = int(batchnorm.num_batches_tracked), batchnorm.running_mean.clone()
+    plugin.before_training_iteration(strategy)  # one reference pass over task 1's memory
+    assert int(batchnorm.num_batches_tracked) == tracked + passes
+    assert torch.equal(batchnorm.running_mean, mean) == (passes == 0)
+    assert plugin.G.shape[0] == 1 and torch.count_nonzero(plugin.G) > 0  # the reference gradient is computed
+
+
 def test_mir_reservoir_memory_holds_exactly_the_budget_of_seen_examples():
     from clbench.strategies.er import Reservoir
 
