@@ -5,15 +5,13 @@ import pytest
 import torch
 import yaml
 from avalanche.core import SupervisedPlugin
+from tiny_strategies import tiny_strategy, two_tasks
 from torch import nn
 
 from clbench.cli import main
-from clbench.config import TrainingConfig, experiment_from_mapping
+from clbench.config import experiment_from_mapping
 from clbench.data_path import DevicePathOptions
-from clbench.datasets.base import build_benchmark
-from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
 from clbench.grid import expand_grid
-from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
 
 PATHS = pytest.mark.parametrize("options", [None, DevicePathOptions()], ids=["avalanche", "device"])
 
@@ -29,25 +27,14 @@ class StepRecorder(SupervisedPlugin):  # type: ignore[misc]
         self.steps.append((strategy.mb_x[:4].detach().clone(), strategy.mb_y[:4].clone()))
 
 
-def _bench():
-    data = make_synthetic(SyntheticArgs(n_tasks=2, n_classes=4, train_per_class=10))
-    return build_benchmark("synthetic", data, 2, "fixed", 0)
-
-
 def _strategy(name, bench, options, iterations, recorder, args=None):
     model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(bench.input_shape)), bench.n_classes))
-    training = TrainingConfig(epochs=1, batch_size=4, replay_batch_size=4, iterations=iterations)
-    ctx = StrategyContext.for_training(
-        model, training, benchmark=bench, device=torch.device("cpu"), seed=0, buffer_size=8, plugins=[recorder]
-    )
-    ctx.device_path = options
-    entry = STRATEGIES.get(name)
-    return build_strategy(entry, ctx, entry.args() if args is None else args)
+    return tiny_strategy(name, bench, model, options=options, iterations=iterations, plugins=[recorder], args=args)
 
 
 @PATHS
 def test_each_incoming_batch_is_trained_on_iterations_times_in_a_row(options):
-    bench = _bench()
+    bench = two_tasks()
     once, thrice = StepRecorder(), StepRecorder()
     for recorder, iterations in ((once, 1), (thrice, 3)):
         torch.manual_seed(0)
@@ -73,7 +60,7 @@ def test_every_repetition_draws_its_own_memory_batch(monkeypatch):
         return x, y, t
 
     monkeypatch.setattr(DatasetMemory, "draw", recording_draw)
-    bench = _bench()
+    bench = two_tasks()
     strategy = _strategy("er", bench, DevicePathOptions(), 2, StepRecorder(), ERArgs(replay_forward="separate"))
     for experience in bench.scenario.train_stream:
         strategy.train(experience)
@@ -85,7 +72,7 @@ def test_every_repetition_draws_its_own_memory_batch(monkeypatch):
 def test_er_stream_reservoir_takes_each_incoming_batch_once():
     from clbench.strategies.er import ERArgs
 
-    bench = _bench()
+    bench = two_tasks()
     args = ERArgs(replay_forward="separate", memory_update="every_batch")
     strategy = _strategy("er", bench, DevicePathOptions(), 3, StepRecorder(), args)
     strategy.train(bench.scenario.train_stream[0])
@@ -101,7 +88,7 @@ def test_gss_offers_each_incoming_batch_to_its_memory_once(monkeypatch):
     monkeypatch.setattr(
         GSSGreedyMemory, "update", lambda self, strategy, x, y: (offered.append(len(y)), original(self, strategy, x, y))
     )
-    bench = _bench()
+    bench = two_tasks()
     strategy = _strategy("gss", bench, DevicePathOptions(), 3, StepRecorder())
     strategy.train(bench.scenario.train_stream[0])
     assert offered == [4] * 5

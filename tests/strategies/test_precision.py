@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from tiny_strategies import tiny_strategy, two_tasks
 
 from clbench.backbones import MLP
-from clbench.config import TrainingConfig
 from clbench.data_path import DevicePathOptions
-from clbench.datasets.base import build_benchmark
-from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
-from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
+from clbench.strategies import STRATEGIES
 
 FP32_PASSES = {
     "agem": "the reference gradient on the memory sample (Avalanche's plugin, kept as earlier runs had it)",
@@ -27,8 +25,7 @@ def _low_precision_flags(name):
     A pass counts as bf16 under autocast or on bf16 inputs (MetaSP's JVP casts its
     parameters, tangents and inputs rather than autocasting).
     """
-    data = make_synthetic(SyntheticArgs(n_tasks=2, n_classes=4, train_per_class=10))
-    bench = build_benchmark("synthetic", data, 2, "fixed", 0)
+    bench = two_tasks()
     model = MLP(int(np.prod(bench.input_shape)), bench.n_classes, hidden=(16,))
     flags = []
 
@@ -39,14 +36,8 @@ def _low_precision_flags(name):
     # On the first layer: GSS's scoring calls ``model.forward``, which bypasses the model's own hooks.
     first_layer = next(module for module in model.modules() if isinstance(module, torch.nn.Linear))
     first_layer.register_forward_hook(record)
-    training = TrainingConfig(epochs=1, batch_size=4, replay_batch_size=4)
-    ctx = StrategyContext.for_training(
-        model, training, benchmark=bench, device=torch.device("cpu"), seed=0, buffer_size=8
-    )
-    ctx.device_path = DevicePathOptions(precision="bf16")
-    entry = STRATEGIES.get(name)
-    args = entry.args(epochs=1) if name == "joint" else entry.args()
-    strategy = build_strategy(entry, ctx, args)
+    args = STRATEGIES.get(name).args(epochs=1) if name == "joint" else None
+    strategy = tiny_strategy(name, bench, model, options=DevicePathOptions(precision="bf16"), args=args)
     stream = bench.scenario.train_stream
     for experience in [stream] if name == "joint" else stream:
         strategy.train(experience)
