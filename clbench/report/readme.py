@@ -31,6 +31,8 @@ _BLOCK = re.compile(
     r"(?P<body>.*?)(?P<close><!-- clbench:end -->)",
     re.DOTALL,
 )
+_MARKER = re.compile(r"<!-- clbench:.*?-->")
+_END = "<!-- clbench:end -->"
 NOT_RUN_PROTOCOL = "not-run"
 
 Renderer = Callable[[Report, Mapping[str, str]], str]
@@ -90,7 +92,20 @@ def fill_blocks(text: str, report: Report) -> tuple[str, int]:
         body = BLOCKS[kind](report, _params(match["params"]))
         return f"{match['open']}{body.rstrip()}\n{match['close']}"
 
+    _check_markers(text)
     return _BLOCK.subn(render, text)
+
+
+def _check_markers(text: str) -> None:
+    """Every opening marker must start a well-formed block; a malformed one would be skipped silently."""
+    opened = {m.start() for m in _BLOCK.finditer(text)}
+    for marker in _MARKER.finditer(text):
+        if marker.group(0) != _END and marker.start() not in opened:
+            line = marker.group(0).strip()
+            raise ClbenchError(
+                f"README: malformed block {line!r}; valid choices: '<!-- clbench:KIND key=value ... -->', "
+                "a newline, then '<!-- clbench:end -->'"
+            )
 
 
 def fill_readme(path: Path, report: Report) -> int:
