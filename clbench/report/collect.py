@@ -104,9 +104,17 @@ def _effective_arguments(run: RunResult, defaults: dict[tuple[str, int], dict[st
     A run id leaves out arguments added after runs were published while they hold their
     default, so a label names ``memory=class_balanced`` rather than ``memory=None``. The
     defaults come from the run's file and, for options its file predates, from the other
-    runs of the same strategy revision.
+    runs of the same strategy revision, then from those of its other revisions.
     """
-    known = {**defaults.get((run.strategy_name, run.strategy_revision), {}), **(run.strategy_defaults or {})}
+    known: dict[str, Any] = {}
+    # Options the run's revision never recorded come from the strategy's other revisions,
+    # newest last: an option added without a revision bump defaults to the behaviour that
+    # earlier revisions had, so their runs ran at that default.
+    for (name, _), recorded in sorted(defaults.items(), key=lambda item: item[0][1]):
+        if name == run.strategy_name:
+            known.update(recorded)
+    known.update(defaults.get((run.strategy_name, run.strategy_revision), {}))
+    known.update(run.strategy_defaults or {})
     return {**known, **run.strategy_args}
 
 

@@ -219,6 +219,29 @@ def test_an_argument_added_after_a_file_was_written_is_labelled_by_its_default(t
     assert all(args["memory_update"] in ("after_task", "every_batch") for args in report.collection.runs["arguments"])
 
 
+def test_an_argument_added_after_an_older_revision_ran_is_labelled_by_its_default(tmp_path):
+    # Revision 1 ran before the option existed; revision 2's files record it at its default
+    # and one variant sets it. Revision 1's runs ran that default, and are labelled so.
+    folder = tmp_path / "runs"
+    for seed in SEEDS:
+        old = _record("gem", 500, seed, 19.0 + seed % 3)
+        old["config"]["strategy_revision"], old["strategy_defaults"] = 1, {"memory_strength": 0.5}
+        new = _record("gem", 500, seed, 20.0 + seed % 3)
+        new["config"]["strategy_revision"] = 2
+        new["strategy_defaults"] = {"memory_strength": 0.5, "reference_bn_stats": "update"}
+        variant = _record("gem", 500, seed, 18.0 + seed % 3, args={"reference_bn_stats": "frozen"})
+        variant["config"]["strategy_revision"], variant["strategy_defaults"] = 2, new["strategy_defaults"]
+        for name, record in (("old", old), ("new", new), ("variant", variant)):
+            record["run_id"] = f"{name}{seed}"
+            write_json_atomic(folder / f"{name}{seed}.json", record)
+    labels = set(build_report(folder, reference="gem(reference_bn_stats=frozen)@r2").tables[0].mean.index)
+    assert labels == {
+        "gem(reference_bn_stats=update)@r1",
+        "gem(reference_bn_stats=update)@r2",
+        "gem(reference_bn_stats=frozen)@r2",
+    }
+
+
 def test_the_cost_of_each_strategy_is_the_median_and_range_of_its_runs_seconds(tmp_path):
     folder = tmp_path / "runs"
     for seed, seconds in zip(SEEDS, (100.0, 300.0, 200.0), strict=True):
