@@ -57,9 +57,10 @@ def build_gem(ctx: StrategyContext, args: GEMArgs) -> Recipe:
     from avalanche.training.plugins import GEMPlugin
     from avalanche.training.supervised import Naive
 
+    frozen = args.reference_bn_stats == "frozen"
+
     class CheckedGEMPlugin(GEMPlugin):  # type: ignore[misc]
         def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-            frozen = args.reference_bn_stats == "frozen"
             with strategy_autocast(strategy), batchnorm_stats_frozen(strategy.model) if frozen else nullcontext():
                 super().before_training_iteration(strategy, **kwargs)
 

@@ -22,7 +22,7 @@ from scipy import stats
 
 from clbench.errors import ClbenchError
 from clbench.report.collect import read_runs
-from clbench.results import RunResult
+from clbench.results import SETTINGS, RunResult
 
 METRICS = ("A1", "Ainf", "Am", "BWT")
 
@@ -56,7 +56,7 @@ def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
 
 def _values(result: RunResult) -> dict[str, float]:
     out: dict[str, float] = {}
-    for setting in ("class_il", "task_il"):
+    for setting in SETTINGS:
         for metric in METRICS:
             value = result.metrics[setting].get(metric)
             if value is not None:
