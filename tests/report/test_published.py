@@ -5,55 +5,13 @@ import re
 
 import pytest
 import yaml
+from run_records import ER_SEPARATE, PUBLISHED
 from scipy import stats
-from test_report import _record
 
 from clbench.cli import main
 from clbench.errors import ConfigError
 from clbench.report import build_report, write_report
 from clbench.report.published import Source, load_published, published_std, welch_p
-from clbench.results import write_json_atomic
-
-ER_SEPARATE = {1231: 30.0, 1232: 34.0, 1233: 32.0}  # mean 32, std 2
-ER_JOINT = {1231: 36.0, 1232: 36.0, 1233: 36.0}
-
-PUBLISHED = {
-    "benchmark": "synthetic",
-    "sources": {
-        "paper A": {"citation": "A et al., Table 2", "runs": 15, "spread": "ci95"},
-        "paper B": {"citation": "B et al., Table 1"},
-    },
-    "values": [
-        {
-            "strategy": "er",
-            "args": {"replay_forward": "separate"},
-            "buffer_size": 500,
-            "mean": 33.0,
-            "plus_minus": 1.7,
-            "source": "paper A",
-        },
-        {"strategy": "er", "buffer_size": 500, "mean": 29.0, "plus_minus": 2.5, "source": "paper B"},
-        {"strategy": "er", "buffer_size": 200, "mean": 27.5, "plus_minus": 1.2, "source": "paper A"},
-        {"strategy": "gem", "buffer_size": 500, "mean": 17.1, "source": "paper B", "note": "not run"},
-    ],
-}
-
-
-@pytest.fixture
-def folder(tmp_path):
-    runs = tmp_path / "runs"
-    for seed in ER_SEPARATE:
-        for forward, values in (("separate", ER_SEPARATE), ("joint", ER_JOINT)):
-            record = _record("er", 500, seed, values[seed], args={"replay_forward": forward})
-            write_json_atomic(runs / f"er-{forward}-{seed}.json", record)
-    return runs
-
-
-@pytest.fixture
-def published(tmp_path):
-    path = tmp_path / "published.yaml"
-    path.write_text(yaml.safe_dump(PUBLISHED))
-    return path
 
 
 def test_ci95_becomes_a_standard_deviation_by_the_t_quantile():

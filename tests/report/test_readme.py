@@ -2,7 +2,7 @@
 
 import pytest
 import yaml
-from test_published import PUBLISHED, folder, published  # noqa: F401  (fixtures)
+from run_records import PUBLISHED
 
 from clbench.cli import main
 from clbench.errors import ClbenchError
@@ -37,7 +37,7 @@ def _block(text, opening):
     return text[start : text.index("<!-- clbench:end -->", start)]
 
 
-def test_every_block_is_regenerated_and_the_prose_kept(folder, published):  # noqa: F811
+def test_every_block_is_regenerated_and_the_prose_kept(folder, published):
     report = build_report(folder, reference=REFERENCE, published=published)
     protocol = _protocol(report)
     text, count = fill_blocks(_readme(protocol), report)
@@ -68,20 +68,20 @@ def test_every_block_is_regenerated_and_the_prose_kept(folder, published):  # no
         ("<!-- clbench:sources -->", "malformed block '<!-- clbench:sources -->'"),
     ],
 )
-def test_a_bad_block_is_a_one_line_error_naming_it(folder, published, block, message):  # noqa: F811
+def test_a_bad_block_is_a_one_line_error_naming_it(folder, published, block, message):
     report = build_report(folder, reference=REFERENCE, published=published)
     text = block.replace("PID", _protocol(report)) + "<!-- clbench:end -->\n"
     with pytest.raises(ClbenchError, match=message.replace("(", r"\(")):
         fill_blocks(text, report)
 
 
-def test_published_blocks_need_the_published_file(folder, published):  # noqa: F811
+def test_published_blocks_need_the_published_file(folder, published):
     report = build_report(folder, reference=REFERENCE)
     with pytest.raises(ClbenchError, match="a 'sources' block needs --published"):
         fill_blocks("<!-- clbench:sources -->\n<!-- clbench:end -->\n", report)
 
 
-def test_the_cli_fills_the_file_atomically_and_refuses_one_without_blocks(folder, published, tmp_path, capsys):  # noqa: F811
+def test_the_cli_fills_the_file_atomically_and_refuses_one_without_blocks(folder, published, tmp_path, capsys):
     protocol = _protocol(build_report(folder, reference=REFERENCE))
     readme = tmp_path / "README.md"
     readme.write_text(_readme(protocol))

@@ -4,55 +4,15 @@ import math
 
 import numpy as np
 import pytest
+from run_records import run_record
 from scipy import stats
 
 from clbench.cli import main
 from clbench.report import build_report, write_report
 from clbench.report.tables import to_latex, to_markdown
-from clbench.results import SCHEMA_VERSION, write_json_atomic
+from clbench.results import write_json_atomic
 
 SEEDS = (1231, 1232, 1233)
-
-
-def _record(strategy, buffer_size, seed, final, epochs=5, args=None, joint=False, influence=None):
-    """A two-task run whose class-IL final row averages to ``final``."""
-    config = {
-        "experiment": "t",
-        "benchmark": {"name": "synthetic", "args": {"n_tasks": 2}},
-        "strategy": {"name": strategy, "args": args or {}},
-        "backbone": {"name": "mlp", "args": {}},
-        "buffer_size": buffer_size,
-        "seed": seed,
-        "training": {
-            "epochs": epochs,
-            "lr": 0.1,
-            "momentum": 0.0,
-            "batch_size": 32,
-            "replay_batch_size": 32,
-            "lr_milestones": [],
-            "lr_gamma": 0.1,
-        },
-        "device": "cpu",
-        "deterministic": True,
-    }
-    if joint:
-        matrix = [[final, final]]
-        metrics = {"A1": None, "Ainf": final, "Am": None, "BWT": None}
-        after = [1]
-    else:
-        matrix = [[90.0, 0.0], [final - 5, final + 5]]
-        metrics = {"A1": (90 + final + 5) / 2, "Ainf": final, "Am": (90 + final) / 2, "BWT": final - 5 - 90}
-        after = [0, 1]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": f"synthetic-{strategy}-{args}-m{buffer_size}-s{seed}-e{epochs}",
-        "config": config,
-        "task_classes": [[0, 1], [2, 3]],
-        "evaluated_after_task": after,
-        "accuracy": {"class_il": matrix, "task_il": matrix},
-        "metrics": {"class_il": metrics, "task_il": metrics},
-        "extras": {"influence": influence} if influence else {},
-    }
 
 
 ER = {1231: 40.0, 1232: 42.0, 1233: 41.0}
@@ -72,13 +32,13 @@ def _influence():
 def results(tmp_path):
     folder = tmp_path / "runs"
     for seed in SEEDS:
-        write_json_atomic(folder / f"er{seed}.json", _record("er", 500, seed, ER[seed]))
+        write_json_atomic(folder / f"er{seed}.json", run_record("er", 500, seed, ER[seed]))
         write_json_atomic(
-            folder / f"ms{seed}.json", _record("metasp_rehsel", 500, seed, METASP[seed], influence=_influence())
+            folder / f"ms{seed}.json", run_record("metasp_rehsel", 500, seed, METASP[seed], influence=_influence())
         )
-        write_json_atomic(folder / f"tie{seed}.json", _record("metasp", 500, seed, TIE[seed]))
-        write_json_atomic(folder / f"ft{seed}.json", _record("finetune", 0, seed, 20.0 + seed % 2))
-        write_json_atomic(folder / f"joint{seed}.json", _record("joint", 0, seed, 80.0, joint=True))
+        write_json_atomic(folder / f"tie{seed}.json", run_record("metasp", 500, seed, TIE[seed]))
+        write_json_atomic(folder / f"ft{seed}.json", run_record("finetune", 0, seed, 20.0 + seed % 2))
+        write_json_atomic(folder / f"joint{seed}.json", run_record("joint", 0, seed, 80.0, joint=True))
     return folder
 
 
@@ -135,7 +95,7 @@ def test_latex_is_booktabs_and_balanced(results):
 
 
 def test_different_protocols_are_never_pooled(results):
-    write_json_atomic(results / "long.json", _record("er", 500, 1231, 99.0, epochs=50))
+    write_json_atomic(results / "long.json", run_record("er", 500, 1231, 99.0, epochs=50))
     report = build_report(results)
     protocols = {t.protocol_id for t in report.tables}
     assert len(protocols) == 2
@@ -181,7 +141,7 @@ def test_varying_strategy_arguments_give_separate_rows(tmp_path):
     folder = tmp_path / "runs"
     for seed in SEEDS:
         for selection, value in (("random", 45.0), ("rehsel", 50.0)):
-            record = _record("metasp_rehsel", 500, seed, value + seed % 3, args={"selection": selection})
+            record = run_record("metasp_rehsel", 500, seed, value + seed % 3, args={"selection": selection})
             record["run_id"] += selection
             write_json_atomic(folder / f"{selection}{seed}.json", record)
     report = build_report(folder, reference="metasp_rehsel(selection=rehsel)")
@@ -193,7 +153,7 @@ def test_an_argument_left_out_at_its_default_is_labelled_by_its_default(tmp_path
     defaults = {"memory": "class_balanced", "subsample": 50}
     for seed in SEEDS:
         for args, value in (({"subsample": 50}, 45.0), ({"memory": "reservoir", "subsample": 50}, 50.0)):
-            record = _record("mir", 500, seed, value + seed % 3, args=args)
+            record = run_record("mir", 500, seed, value + seed % 3, args=args)
             if seed != SEEDS[0]:  # the first seed's files predate recorded defaults
                 record["strategy_defaults"] = defaults
             write_json_atomic(folder / f"{len(args)}{seed}.json", record)
@@ -206,9 +166,9 @@ def test_an_argument_added_after_a_file_was_written_is_labelled_by_its_default(t
     # its default (so their run ids did not change); a newer file records it.
     folder = tmp_path / "runs"
     for seed in SEEDS:
-        old = _record("er", 500, seed, 40.0 + seed % 3, args={"replay_forward": "separate"})
+        old = run_record("er", 500, seed, 40.0 + seed % 3, args={"replay_forward": "separate"})
         old["strategy_defaults"] = {"replay_forward": "joint"}
-        new = _record(
+        new = run_record(
             "er", 500, seed, 42.0 + seed % 3, args={"replay_forward": "separate", "memory_update": "every_batch"}
         )
         new["strategy_defaults"] = {"replay_forward": "joint", "memory_update": "after_task"}
@@ -224,12 +184,12 @@ def test_an_argument_added_after_an_older_revision_ran_is_labelled_by_its_defaul
     # and one variant sets it. Revision 1's runs ran that default, and are labelled so.
     folder = tmp_path / "runs"
     for seed in SEEDS:
-        old = _record("gem", 500, seed, 19.0 + seed % 3)
+        old = run_record("gem", 500, seed, 19.0 + seed % 3)
         old["config"]["strategy_revision"], old["strategy_defaults"] = 1, {"memory_strength": 0.5}
-        new = _record("gem", 500, seed, 20.0 + seed % 3)
+        new = run_record("gem", 500, seed, 20.0 + seed % 3)
         new["config"]["strategy_revision"] = 2
         new["strategy_defaults"] = {"memory_strength": 0.5, "reference_bn_stats": "update"}
-        variant = _record("gem", 500, seed, 18.0 + seed % 3, args={"reference_bn_stats": "frozen"})
+        variant = run_record("gem", 500, seed, 18.0 + seed % 3, args={"reference_bn_stats": "frozen"})
         variant["config"]["strategy_revision"], variant["strategy_defaults"] = 2, new["strategy_defaults"]
         for name, record in (("old", old), ("new", new), ("variant", variant)):
             record["run_id"] = f"{name}{seed}"
@@ -245,7 +205,7 @@ def test_an_argument_added_after_an_older_revision_ran_is_labelled_by_its_defaul
 def test_the_cost_of_each_strategy_is_the_median_and_range_of_its_runs_seconds(tmp_path):
     folder = tmp_path / "runs"
     for seed, seconds in zip(SEEDS, (100.0, 300.0, 200.0), strict=True):
-        record = _record("er", 500, seed, 40.0)
+        record = run_record("er", 500, seed, 40.0)
         record["train_seconds"], record["eval_seconds"] = [seconds / 2, seconds / 2], [5.0, 6.0]
         write_json_atomic(folder / f"er{seed}.json", record)
     report = build_report(folder)
@@ -279,13 +239,13 @@ def test_arguments_other_than_the_defaults_are_noted_under_each_table(tmp_path):
     er_defaults = config_to_dict(STRATEGIES.get("er").args())
     joint_defaults = config_to_dict(STRATEGIES.get("joint").args())
     for seed in SEEDS:
-        er = _record("er", 500, seed, ER[seed], args=er_defaults)
-        joint = _record("joint", 0, seed, 80.0, args={"epochs": 5}, joint=True)
+        er = run_record("er", 500, seed, ER[seed], args=er_defaults)
+        joint = run_record("joint", 0, seed, 80.0, args={"epochs": 5}, joint=True)
         er["strategy_defaults"], joint["strategy_defaults"] = er_defaults, joint_defaults
         write_json_atomic(folder / f"er{seed}.json", er)
         write_json_atomic(folder / f"j{seed}.json", joint)
         # a file without recorded defaults (written before they were) lists all its arguments
-        write_json_atomic(folder / f"x{seed}.json", _record("mystery", 500, seed, 30.0, args={"depth": 2}))
+        write_json_atomic(folder / f"x{seed}.json", run_record("mystery", 500, seed, 30.0, args={"depth": 2}))
     report = build_report(folder, reference="er")
     note = next(n for n in report.tables[0].notes if n.startswith("arguments"))
     assert note == "arguments other than the defaults: joint (epochs=5); mystery (depth=2)"
