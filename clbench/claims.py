@@ -34,6 +34,11 @@ def _is_stale(lock: Path) -> bool:
     return False
 
 
+def is_claimed(lock: Path) -> bool:
+    """Whether a live process (or one on another host) holds ``lock``."""
+    return lock.is_file() and not _is_stale(lock)
+
+
 def try_claim(lock: Path) -> bool:
     """Claim ``lock`` for this process; False if a live process holds it."""
     for _ in range(2):

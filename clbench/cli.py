@@ -43,7 +43,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="output folder for run JSONs (default: runs/<name>)")
     run.add_argument("--data-root", default=None, help="dataset root (default: $CLBENCH_DATA_ROOT or ~/.cache/clbench)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    run.add_argument("--dry-run", action="store_true", help="list the runs of the grid and exit")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs of the grid, their status and (from finished seeds) their time, and exit",
+    )
     run.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default 1)")
     run.add_argument(
         "--launcher",
@@ -175,10 +179,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ClbenchError(f"--out {str(out)!r} is a file; valid choices: a folder, new or existing")
     if ns.dry_run:
-        from clbench.results import result_status
+        from clbench.plan import plan_grid, plan_lines
 
-        for run in expand_grid(experiment):
-            print(f"{run.run_id}  {result_status(out / f'{run.run_id}.json')}")
+        print("\n".join(plan_lines(plan_grid(expand_grid(experiment), out))))
         return 0
     if ns.launcher != "inline":
         from clbench.launch import submit_grid

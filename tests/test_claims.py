@@ -49,7 +49,7 @@ def test_a_live_claim_skips_the_run(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(GRID.replace("[1, 2, 3, 4, 5, 6]", "[1]"))
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--dry-run"]) == 0
-    (run_id,) = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    (run_id,) = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
     out.mkdir()
     assert try_claim(out / f"{run_id}.lock")
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0

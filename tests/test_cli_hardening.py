@@ -44,8 +44,9 @@ def test_dry_run_marks_finished_to_run_and_corrupt(tmp_path, capsys):
     second.write_text("{not json")
     capsys.readouterr()
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--dry-run"]) == 0
-    lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
-    assert lines == {first.stem: "finished", second.stem: "corrupt"}
+    *lines, summary = capsys.readouterr().out.splitlines()
+    assert {line.split()[0]: line.split()[1] for line in lines} == {first.stem: "finished", second.stem: "corrupt"}
+    assert summary.startswith("1 finished, 0 running, 1 to run (1 of them over a corrupt file)")
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
     assert f"re-running {second.stem}: its result file is corrupt" in capsys.readouterr().err
     assert json.loads(second.read_text())["run_id"] == second.stem
