@@ -35,6 +35,17 @@ leaves it out of the resolved arguments (and so of the run id) while it has its 
 so the published runs keep their ids and a re-run still finds them finished."""
 
 
+MEASUREMENT_ONLY = "measurement_only"
+"""Field-metadata flag of a training setting that changes what is measured, never what is
+trained (tested for every strategy): left out of the run id, so a run finished with it at
+another value still counts, and of the report's protocol, so such runs pool."""
+
+
+def measurement_only_settings() -> frozenset[str]:
+    """Names of the training settings flagged :data:`MEASUREMENT_ONLY`."""
+    return frozenset(f.name for f in dataclasses.fields(TrainingConfig) if f.metadata.get(MEASUREMENT_ONLY))
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -124,6 +135,16 @@ class TrainingConfig:
     )
     lr_gamma: float = field(default=0.1, metadata=_help("lr decay factor at each milestone"))
     eval_batch_size: int = field(default=256, metadata=_help("mini-batch size for evaluation"))
+    eval_tasks: Literal["all", "seen"] = field(
+        default="all",
+        metadata={
+            "help": "all: every task's test set after each task (the whole matrix); seen: the tasks learned so "
+            "far only, the rest of each row null (A1, Ainf, Am and BWT are the same; device data path only, "
+            "where evaluation draws no random numbers, so training is the same)",
+            OMIT_AT_DEFAULT: True,
+            MEASUREMENT_ONLY: True,
+        },
+    )
     iterations: int = field(
         default=1,
         metadata={
@@ -177,6 +198,9 @@ class TrainingConfig:
             raise ConfigError(f"training.weight_decay: must be at least 0, got {self.weight_decay}")
         if any(m < 1 for m in self.lr_milestones):
             raise ConfigError(f"training.lr_milestones: epochs must be at least 1, got {list(self.lr_milestones)}")
+        if self.eval_tasks == "seen" and self.data_path != "device":
+            # Avalanche's eval loaders draw from the global generator: fewer of them would change training.
+            raise ConfigError("training.eval_tasks: 'seen' needs data_path 'device'; valid with 'avalanche': 'all'")
         # The fast settings follow the data path unless given, and are stored resolved, so a
         # run's config (and id) says what ran; the avalanche path resolves to what it ran before.
         fast = self.data_path == "device"
@@ -263,6 +287,8 @@ class RunConfig:
         identity = self.to_dict()
         identity.pop("experiment")
         identity.pop("device")
+        for name in measurement_only_settings():
+            identity["training"].pop(name, None)
         if identity["strategy_revision"] == 1:
             # Revision 1 is implicit, so runs finished before revisions existed keep their ids.
             identity.pop("strategy_revision")

@@ -44,8 +44,8 @@ class _Counts:
 class AccuracyRow:
     """Accuracies (percent) on every task's test set at one point in training."""
 
-    class_il: list[float] = field(default_factory=list)
-    task_il: list[float] = field(default_factory=list)
+    class_il: list[float | None] = field(default_factory=list)
+    task_il: list[float | None] = field(default_factory=list)
 
 
 class AccuracyCollector(SupervisedPlugin):  # type: ignore[misc]
@@ -63,10 +63,14 @@ class AccuracyCollector(SupervisedPlugin):  # type: ignore[misc]
         self._counts: dict[int, _Counts] = {}
         self._active = False
 
-    def expect(self, seen_classes: Sequence[int]) -> None:
-        """Start collecting; class-IL predictions are restricted to ``seen_classes``."""
+    def expect(self, seen_classes: Sequence[int], tasks: Sequence[int] | None = None) -> None:
+        """Start collecting; class-IL predictions are restricted to ``seen_classes``.
+
+        ``tasks``: the tasks the pass evaluates (default all); the others' accuracies are ``None``.
+        """
         self._seen = list(seen_classes)
-        self._counts = {k: _Counts() for k in range(len(self.task_classes))}
+        evaluated = range(len(self.task_classes)) if tasks is None else tasks
+        self._counts = {k: _Counts() for k in evaluated}
         self._active = True
 
     def after_eval_iteration(self, strategy: Any, **kwargs: Any) -> None:
@@ -93,7 +97,7 @@ class AccuracyCollector(SupervisedPlugin):  # type: ignore[misc]
             raise RuntimeError(f"evaluation pass did not cover tasks {missing}")
         result = AccuracyRow()
         for k in range(len(self.task_classes)):
-            counts = self._counts[k]
-            result.class_il.append(100.0 * counts.class_il / counts.total)
-            result.task_il.append(100.0 * counts.task_il / counts.total)
+            counts = self._counts.get(k)
+            result.class_il.append(None if counts is None else 100.0 * counts.class_il / counts.total)
+            result.task_il.append(None if counts is None else 100.0 * counts.task_il / counts.total)
         return result

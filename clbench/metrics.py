@@ -2,7 +2,8 @@
 
 The matrix ``acc[t][k]`` is the accuracy (in percent) on task ``k``'s test set after
 training on task ``t``; it is square (T x T) for a sequential run. All functions use
-0-based task indices.
+0-based task indices and read the diagonal and below only, so a run that evaluated the
+tasks learned so far (``None`` above the diagonal) has the same metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TypedDict
 import numpy as np
 import numpy.typing as npt
 
-Matrix = Sequence[Sequence[float]] | npt.NDArray[np.float64]
+Matrix = Sequence[Sequence[float | None]] | npt.NDArray[np.float64]
 
 
 class MetricValues(TypedDict):
@@ -62,11 +63,11 @@ def summarize(acc: Matrix) -> MetricValues:
     return MetricValues(A1=a1(acc), Ainf=a_final(acc), Am=a_mean(acc), BWT=bwt(acc))
 
 
-def summarize_final_only(final_row: Sequence[float]) -> MetricValues:
+def summarize_final_only(final_row: Sequence[float | None]) -> MetricValues:
     """Metrics of a run evaluated once after training on everything (e.g. Joint).
 
     Only A-infinity is defined: there is no accuracy right after each task.
     """
     if len(final_row) == 0:
         raise ValueError("expected a non-empty final accuracy row")
-    return MetricValues(A1=None, Ainf=float(np.mean(final_row)), Am=None, BWT=None)
+    return MetricValues(A1=None, Ainf=float(np.mean(np.asarray(final_row, dtype=np.float64))), Am=None, BWT=None)

@@ -33,7 +33,7 @@ class RunResult:
     Attributes:
         run_id: ``<benchmark>-<strategy>-m<buffer>-s<seed>-<hash>``.
         config: The resolved run config (:meth:`clbench.config.RunConfig.to_dict`).
-        accuracy: ``class_il`` and ``task_il`` accuracy matrices, one row per evaluation.
+        accuracy: ``class_il`` and ``task_il`` accuracy matrices, one row per evaluation (``None``: not evaluated).
         metrics: ``class_il`` and ``task_il`` summaries (A1, Ainf, Am, BWT; None where undefined).
         evaluated_after_task: The task after which each matrix row was evaluated.
         task_classes: The classes of each task, in stream order.
@@ -49,7 +49,7 @@ class RunResult:
 
     run_id: str
     config: dict[str, Any]
-    accuracy: dict[str, list[list[float]]]
+    accuracy: dict[str, list[list[float | None]]]
     metrics: dict[str, Any]
     evaluated_after_task: list[int]
     task_classes: list[list[int]] | None = None

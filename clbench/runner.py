@@ -119,8 +119,8 @@ def _make_evaluator(loggers: list[Any]) -> Any:
 class _Trace:
     """What the train/evaluate loop records: accuracy matrices and timings."""
 
-    class_il: list[list[float]] = field(default_factory=list)
-    task_il: list[list[float]] = field(default_factory=list)
+    class_il: list[list[float | None]] = field(default_factory=list)
+    task_il: list[list[float | None]] = field(default_factory=list)
     after_task: list[int] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
@@ -134,9 +134,10 @@ class _Trace:
 def _log_row(loggers: list[Any], task: int, row: AccuracyRow) -> None:
     for logger in loggers:
         for k, (cil, til) in enumerate(zip(row.class_il, row.task_il, strict=True)):
-            logger.log_single_metric(f"clbench/class_il/task{k:02d}", cil, task)
-            logger.log_single_metric(f"clbench/task_il/task{k:02d}", til, task)
-        seen = row.class_il[: task + 1]
+            if cil is not None and til is not None:
+                logger.log_single_metric(f"clbench/class_il/task{k:02d}", cil, task)
+                logger.log_single_metric(f"clbench/task_il/task{k:02d}", til, task)
+        seen = [value for value in row.class_il[: task + 1] if value is not None]
         logger.log_single_metric("clbench/class_il/average_seen", sum(seen) / len(seen), task)
 
 
@@ -198,10 +199,13 @@ def _build(
 
 
 def _evaluate(built: _Run, trace: _Trace, after_task: int, seen: list[int]) -> None:
-    """One evaluation pass over every task's test set: a row of both accuracy matrices."""
+    """One evaluation pass over every task's test set (or the tasks learned so far): a row of both matrices."""
     tic = time.perf_counter()
-    built.collector.expect(seen)
-    built.strategy.eval(built.benchmark.scenario.test_stream, num_workers=built.config.training.num_workers)
+    stream = built.benchmark.scenario.test_stream
+    if built.config.training.eval_tasks == "seen":
+        stream = stream[: after_task + 1]
+    built.collector.expect(seen, tasks=range(len(stream)))
+    built.strategy.eval(stream, num_workers=built.config.training.num_workers)
     row = built.collector.row()
     trace.eval_seconds.append(time.perf_counter() - tic)
     trace.add(after_task, row)

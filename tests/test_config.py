@@ -126,6 +126,20 @@ def test_strategy_revisions_enter_the_run_id_and_revision_one_ids_never_change()
     assert er.run_id.endswith(digest)
 
 
+def test_evaluating_seen_tasks_only_keeps_the_run_id_and_the_report_protocol():
+    from clbench.grid import expand_grid
+    from clbench.report.collect import protocol_id, protocol_of
+
+    (run,) = expand_grid(experiment_from_mapping(BASE | {"seeds": [1], "strategies": ["er"]}))
+    seen = dataclasses.replace(run, training=dataclasses.replace(run.training, eval_tasks="seen"))
+    assert seen.run_id == run.run_id
+    assert seen.to_dict()["training"]["eval_tasks"] == "seen"  # the result file says how it was evaluated
+    assert "eval_tasks" not in run.to_dict()["training"]  # files written before the setting keep their ids
+    assert protocol_id(protocol_of(seen.to_dict())) == protocol_id(protocol_of(run.to_dict()))
+    longer = dataclasses.replace(run, training=dataclasses.replace(run.training, epochs=2))
+    assert protocol_id(protocol_of(longer.to_dict())) != protocol_id(protocol_of(run.to_dict()))
+
+
 def test_committed_baseline_results_are_runs_of_the_current_implementations():
     """A fix that raised a strategy's revision needs its committed result re-run."""
     from clbench.grid import expand_grid
@@ -156,6 +170,11 @@ def test_fast_settings_follow_the_data_path():
         ("training.lr=-0.1", "training.lr: must be positive, got -0.1"),
         ("training.momentum=1.5", "training.momentum: must be in [0, 1), got 1.5"),
         ("training.epochs=0", "training.epochs: must be at least 1, got 0"),
+        (
+            "training.eval_tasks=seen",
+            "training.eval_tasks: 'seen' needs data_path 'device'; valid with 'avalanche': 'all'",
+        ),
+        ("training.eval_tasks=some", "'some'"),
     ],
 )
 def test_training_values_are_range_checked_before_any_run(tmp_path, capsys, override, message):
@@ -163,7 +182,8 @@ def test_training_values_are_range_checked_before_any_run(tmp_path, capsys, over
 
     config = tmp_path / "c.yaml"
     config.write_text("name: c\nbenchmarks: [synthetic]\nstrategies: [er]\ndevice: cpu\n")
-    assert main(["run", str(config), "--dry-run", "--set", override, "--out", str(tmp_path / "out")]) == 2
+    path = ["--set", "training.data_path=avalanche"] if override.startswith("training.eval_tasks") else []
+    assert main(["run", str(config), "--dry-run", *path, "--set", override, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1

@@ -44,6 +44,12 @@ def test_summarize_matches_individual_functions():
     assert math.isclose(values["Am"] or 0.0, metrics.a_mean(MATRIX))
 
 
+def test_a_run_that_evaluated_the_seen_tasks_only_has_the_same_metrics():
+    seen_only = [[row[k] if k <= t else None for k in range(len(row))] for t, row in enumerate(MATRIX)]
+    assert seen_only[0] == [90.0, None, None]
+    assert metrics.summarize(seen_only) == metrics.summarize(MATRIX)
+
+
 def test_final_only_defines_just_a_final():
     assert metrics.summarize_final_only([80.0, 90.0]) == {"A1": None, "Ainf": 85.0, "Am": None, "BWT": None}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from clbench.config import measurement_only_settings
 from clbench.errors import ResultsError
 from clbench.results import SETTINGS, RunResult, read_result
 
@@ -22,8 +23,14 @@ METRICS = ("A1", "Ainf", "Am", "BWT")
 
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run config that must match for runs to be compared."""
-    return {key: config[key] for key in ("benchmark", "backbone", "training", "deterministic") if key in config}
+    """The part of a run config that must match for runs to be compared (not what only changes the measurement)."""
+    protocol: dict[str, Any] = {
+        key: config[key] for key in ("benchmark", "backbone", "training", "deterministic") if key in config
+    }
+    if "training" in protocol:
+        measured = measurement_only_settings()
+        protocol["training"] = {k: v for k, v in protocol["training"].items() if k not in measured}
+    return protocol
 
 
 def protocol_id(protocol: dict[str, Any]) -> str:

@@ -137,6 +137,22 @@ def test_figures_and_files_are_written(results, tmp_path):
     assert all(p.stat().st_size > 0 for p in written)
 
 
+def test_runs_that_evaluated_the_seen_tasks_only_pool_with_the_others_and_plot(tmp_path):
+    folder = tmp_path / "runs"
+    for seed in SEEDS:
+        record = run_record("er", 500, seed, ER[seed])
+        if seed == SEEDS[0]:
+            record["config"]["training"]["eval_tasks"] = "seen"
+            for setting in ("class_il", "task_il"):
+                record["accuracy"][setting][0][1] = None
+        write_json_atomic(folder / f"er{seed}.json", record)
+    report = build_report(folder)
+    (table,) = [t for t in report.tables if t.setting == "class_il"]
+    assert table.n.loc["er", (500, "Ainf")] == len(SEEDS)
+    written = write_report(report, tmp_path / "out")
+    assert any(p.name.endswith("_matrix.png") for p in written)
+
+
 def test_varying_strategy_arguments_give_separate_rows(tmp_path):
     folder = tmp_path / "runs"
     for seed in SEEDS:

@@ -29,14 +29,13 @@ registered strategy runs with its defaults (the list is the registry, not writte
 FAST_CONV = "device_conv"  # the defaults (device path, bf16, channels-last) on a convolutional net
 
 
-@pytest.fixture(scope="module", params=["avalanche", "device", FAST_CONV])
-def all_runs(tmp_path_factory, request):
-    folder = tmp_path_factory.mktemp(f"baselines_{request.param}")
-    training = {"epochs": 1, "batch_size": 8, "replay_batch_size": 8}
-    if request.param != FAST_CONV:
-        training["data_path"] = request.param
+def _run_every_strategy(folder, data_path, **training_settings):
+    """Every registered strategy once on three synthetic tasks; their results by strategy name."""
+    training = {"epochs": 1, "batch_size": 8, "replay_batch_size": 8, **training_settings}
+    if data_path != FAST_CONV:
+        training["data_path"] = data_path
     backbone = {"name": "mlp", "args": {"hidden": [16]}}
-    if request.param == FAST_CONV:
+    if data_path == FAST_CONV:
         backbone = {"name": "resnet18", "args": {"nf": 8}}  # narrower crashes oneDNN (CHANNELS_LAST_MIN_WIDTH)
     config = {
         "name": "baselines",
@@ -60,6 +59,11 @@ def all_runs(tmp_path_factory, request):
     return {r["config"]["strategy"]["name"]: r for r in map(load_result, out.glob("*.json"))}
 
 
+@pytest.fixture(scope="module", params=["avalanche", "device", FAST_CONV])
+def all_runs(tmp_path_factory, request):
+    return _run_every_strategy(tmp_path_factory.mktemp(f"baselines_{request.param}"), request.param)
+
+
 def test_every_registered_strategy_runs_through_the_cli(all_runs):
     assert set(all_runs) == set(STRATEGIES.names())
     for name, result in all_runs.items():
@@ -67,6 +71,24 @@ def test_every_registered_strategy_runs_through_the_cli(all_runs):
         assert len(result["accuracy"]["class_il"]) == rows, name
         assert len(result["accuracy"]["task_il"]) == rows, name
         assert result["metrics"]["class_il"]["Ainf"] is not None, name
+
+
+def test_evaluating_the_seen_tasks_only_leaves_every_strategy_s_training_alone(all_runs, tmp_path, request):
+    data_path = request.node.callspec.params["all_runs"]
+    if data_path == "avalanche":
+        pytest.skip("eval_tasks: seen needs the device data path (Avalanche's eval loaders draw random numbers)")
+    seen_only = _run_every_strategy(tmp_path, data_path, eval_tasks="seen")
+    for name, full in all_runs.items():
+        seen = seen_only[name]
+        assert seen["run_id"] == full["run_id"], name
+        assert seen["metrics"] == full["metrics"], name
+        for setting in ("class_il", "task_il"):
+            for after, row, full_row in zip(
+                full["evaluated_after_task"], seen["accuracy"][setting], full["accuracy"][setting], strict=True
+            ):
+                assert row[: after + 1] == full_row[: after + 1], name
+                assert row[after + 1 :] == [None] * (len(row) - after - 1), name
+        assert sum(seen["eval_seconds"]) > 0, name
 
 
 def _context(buffer_size=BUFFER, n_tasks=3):
