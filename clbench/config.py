@@ -284,16 +284,19 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """Readable, unique file stem: names plus a hash of the resolved config."""
-        identity = self.to_dict()
-        identity.pop("experiment")
-        identity.pop("device")
-        for name in measurement_only_settings():
-            identity["training"].pop(name, None)
-        if identity["strategy_revision"] == 1:
-            # Revision 1 is implicit, so runs finished before revisions existed keep their ids.
-            identity.pop("strategy_revision")
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        digest = config_digest(self.to_dict())
         return f"{self.benchmark.name}-{self.strategy.name}-m{self.buffer_size}-s{self.seed}-{digest}"
+
+
+def config_digest(plain: Mapping[str, Any]) -> str:
+    """The hash a run id ends with, of a run's plain config (:meth:`RunConfig.to_dict`, or a result file's)."""
+    identity = {key: value for key, value in plain.items() if key not in ("experiment", "device")}
+    measured = measurement_only_settings()
+    identity["training"] = {key: value for key, value in identity["training"].items() if key not in measured}
+    if identity.get("strategy_revision", 1) == 1:
+        # Revision 1 is implicit, so runs finished before revisions existed keep their ids.
+        identity.pop("strategy_revision", None)
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _plain(value: Any) -> Any:

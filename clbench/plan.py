@@ -1,22 +1,23 @@
 """What is left of a grid and about how long it takes (``clbench run --dry-run``).
 
-A run still to do is estimated by the runs of the grid that differ from it by the seed
-only and are finished in the output folder: the median of their training plus evaluation
-seconds. That is the pace of the machine and the sharing they ran under (two runs on two
-cores take longer each than one alone), so the estimate is for the same conditions; a
-run with no finished seed to go by is counted apart, never guessed from another strategy.
+A run still to do is estimated by the finished runs in the output folder that differ from
+it by the seed only (those of the grid or of any other grid written there): the median of
+their training plus evaluation seconds. That is the pace of the machine and the sharing
+they ran under (two runs on two cores take longer each than one alone), so the estimate is
+for the same conditions; a run with no finished seed to go by is counted apart, never
+guessed from another strategy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clbench.claims import is_claimed
-from clbench.config import RunConfig
+from clbench.config import RunConfig, config_digest
 from clbench.errors import ResultsError
 from clbench.results import read_result, result_status
 
@@ -31,17 +32,24 @@ class PlannedRun:
     finished_seeds: int
 
 
-def _seedless(run: RunConfig) -> str:
-    """The id the run would have at a fixed seed: runs that differ by the seed only share it."""
-    return dataclasses.replace(run, seed=0).run_id
+def _seedless(plain: Mapping[str, Any]) -> str:
+    """The digest the run would have at seed 0: runs that differ by the seed only share it."""
+    return config_digest({**plain, "seed": 0})
 
 
-def _run_seconds(path: Path) -> float | None:
-    try:
-        result = read_result(path)
-    except ResultsError:
-        return None
-    return sum(result.train_seconds) + sum(result.eval_seconds)
+def _finished_seconds(out: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Each readable result in ``out``: its seconds by run id, and all seconds by seedless digest."""
+    by_run: dict[str, float] = {}
+    by_seedless: dict[str, list[float]] = {}
+    for path in sorted(out.glob("*.json")) if out.is_dir() else []:
+        try:
+            result = read_result(path)
+        except ResultsError:
+            continue
+        seconds = sum(result.train_seconds) + sum(result.eval_seconds)
+        by_run[result.run_id] = seconds
+        by_seedless.setdefault(_seedless(result.config), []).append(seconds)
+    return by_run, by_seedless
 
 
 def _status(run: RunConfig, out: Path) -> str:
@@ -53,19 +61,13 @@ def _status(run: RunConfig, out: Path) -> str:
 
 def plan_grid(runs: Sequence[RunConfig], out: Path) -> list[PlannedRun]:
     """Each run's status in ``out`` with its seconds, finished or estimated from its finished seeds."""
-    statuses = [_status(run, out) for run in runs]
-    finished: dict[str, list[float]] = {}
-    own: dict[str, float | None] = {}
-    for run, status in zip(runs, statuses, strict=True):
-        if status == "finished":
-            seconds = own[run.run_id] = _run_seconds(out / f"{run.run_id}.json")
-            if seconds is not None:
-                finished.setdefault(_seedless(run), []).append(seconds)
+    by_run, by_seedless = _finished_seconds(out)
     plan = []
-    for run, status in zip(runs, statuses, strict=True):
-        basis = finished.get(_seedless(run), [])
-        estimate = statistics.median(basis) if basis else None
-        plan.append(PlannedRun(run.run_id, status, own[run.run_id] if status == "finished" else estimate, len(basis)))
+    for run in runs:
+        status = _status(run, out)
+        basis = by_seedless.get(_seedless(run.to_dict()), [])
+        seconds = by_run.get(run.run_id) if status == "finished" else (statistics.median(basis) if basis else None)
+        plan.append(PlannedRun(run.run_id, status, seconds, len(basis)))
     return plan
 
 
@@ -94,9 +96,11 @@ def _summary(plan: Sequence[PlannedRun]) -> str:
     line = f"{counts['finished']} finished, {counts['running']} running, {len(left)} to run"
     if counts["corrupt"]:
         line += f" ({counts['corrupt']} of them over a corrupt file)"
-    if left:
+    if estimated:
         line += (
             f"; {len(estimated)} of those to run take about {_duration(sum(estimated))} of run time at their"
             f" finished seeds' pace, {len(left) - len(estimated)} have no finished seed to go by"
         )
+    elif left:
+        line += "; none has a finished seed to go by"
     return line

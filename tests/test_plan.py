@@ -54,6 +54,18 @@ def test_another_strategy_is_never_the_estimate_and_a_live_claim_is_running(tmp_
     assert all(plan["er", seed].seconds is None for seed in (1, 2, 3))
 
 
+def test_a_part_of_the_grid_is_estimated_from_the_seeds_outside_it(tmp_path, capsys):
+    config, out = _finished_grid(tmp_path, capsys)
+    assert main(["run", str(config), "--out", str(out), "--dry-run", "--set", "seeds=[3]"]) == 0
+    line, summary = capsys.readouterr().out.splitlines()
+    assert line.endswith("to-run    ~15 min (median of 2 finished seed(s))")
+    assert summary.startswith("0 finished, 0 running, 1 to run; 1 of those to run take about 15 min")
+    other = ["--set", "seeds=[3]", "--set", "strategies=[er]"]
+    assert main(["run", str(config), "--out", str(out), "--dry-run", *other]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary == "0 finished, 0 running, 1 to run; none has a finished seed to go by"
+
+
 def test_the_dry_run_prints_each_estimate_and_the_time_left(tmp_path, capsys):
     config, out = _finished_grid(tmp_path, capsys)
     args = ["run", str(config), "--out", str(out), "--dry-run", "--set", "seeds=[1, 2, 3]"]
