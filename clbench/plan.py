@@ -11,6 +11,7 @@ guessed from another strategy.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class PlannedRun:
     status: str
     seconds: float | None
     finished_seeds: int
+    running_for: float | None = None
 
 
 def _seedless(plain: Mapping[str, Any]) -> str:
@@ -59,6 +61,16 @@ def _status(run: RunConfig, out: Path) -> str:
     return status
 
 
+def _claimed_for(out: Path, run: RunConfig, status: str) -> float | None:
+    """Seconds since a running run was claimed (its lock file's time)."""
+    if status != "running":
+        return None
+    try:
+        return max(0.0, time.time() - (out / f"{run.run_id}.lock").stat().st_mtime)
+    except FileNotFoundError:
+        return None  # it ended while we looked
+
+
 def plan_grid(runs: Sequence[RunConfig], out: Path) -> list[PlannedRun]:
     """Each run's status in ``out`` with its seconds, finished or estimated from its finished seeds."""
     by_run, by_seedless = _finished_seconds(out)
@@ -67,7 +79,7 @@ def plan_grid(runs: Sequence[RunConfig], out: Path) -> list[PlannedRun]:
         status = _status(run, out)
         basis = by_seedless.get(_seedless(run.to_dict()), [])
         seconds = by_run.get(run.run_id) if status == "finished" else (statistics.median(basis) if basis else None)
-        plan.append(PlannedRun(run.run_id, status, seconds, len(basis)))
+        plan.append(PlannedRun(run.run_id, status, seconds, len(basis), _claimed_for(out, run, status)))
     return plan
 
 
@@ -85,6 +97,8 @@ def plan_lines(plan: Sequence[PlannedRun]) -> list[str]:
             cost = f"took {_duration(item.seconds)}"
         else:
             cost = f"~{_duration(item.seconds)} (median of {item.finished_seeds} finished seed(s))"
+        if item.running_for is not None:
+            cost = f"for {_duration(item.running_for)}; {cost}"
         lines.append(f"{item.run_id}  {item.status:8s}  {cost}".rstrip())
     return [*lines, _summary(plan)]
 

@@ -1,12 +1,14 @@
 """``clbench run --dry-run``: each run's status, and the time left estimated from finished seeds."""
 
 import json
+import os
+import time
 
 from clbench.claims import try_claim
 from clbench.cli import main
 from clbench.config import load_experiment
 from clbench.grid import expand_grid
-from clbench.plan import plan_grid
+from clbench.plan import plan_grid, plan_lines
 
 GRID = """\
 name: plan
@@ -49,8 +51,12 @@ def test_another_strategy_is_never_the_estimate_and_a_live_claim_is_running(tmp_
     runs = expand_grid(load_experiment(config, overrides))
     running = next(run for run in runs if run.strategy.name == "finetune" and run.seed == 3)
     assert try_claim(out / f"{running.run_id}.lock")
+    claimed = time.time() - 600
+    os.utime(out / f"{running.run_id}.lock", (claimed, claimed))
     plan = {(run.strategy.name, run.seed): item for run, item in zip(runs, plan_grid(runs, out), strict=True)}
     assert plan["finetune", 3].status == "running"
+    assert 600 <= plan["finetune", 3].running_for < 660
+    assert plan_lines([plan["finetune", 3]])[0].endswith("running   for 10 min; ~15 min (median of 2 finished seed(s))")
     assert all(plan["er", seed].seconds is None for seed in (1, 2, 3))
 
 
