@@ -172,9 +172,12 @@ def test_a_crashing_run_is_reported_and_the_grid_goes_on(tmp_path, capsys, jobs,
     assert len(list(out.glob("*.error.txt"))) == 1
 
 
-def test_avalanche_csv_logger_sees_the_same_evaluation(tmp_path):
+@pytest.mark.parametrize("eval_tasks", ["all", "seen"])
+def test_avalanche_csv_logger_sees_the_same_evaluation(tmp_path, eval_tasks):
     config = tmp_path / "grid.yaml"
-    config.write_text(yaml.safe_dump({**GRID, "strategies": ["finetune"], "seeds": [1231], "loggers": ["csv"]}))
+    training = {**GRID["training"], "eval_tasks": eval_tasks}
+    grid = {**GRID, "strategies": ["finetune"], "seeds": [1231], "loggers": ["csv"], "training": training}
+    config.write_text(yaml.safe_dump(grid))
     out = tmp_path / "out"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
     (result_file,) = out.glob("*.json")
@@ -183,6 +186,9 @@ def test_avalanche_csv_logger_sees_the_same_evaluation(tmp_path):
     # Avalanche's own accuracy takes the argmax over all classes: class-IL on learned tasks
     first = next(r.split(",") for r in rows if r.startswith("0,0,"))
     assert float(first[2]) * 100 == pytest.approx(result["accuracy"]["class_il"][0][0], abs=1e-6)
+    after_first_task = {r.split(",")[0] for r in rows if r.split(",")[1] == "0"}  # eval_exp, training_exp
+    assert after_first_task == ({"0"} if eval_tasks == "seen" else {"0", "1"})
+    assert (result["accuracy"]["task_il"][0][1] is None) == (eval_tasks == "seen")
 
 
 def test_submitit_local_launcher_writes_the_same_files(grid_run, tmp_path, capsys):
