@@ -6,18 +6,10 @@ import re
 import stat
 from pathlib import Path
 
+from tiny_configs import TWO_SEED_GRID
+
 from clbench.cli import main
 from clbench.results import write_json_atomic
-
-QUICK = """\
-name: q
-benchmarks: [{name: synthetic, args: {n_tasks: 2, n_classes: 4, train_per_class: 8, test_per_class: 2}}]
-strategies: [finetune]
-seeds: [1, 2]
-backbone: {name: mlp, args: {hidden: [4]}}
-training: {epochs: 1, batch_size: 8}
-device: cpu
-"""
 
 
 def test_results_get_the_umask_mode(tmp_path):
@@ -30,14 +22,14 @@ def test_results_get_the_umask_mode(tmp_path):
 
 
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text(QUICK)
+    (tmp_path / "c.yaml").write_text(TWO_SEED_GRID)
     (tmp_path / "taken").write_text("")
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "taken")]) == 2
     assert "is a file" in capsys.readouterr().err
 
 
 def test_dry_run_marks_finished_to_run_and_corrupt(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text(QUICK)
+    (tmp_path / "c.yaml").write_text(TWO_SEED_GRID)
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
     first, second = sorted(out.glob("*.json"))
@@ -61,7 +53,7 @@ def test_readme_strategy_example_runs_as_written(tmp_path, capsys):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "# my_strategy.py" in b]
     (tmp_path / "my_strategy.py").write_text(block)
-    (tmp_path / "c.yaml").write_text(QUICK.replace("strategies: [finetune]", "strategies: [mine]"))
+    (tmp_path / "c.yaml").write_text(TWO_SEED_GRID.replace("strategies: [finetune]", "strategies: [mine]"))
     out = tmp_path / "out"
     args = ["--plugin", str(tmp_path / "my_strategy.py"), "run", str(tmp_path / "c.yaml"), "--out", str(out)]
     assert main([*args, "--no-progress"]) == 0
@@ -71,7 +63,8 @@ def test_readme_strategy_example_runs_as_written(tmp_path, capsys):
 def test_er_run_prints_no_deprecation_warning_of_avalanche(tmp_path):
     import warnings
 
-    (tmp_path / "c.yaml").write_text(QUICK.replace("strategies: [finetune]", "strategies: [er]\nbuffer_sizes: [8]"))
+    replay_grid = TWO_SEED_GRID.replace("strategies: [finetune]", "strategies: [er]\nbuffer_sizes: [8]")
+    (tmp_path / "c.yaml").write_text(replay_grid)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeprecationWarning)
         assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
@@ -83,7 +76,7 @@ def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path):
     import sys
 
     seeds = ", ".join(str(s) for s in range(3000))  # more output than a pipe buffers
-    (tmp_path / "c.yaml").write_text(QUICK.replace("seeds: [1, 2]", f"seeds: [{seeds}]"))
+    (tmp_path / "c.yaml").write_text(TWO_SEED_GRID.replace("seeds: [1, 2]", f"seeds: [{seeds}]"))
     command = f"{sys.executable} -m clbench.cli run {tmp_path / 'c.yaml'} --out {tmp_path / 'o'} --dry-run | head -1"
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr

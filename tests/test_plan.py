@@ -4,27 +4,19 @@ import json
 import os
 import time
 
+from tiny_configs import TWO_SEED_GRID
+
 from clbench.claims import try_claim
 from clbench.cli import main
 from clbench.config import load_experiment
 from clbench.grid import expand_grid
 from clbench.plan import plan_grid, plan_lines
 
-GRID = """\
-name: plan
-benchmarks: [{name: synthetic, args: {n_tasks: 2, n_classes: 4, train_per_class: 8, test_per_class: 2}}]
-strategies: [finetune]
-seeds: [1, 2]
-backbone: {name: mlp, args: {hidden: [4]}}
-training: {epochs: 1, batch_size: 8}
-device: cpu
-"""
-
 
 def _finished_grid(tmp_path, capsys):
     """Seeds 1 and 2 of fine-tuning run, their files set to 600 s and 1200 s of training + evaluation."""
     config = tmp_path / "c.yaml"
-    config.write_text(GRID)
+    config.write_text(TWO_SEED_GRID)
     out = tmp_path / "out"
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
     for path, seconds in zip(sorted(out.glob("*.json")), (600.0, 1200.0), strict=True):
