@@ -87,13 +87,15 @@ def build_tables(
         for test in block_tests.itertuples():
             if test.significant and test.strategy in significant.index and (test.buffer_size, test.metric) in columns:
                 significant.loc[test.strategy, (int(test.buffer_size), test.metric)] = True
-        untested = sorted({t.strategy for t in block_tests.itertuples() if t.n_pairs < 2})
+        # named with M: a strategy may have paired seeds at one memory size and not at another
+        untested = sorted({(t.strategy, int(t.buffer_size)) for t in block_tests.itertuples() if t.n_pairs < 2})
         if reference is None:
             notes.append("no t-tests: the reference strategy has no runs here")
         else:
             notes.append(f"• reference {reference} significantly better (paired t-test over matched seeds, p < 0.05)")
             if untested:
-                notes.append(f"no t-test (fewer than two paired seeds) for: {', '.join(untested)}")
+                named = ", ".join(f"{strategy} (M={size})" if size else strategy for strategy, size in untested)
+                notes.append(f"no t-test (fewer than two paired seeds) for: {named}")
         all_seeds = set()
         for seeds in block["seeds"]:
             all_seeds |= set(seeds)
@@ -102,7 +104,8 @@ def build_tables(
             missing = sorted(all_seeds - present)
             if missing:
                 where = f" (M={buffer_size})" if buffer_size else ""
-                notes.append(f"{strategy}{where}: {len(present)} seeds, missing {', '.join(map(str, missing))}")
+                count = f"{len(present)} seed" + ("s" if len(present) != 1 else "")
+                notes.append(f"{strategy}{where}: {count}, missing {', '.join(map(str, missing))}")
         changed = (arguments or {}).get(str(protocol), {})
         shown = [f"{strategy} ({changed[strategy]})" for strategy in order if strategy in changed]
         if shown:

@@ -116,6 +116,14 @@ def test_missing_seeds_are_reported(results):
     assert table.n.loc["er", (500, "Ainf")] == 2
 
 
+def test_untested_strategies_are_named_with_their_memory_size(results):
+    write_json_atomic(results / "er1231_m200.json", run_record("er", 200, 1231, 30.0))
+    write_json_atomic(results / "ms1231_m200.json", run_record("metasp_rehsel", 200, 1231, 35.0))
+    table = next(t for t in build_report(results).tables if t.setting == "class_il")
+    assert "no t-test (fewer than two paired seeds) for: er (M=200)" in table.notes
+    assert any(note.startswith("er (M=200): 1 seed, missing 1232, 1233") for note in table.notes)
+
+
 def test_malformed_files_are_skipped_by_name(results, capsys):
     (results / "broken.json").write_text("{not json")
     (results / "partial.json").write_text('{"schema_version": 1, "run_id": "x"}')
