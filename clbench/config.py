@@ -1,7 +1,8 @@
 """Experiment and run configuration as frozen, validated dataclasses.
 
-A YAML experiment file is read with ``yaml.safe_load``, ``--set key=value`` overrides are
-applied to the raw mapping, and the result is converted into :class:`ExperimentConfig`.
+A YAML experiment file is read with :func:`load_yaml` (``yaml.safe_load`` that reads ``1e-6`` as
+a number), ``--set key=value`` overrides are applied to the raw mapping, and the result is
+converted into :class:`ExperimentConfig`.
 Conversion checks every key and every value type and raises :class:`ConfigError` with a
 one-line message that names the bad key or value and lists the valid ones.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -404,6 +406,26 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     return cls(**kwargs)
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``1e-6`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-6``) and ``1e-6`` is the
+    string '1e-6'; researchers write the latter (YAML 1.2 and Python read it as a float).
+    """
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as ``yaml.safe_load`` does, with exponent floats such as ``1e-6`` read as numbers."""
+    return yaml.load(text, Loader=_Yaml12FloatLoader)  # a SafeLoader subclass: as safe as safe_load
+
+
 def _component(value: Any, where: str) -> Any:
     """Allow the short form ``- er`` for ``- {name: er}``."""
     return {"name": value} if isinstance(value, str) else value
@@ -415,7 +437,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw) if raw else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
     return key.split("."), value
@@ -495,7 +517,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     if not file.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = load_yaml(file.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

@@ -77,6 +77,16 @@ def test_overrides_reach_nested_keys_and_list_items():
     assert BASE["seeds"] == [1, 2], "overrides must not mutate their input"
 
 
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "name: t\nbenchmarks: [synthetic]\nstrategies: [finetune]\ntraining: {lr: 1e-2, weight_decay: 5E-4}\n"
+    )
+    config = load_experiment(path, ["training.momentum=9e-1"])
+    assert (config.training.lr, config.training.weight_decay, config.training.momentum) == (0.01, 0.0005, 0.9)
+    assert apply_overrides(BASE, ["name=1e-6x"])["name"] == "1e-6x"  # not a number: stays a string
+
+
 @pytest.mark.parametrize("override", ["training.epochs", "=3", "benchmarks.5.args.x=1"])
 def test_bad_overrides_fail_with_one_line(override):
     with pytest.raises(ConfigError) as info:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.config import ComponentSpec, config_to_dict, from_mapping
+from clbench.config import ComponentSpec, config_to_dict, from_mapping, load_yaml
 from clbench.errors import ConfigError
 from clbench.influence.estimators import make_estimator
 
@@ -466,14 +466,12 @@ def _reference_notes(result: dict[str, Any]) -> str:
 
 def load_fidelity_config(path: str | Path, overrides: list[str] | None = None) -> FidelityConfig:
     """Read and validate a fidelity-benchmark YAML file."""
-    import yaml
-
     from clbench.config import apply_overrides
 
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
-    raw = apply_overrides(yaml.safe_load(file.read_text()) or {}, overrides or [])
+    raw = apply_overrides(load_yaml(file.read_text()) or {}, overrides or [])
     raw["estimators"] = [{"name": e} if isinstance(e, str) else e for e in raw.get("estimators", [])]
     if isinstance(raw.get("reference"), str):
         raw["reference"] = {"name": raw["reference"]}

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from clbench.config import from_mapping
+from clbench.config import from_mapping, load_yaml
 from clbench.errors import ConfigError
 
 Spread = Literal["std", "2se", "ci95", "unknown"]
@@ -79,7 +79,7 @@ def load_published(path: str | Path) -> PublishedTable:
     if not file.is_file():
         raise ConfigError(f"published-values file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = load_yaml(file.read_text())
     except yaml.YAMLError:
         raise ConfigError(f"published-values file {str(path)!r} is not valid YAML") from None
     table = from_mapping(PublishedTable, raw, file.name)  # rejects a `sources` that is not a mapping
