@@ -52,9 +52,10 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     data_path = training.get("data_path", "avalanche")
     precision = training.get("precision", "fp32")
     memory_format = ", channels-last" if training.get("channels_last") else ""
+    decay = f" weight decay {training['weight_decay']}" if training.get("weight_decay") else ""
     return (
         f"{bench['name']} ({args(bench)}); {backbone['name']} ({args(backbone)}); "
-        f"{training['epochs']} epochs/task, SGD lr {training['lr']} momentum {training['momentum']}{schedule}, "
+        f"{training['epochs']} epochs/task, SGD lr {training['lr']} momentum {training['momentum']}{decay}{schedule}, "
         f"batch {training['batch_size']} + replay {training['replay_batch_size']}; "
         f"{data_path} data path, {precision}{memory_format}"
     )

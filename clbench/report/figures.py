@@ -16,7 +16,9 @@ def _save(figure: Any, path: Path) -> list[Path]:
     written = []
     for suffix in (".png", ".pdf"):
         target = path.with_suffix(suffix)
-        figure.savefig(target, bbox_inches="tight", dpi=120)
+        # no creation date: a report rebuilt from the same runs writes the same bytes
+        metadata = {"CreationDate": None} if suffix == ".pdf" else {}
+        figure.savefig(target, bbox_inches="tight", dpi=120, metadata=metadata)
         written.append(target)
     return written
 

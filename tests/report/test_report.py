@@ -109,6 +109,16 @@ def test_different_protocols_are_never_pooled(results):
     assert "avalanche data path, fp32" in main_table.protocol
 
 
+def test_protocols_that_differ_in_weight_decay_say_so(results):
+    decayed = run_record("er", 500, 1231, 45.0)
+    decayed["config"]["training"]["weight_decay"] = 1e-4
+    decayed["run_id"] += "-wd"
+    write_json_atomic(results / "er_wd.json", decayed)
+    lines = {t.protocol for t in build_report(results).tables}
+    assert len(lines) == 2
+    assert sum("weight decay 0.0001" in line for line in lines) == 1
+
+
 def test_missing_seeds_are_reported(results):
     (results / "er1233.json").unlink()
     table = next(t for t in build_report(results).tables if t.setting == "class_il")
@@ -143,6 +153,15 @@ def test_figures_and_files_are_written(results, tmp_path):
     assert any(n.endswith("_influence.png") for n in names)
     assert {"metrics_long.csv", "summary.csv", "ttests.csv", "report.md"} <= names
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_a_rebuilt_report_writes_the_same_figure_bytes(results, tmp_path):
+    from clbench.report import figures
+
+    runs = build_report(results).collection.runs
+    first, second = (figures.learning_curves(runs, tmp_path / name) for name in ("a", "b"))
+    pdfs = [(a.read_bytes(), b.read_bytes()) for a, b in zip(first, second, strict=True) if a.suffix == ".pdf"]
+    assert pdfs and all(a == b for a, b in pdfs)
 
 
 def test_runs_that_evaluated_the_seen_tasks_only_pool_with_the_others_and_plot(tmp_path):
