@@ -41,7 +41,8 @@ def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Paired t-tests (``scipy.stats.ttest_rel``) of ``reference`` against every other strategy.
 
     Seeds are matched by value within each protocol, setting, buffer size and metric.
-    ``significant`` is true where the reference is better (higher) at the 95% level.
+    ``significant`` is true where the reference is better (higher) at the 95% level,
+    ``reference_worse`` where the other strategy is: a table must show both directions.
     Fewer than two paired seeds: no test (t and p are NaN).
     """
     rows = []
@@ -73,6 +74,7 @@ def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
                     "t": t_stat,
                     "p": p_value,
                     "significant": bool(p_value < ALPHA and t_stat > 0),
+                    "reference_worse": bool(p_value < ALPHA and t_stat < 0),
                 }
             )
     columns = [
@@ -87,4 +89,4 @@ def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
         "t",
         "p",
     ]
-    return pd.DataFrame(rows, columns=[*columns, "significant"])
+    return pd.DataFrame(rows, columns=[*columns, "significant", "reference_worse"])

@@ -3,8 +3,8 @@
 Rows: reference strategies without a buffer (Fine-tune, Joint; A-infinity only), then one
 row per strategy with a buffer. Columns: one group per buffer size with A1, A-infinity,
 Am and BWT as mean±std over seeds. The best value of each column (among strategies with a
-buffer) is marked, and a • marks the cells where the reference strategy is significantly
-better (paired t-test, 95%).
+buffer) is marked; a • marks the cells where the reference strategy is significantly
+better (paired t-test, 95%), a ◦ those where it is significantly worse.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ class Table:
         protocol: Human description of the protocol.
         benchmark, setting, protocol_id: What the table shows.
         mean, std, n: Frames indexed by strategy, columns (buffer size, metric).
-        best, significant: Boolean frames of the same shape.
+        best, significant, reference_worse: Boolean frames of the same shape (significant:
+            the reference is significantly better than this row; reference_worse: this row
+            is significantly better than the reference).
         notes: Seed coverage and test caveats, one line each.
     """
 
@@ -41,6 +43,7 @@ class Table:
     n: pd.DataFrame
     best: pd.DataFrame
     significant: pd.DataFrame
+    reference_worse: pd.DataFrame
     notes: list[str] = field(default_factory=list)
 
 
@@ -81,18 +84,19 @@ def build_tables(
             values = frames["mean"].loc[buffered_rows, column].dropna()
             if len(values) > 1:
                 best.loc[values.index[values == values.max()], column] = True
-        significant = pd.DataFrame(False, index=frames["mean"].index, columns=columns)
         notes: list[str] = []
         block_tests = tests[(tests["protocol"] == protocol) & (tests["setting"] == setting)]
-        for test in block_tests.itertuples():
-            if test.significant and test.strategy in significant.index and (test.buffer_size, test.metric) in columns:
-                significant.loc[test.strategy, (int(test.buffer_size), test.metric)] = True
+        significant = _test_marks(block_tests, "significant", frames["mean"].index, columns)
+        reference_worse = _test_marks(block_tests, "reference_worse", frames["mean"].index, columns)
         # named with M: a strategy may have paired seeds at one memory size and not at another
         untested = sorted({(t.strategy, int(t.buffer_size)) for t in block_tests.itertuples() if t.n_pairs < 2})
         if reference is None:
             notes.append("no t-tests: the reference strategy has no runs here")
         else:
-            notes.append(f"• reference {reference} significantly better (paired t-test over matched seeds, p < 0.05)")
+            notes.append(
+                f"• reference {reference} significantly better, ◦ significantly worse "
+                "(paired t-test over matched seeds, p < 0.05)"
+            )
             if untested:
                 named = ", ".join(f"{strategy} (M={size})" if size else strategy for strategy, size in untested)
                 notes.append(f"no t-test (fewer than two paired seeds) for: {named}")
@@ -123,13 +127,23 @@ def build_tables(
                 n=frames["n"],
                 best=best,
                 significant=significant,
+                reference_worse=reference_worse,
                 notes=notes,
             )
         )
     return tables
 
 
-def _cell(table: Table, strategy: str, column: tuple[int, str], bold: tuple[str, str], bullet: str) -> str:
+def _test_marks(tests: pd.DataFrame, flag: str, index: pd.Index, columns: pd.MultiIndex) -> pd.DataFrame:
+    """Where the paired tests set ``flag``, as a Boolean frame of the table's shape."""
+    marks = pd.DataFrame(False, index=index, columns=columns)
+    for test in tests[tests[flag]].itertuples():
+        if test.strategy in index and (test.buffer_size, test.metric) in columns:
+            marks.loc[test.strategy, (int(test.buffer_size), test.metric)] = True
+    return marks
+
+
+def _cell(table: Table, strategy: str, column: tuple[int, str], bold: tuple[str, str], marks: tuple[str, str]) -> str:
     mean = table.mean.loc[strategy, column]
     if pd.isna(mean):
         return "–"
@@ -138,17 +152,19 @@ def _cell(table: Table, strategy: str, column: tuple[int, str], bold: tuple[str,
     if table.best.loc[strategy, column]:
         text = f"{bold[0]}{text}{bold[1]}"
     if table.significant.loc[strategy, column]:
-        text += bullet
+        text += marks[0]
+    if table.reference_worse.loc[strategy, column]:
+        text += marks[1]
     return text
 
 
 def display_frame(table: Table, tex: bool = False) -> pd.DataFrame:
     """The table as a frame of formatted strings (markdown or LaTeX marks)."""
     bold = ("\\textbf{", "}") if tex else ("**", "**")
-    bullet = "$^\\bullet$" if tex else " •"
+    marks = ("$^\\bullet$", "$^\\circ$") if tex else (" •", " ◦")
     names = METRIC_NAMES_TEX if tex else METRIC_NAMES
     data = {
-        (f"M={b}" if b else "", names[m]): [_cell(table, s, (b, m), bold, bullet) for s in table.mean.index]
+        (f"M={b}" if b else "", names[m]): [_cell(table, s, (b, m), bold, marks) for s in table.mean.index]
         for b, m in table.mean.columns
     }
     index = [s.replace("_", "\\_") if tex else s for s in table.mean.index]

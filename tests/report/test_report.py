@@ -65,6 +65,20 @@ def test_known_better_gets_a_bullet_and_a_tie_does_not(results):
     assert "•" not in next(line for line in markdown.splitlines() if line.startswith("| metasp "))
 
 
+def test_a_strategy_significantly_better_than_the_reference_gets_a_circle(results):
+    report = build_report(results, reference="er")
+    row = report.tests.query("setting == 'class_il' and metric == 'Ainf' and strategy == 'metasp_rehsel'").iloc[0]
+    assert row["p"] < 0.05 and row["t"] < 0 and row["reference_worse"] and not row["significant"]
+    table = next(t for t in report.tables if t.setting == "class_il")
+    assert table.reference_worse.loc["metasp_rehsel", (500, "Ainf")]
+    assert not table.significant.loc["metasp_rehsel", (500, "Ainf")]
+    markdown = to_markdown(table)
+    line = next(line for line in markdown.splitlines() if line.startswith("| metasp_rehsel "))
+    assert "◦" in line and "•" not in line
+    assert "◦ significantly worse" in markdown
+    assert "$^\\circ$" in to_latex(table)
+
+
 def test_cells_are_mean_plus_minus_sample_std_and_best_is_bold(results):
     table = next(t for t in build_report(results).tables if t.setting == "class_il")
     markdown = to_markdown(table)
