@@ -1,8 +1,10 @@
 """Paired comparison of one config setting: the same runs but for one key, matched by seed.
 
 ``clbench compare DIR --by training.precision`` groups the run files under ``DIR`` by their
-whole config except the seed and the ``--by`` key (or comma-separated keys that vary
-together, e.g. ``training.precision,training.channels_last``), pairs the runs of each group that
+whole config except the seed, the settings that change only what is measured (as the run id
+and the report's protocol do: ``training.eval_tasks``) and the ``--by`` key (or
+comma-separated keys that vary together, e.g. ``training.precision,training.channels_last``),
+pairs the runs of each group that
 differ only in that key by seed, and reports for every metric (A1, A∞, Am, BWT and the
 first task's accuracy right after it was learned) each value's mean ± std and the paired
 t-test of the difference. Reads JSON only; no torch.
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from clbench.config import measurement_only_settings
 from clbench.errors import ClbenchError
 from clbench.report.collect import read_runs
 from clbench.results import SETTINGS, RunResult
@@ -54,6 +57,17 @@ def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
     return copy
 
 
+def _group_key(config: dict[str, Any], keys: list[str]) -> str:
+    """The config but for the compared keys, the seed and the measurement-only settings."""
+    rest: dict[str, Any] = json.loads(json.dumps(config))
+    for k in keys:
+        rest = _without(rest, k)
+    training = rest.get("training", {})
+    for name in measurement_only_settings() - {k.removeprefix("training.") for k in keys}:
+        training.pop(name, None)  # the same training either way: such runs pair
+    return json.dumps(rest, sort_keys=True)
+
+
 def _values(result: RunResult) -> dict[str, float]:
     out: dict[str, float] = {}
     for setting in SETTINGS:
@@ -68,7 +82,7 @@ def _values(result: RunResult) -> dict[str, float]:
 
 
 def compare_setting(folder: Path, key: str) -> pd.DataFrame:
-    """One row per group, pair of values of ``key`` and metric.
+    """One row per group, pair of values of ``key`` and metric; ``M`` is the group's memory size.
 
     Raises:
         ClbenchError: No run pairs differ only in ``key``.
@@ -78,15 +92,13 @@ def compare_setting(folder: Path, key: str) -> pd.DataFrame:
     keys = [k.strip() for k in key.split(",") if k.strip()]
     for _, result in loaded:
         config = result.config
-        rest = config
-        for k in keys:
-            rest = _without(rest, k)
-        group = json.dumps(rest, sort_keys=True)
+        group = _group_key(config, keys)
         value = json.dumps([_get(config, k) for k in keys] if len(keys) > 1 else _get(config, keys[0]))
         groups.setdefault(group, {}).setdefault(value, {})[int(config["seed"])] = _values(result)
     rows = []
     for group, by_value in groups.items():
-        strategy = json.loads(group)["strategy"]["name"]
+        rest = json.loads(group)
+        strategy, buffer_size = rest["strategy"]["name"], rest.get("buffer_size")
         for a, b in combinations(sorted(by_value), 2):
             seeds = sorted(set(by_value[a]) & set(by_value[b]))
             if len(seeds) < 2:
@@ -98,6 +110,7 @@ def compare_setting(folder: Path, key: str) -> pd.DataFrame:
                 rows.append(
                     {
                         "strategy": strategy,
+                        "M": buffer_size,
                         "metric": metric,
                         f"{key}=A": json.loads(a),
                         "A mean±std": f"{x.mean():.2f}±{x.std(ddof=1):.2f}",
