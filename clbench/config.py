@@ -48,6 +48,16 @@ def measurement_only_settings() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(TrainingConfig) if f.metadata.get(MEASUREMENT_ONLY))
 
 
+def trained_settings(training: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's training settings without the measurement-only ones.
+
+    They decide what is trained; the run id, the report's protocol and ``clbench compare``'s
+    pairing all read a run's training through this.
+    """
+    measured = measurement_only_settings()
+    return {key: value for key, value in training.items() if key not in measured}
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -293,8 +303,7 @@ class RunConfig:
 def config_digest(plain: Mapping[str, Any]) -> str:
     """The hash a run id ends with, of a run's plain config (:meth:`RunConfig.to_dict`, or a result file's)."""
     identity = {key: value for key, value in plain.items() if key not in ("experiment", "device")}
-    measured = measurement_only_settings()
-    identity["training"] = {key: value for key, value in identity["training"].items() if key not in measured}
+    identity["training"] = trained_settings(identity["training"])
     if identity.get("strategy_revision", 1) == 1:
         # Revision 1 is implicit, so runs finished before revisions existed keep their ids.
         identity.pop("strategy_revision", None)

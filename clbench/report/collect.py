@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from clbench.config import measurement_only_settings
+from clbench.config import trained_settings
 from clbench.errors import ResultsError
 from clbench.results import SETTINGS, RunResult, read_result
 
@@ -28,8 +28,7 @@ def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
         key: config[key] for key in ("benchmark", "backbone", "training", "deterministic") if key in config
     }
     if "training" in protocol:
-        measured = measurement_only_settings()
-        protocol["training"] = {k: v for k, v in protocol["training"].items() if k not in measured}
+        protocol["training"] = trained_settings(protocol["training"])
     return protocol
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from clbench.config import measurement_only_settings
+from clbench.config import trained_settings
 from clbench.errors import ClbenchError
 from clbench.report.collect import read_runs
 from clbench.results import SETTINGS, RunResult
@@ -58,14 +58,15 @@ def _without(config: dict[str, Any], dotted: str) -> dict[str, Any]:
 
 
 def _group_key(config: dict[str, Any], keys: list[str]) -> str:
-    """The config but for the compared keys, the seed and the measurement-only settings."""
-    rest: dict[str, Any] = json.loads(json.dumps(config))
+    """The config but for the compared keys, the seed and the measurement-only settings.
+
+    Runs apart only in a measurement-only setting trained the same, so they pair; when such a
+    setting is itself compared, its values are read from the run's config, not from this key.
+    """
+    rest = config
     for k in keys:
         rest = _without(rest, k)
-    training = rest.get("training", {})
-    for name in measurement_only_settings() - {k.removeprefix("training.") for k in keys}:
-        training.pop(name, None)  # the same training either way: such runs pair
-    return json.dumps(rest, sort_keys=True)
+    return json.dumps({**rest, "training": trained_settings(rest.get("training", {}))}, sort_keys=True)
 
 
 def _values(result: RunResult) -> dict[str, float]:
@@ -90,6 +91,8 @@ def compare_setting(folder: Path, key: str) -> pd.DataFrame:
     loaded, _ = read_runs(folder)  # files that are not run results (error notes, resolved configs) are skipped
     groups: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
     keys = [k.strip() for k in key.split(",") if k.strip()]
+    if not keys:
+        raise ClbenchError(f"--by {key!r}: name a dotted config key, e.g. training.precision")
     for _, result in loaded:
         config = result.config
         group = _group_key(config, keys)

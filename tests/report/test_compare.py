@@ -17,7 +17,7 @@ def _run(folder, seed, precision, ainf, first, buffer_size=None, eval_tasks=None
         config["training"]["eval_tasks"] = eval_tasks
     matrix = [[first, None], [40.0, 50.0]]
     metrics = {"A1": 50.0, "Ainf": ainf, "Am": 45.0, "BWT": -5.0}
-    name = f"run-{seed}-{precision}-{buffer_size}{stem}" if buffer_size or stem else f"run-{seed}-{precision}"
+    name = "-".join(str(part) for part in ("run", seed, precision, buffer_size, stem) if part)
     record = RunResult(
         run_id=name,
         config=config,
@@ -55,6 +55,12 @@ def test_no_pairs_is_a_one_line_error(tmp_path, capsys):
     _run(tmp_path, 1, "fp32", 30.0, 60.0)
     assert main(["compare", str(tmp_path), "--by", "training.precision"]) == 2
     assert "differ only in 'training.precision'" in capsys.readouterr().err
+
+
+def test_no_key_is_a_one_line_error(tmp_path, capsys):
+    _run(tmp_path, 1, "fp32", 30.0, 60.0)
+    assert main(["compare", str(tmp_path), "--by", " , "]) == 2
+    assert "--by ' , '" in capsys.readouterr().err
 
 
 def test_a_key_left_at_its_omitted_default_is_shown_as_the_default(tmp_path):
