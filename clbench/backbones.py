@@ -22,6 +22,26 @@ BackboneFactory = Callable[[Any, tuple[int, int, int], int], nn.Module]
 BACKBONES: Registry[BackboneFactory] = Registry("backbone", "clbench.backbones", builtin_modules=("clbench.backbones",))
 
 
+class CosineClassifier(nn.Module):
+    """Bias-free cosine-similarity head: ``scale`` x cos(features, class weight) (Chen et al. 2019's distLinear).
+
+    The head of ER-ACE's reference code (pclucas14/AML ``model.py``, scale 10, 1e-5 in the norms).
+    """
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 10.0) -> None:
+        """A head from ``in_features`` to ``out_features`` scores."""
+        super().__init__()
+        self.in_features, self.out_features, self.scale = in_features, out_features, scale
+        self.weight = nn.Parameter(nn.Linear(in_features, out_features, bias=False).weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarities of ``x``'s rows with each class weight."""
+        x_unit = x / (x.norm(dim=1, keepdim=True) + 1e-5)
+        w_unit = self.weight / (self.weight.norm(dim=1, keepdim=True) + 1e-5)
+        scores: torch.Tensor = self.scale * x_unit @ w_unit.T
+        return scores
+
+
 class BasicBlock(nn.Module):
     """The two-convolution residual block of ResNet-18."""
 

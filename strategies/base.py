@@ -28,6 +28,7 @@ A built strategy may define ``clbench_extras() -> dict`` whose result is stored 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +150,28 @@ class StrategyContext:
             evaluator=evaluator,
             device_path=device_path_options(training, seed),
         )
+
+    def classifier_of(self, strategy: str) -> nn.Linear:
+        """The backbone's linear ``classifier`` over its ``features`` (clbench's backbones have both).
+
+        Raises:
+            ConfigError: The backbone lacks them, so ``strategy`` cannot run on it.
+        """
+        classifier = getattr(self.model, "classifier", None)
+        if not isinstance(classifier, nn.Linear) or not callable(getattr(self.model, "features", None)):
+            raise ConfigError(
+                f"{strategy} needs a backbone with features(x) and a linear classifier; "
+                f"{type(self.model).__name__} has not both; valid choices: clbench's resnet18 or mlp backbones"
+            )
+        return classifier
+
+    def with_model(self, model: nn.Module) -> StrategyContext:
+        """This context with ``model`` trained instead (a strategy's own head or wrapper).
+
+        The optimizer is a fresh one of the same settings; this context is left as it is.
+        """
+        optimizer = torch.optim.SGD(model.parameters(), **self.optimizer.defaults)
+        return dataclasses.replace(self, model=model, optimizer=optimizer)
 
     def recipe(self, template: type, *plugins: Any, train_epochs: int | None = None, **kwargs: Any) -> Recipe:
         """``template`` built with :meth:`template_kwargs` (its ``plugins`` first) plus its own ``kwargs``."""

@@ -21,7 +21,8 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
     (may append replayed examples, may return per-example loss weights) -> forward ->
     :meth:`loss_weights` (may compute the weights from the forward) ->
     loss (weighted if weights were returned) -> backward -> :meth:`after_loss_backward`
-    (extra gradient terms) -> update -> ``after_training_iteration`` -> :meth:`after_step`.
+    (extra gradient terms) -> update -> ``after_training_iteration`` -> :meth:`after_step`;
+    per experience, :meth:`after_experience` before the plugins' ``after_training_exp``.
     """
 
     if TYPE_CHECKING:
@@ -67,6 +68,13 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
 
     def after_step(self) -> None:
         """Run after the optimiser step and all its hooks."""
+
+    def after_experience(self) -> None:
+        """Run once an experience is learned, before the plugins' ``after_training_exp`` (memory updates)."""
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        self.after_experience()
+        super()._after_training_exp(**kwargs)
 
     def append_to_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Concatenate examples (e.g. replayed ones, task label 0) to the current mini-batch."""

@@ -116,17 +116,23 @@ class StreamReservoir(TensorStore):
         super().__init__(max_size)
         self.x = torch.zeros(0)
         self.y = torch.zeros(0, dtype=torch.long)
+        self.extra: dict[str, torch.Tensor] = {}
         self.filled = 0
         self.seen = 0
 
     def __len__(self) -> int:
         return self.filled
 
-    def offer(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Take the incoming examples ``(x, y)`` by reservoir sampling."""
+    def offer(self, x: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> None:
+        """Take the incoming examples ``(x, y)`` by reservoir sampling.
+
+        ``extra``: further per-example tensors stored beside them under their own names
+        (DER's logits), in the same slots; every call must offer the same names.
+        """
         if self.filled == 0 and self.x.numel() == 0:
             self.x = torch.zeros((self.max_size, *x.shape[1:]), dtype=x.dtype, device=x.device)
             self.y = torch.zeros(self.max_size, dtype=torch.long, device=y.device)
+            self.extra = {name: value.new_zeros((self.max_size, *value.shape[1:])) for name, value in extra.items()}
         for i in range(len(y)):
             self.seen += 1
             if self.filled < self.max_size:
@@ -137,6 +143,8 @@ class StreamReservoir(TensorStore):
                     continue
             self.x[slot] = x[i].detach()
             self.y[slot] = y[i]
+            for name, value in extra.items():
+                self.extra[name][slot] = value[i].detach()
 
     def update(self, strategy: Any, **kwargs: Any) -> None:
         """Nothing to do at the end of an experience: :meth:`offer` took every example as it came."""

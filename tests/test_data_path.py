@@ -6,6 +6,7 @@ import torch
 import yaml
 from torch import nn
 
+from clbench.backbones import MLP
 from clbench.cli import main
 from clbench.config import TrainingConfig
 from clbench.data_path import (
@@ -173,7 +174,7 @@ def test_every_strategy_is_built_on_the_runs_data_path(options):
     bench = _benchmark()
     mixin = AvalanchePathMixin if options is None else DevicePathMixin
     for name in STRATEGIES.names():
-        model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(bench.input_shape)), bench.n_classes))
+        model = MLP(int(np.prod(bench.input_shape)), bench.n_classes, hidden=(8,))  # features + classifier
         ctx = StrategyContext.for_training(
             model,
             TrainingConfig(batch_size=4, replay_batch_size=4),

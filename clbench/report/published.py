@@ -24,7 +24,7 @@ from scipy import stats
 from clbench.config import from_mapping, load_yaml
 from clbench.errors import ConfigError
 
-Spread = Literal["std", "2se", "ci95", "unknown"]
+Spread = Literal["std", "se", "2se", "ci95", "unknown"]
 NOT_RUN = "—"  # the protocol of a published value that no run matches
 
 
@@ -37,7 +37,7 @@ class Source:
     spread: Spread = field(
         default="unknown",
         metadata={
-            "help": "what the printed ± is: std, 2se (two standard errors of the mean), "
+            "help": "what the printed ± is: std, se (one standard error of the mean), 2se (two), "
             "ci95 (t-based 95% interval of the mean) or unknown"
         },
     )
@@ -95,13 +95,13 @@ def load_published(path: str | Path) -> PublishedTable:
 def published_std(plus_minus: float, source: Source) -> float | None:
     """The standard deviation over runs that a printed ± stands for (None if the source does not say).
 
-    Two standard errors over n runs are 2 * std / sqrt(n); a t-based 95% interval of the
+    One standard error over n runs is std / sqrt(n), two are 2 * std / sqrt(n); a t-based 95% interval of the
     mean is t_{0.975, n-1} * std / sqrt(n).
     """
     if source.spread == "std":
         return plus_minus
-    if source.spread == "2se" and source.runs is not None:
-        return plus_minus * math.sqrt(source.runs) / 2
+    if source.spread in ("se", "2se") and source.runs is not None:
+        return plus_minus * math.sqrt(source.runs) / (2 if source.spread == "2se" else 1)
     if source.spread == "ci95" and source.runs is not None and source.runs > 1:
         return plus_minus * math.sqrt(source.runs) / float(stats.t.ppf(0.975, source.runs - 1))
     return None

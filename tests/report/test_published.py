@@ -19,6 +19,7 @@ def test_ci95_becomes_a_standard_deviation_by_the_t_quantile():
     assert published_std(1.0, Source("x", runs=15, spread="ci95")) == pytest.approx(math.sqrt(15) / 2.1448, rel=1e-4)
     assert published_std(1.7, Source("x", runs=10, spread="std")) == 1.7
     assert published_std(1.0, Source("x", runs=16, spread="2se")) == pytest.approx(2.0)
+    assert published_std(0.5, Source("x", runs=16, spread="se")) == pytest.approx(2.0)  # ER-ACE: one standard error
     assert published_std(1.7, Source("x", runs=10)) is None
     assert published_std(1.7, Source("x", spread="ci95")) is None
 

@@ -13,6 +13,7 @@ FP32_PASSES = {
     "agem": "the reference gradient on the memory sample (Avalanche's plugin, kept as earlier runs had it)",
     "gss": "the scoring passes of Avalanche's greedy memory",
     "gmed": "the look-ahead and editing passes over the memory (functional, outside the template's forward)",
+    "ewc": "the Fisher pass after each task (vmapped per-example gradients)",
     "hal": "anchor learning after each task and the anchors' stability gradient",
 }
 """Strategies some of whose passes run in fp32 on a bf16 run; every other strategy's passes

@@ -1,0 +1,190 @@
+"""iCaRL: incremental classifier and representation learning (Rebuffi et al., CVPR 2017).
+
+Training: each stream mini-batch is joined by ``replay_batch_size`` exemplars and the
+network is trained with the sigmoid binary cross-entropy over every class seen so far,
+whose targets are the one-hot labels for the current task's classes and, for the earlier
+classes, the sigmoid outputs of the network as it was at the end of the previous task
+(distillation). Evaluation: the nearest-mean-of-exemplars classifier
+(:mod:`clbench.strategies.ncm`; task-IL restricts the nearest mean to the task's classes).
+
+Exemplars (``memory``):
+
+- ``herding`` (the paper): after each task every seen class keeps ``buffer_size // seen
+  classes`` exemplars; a new class's are chosen by herding on its normalised features (in
+  evaluation mode, without augmentation), an old class keeps the first ones of its
+  herding order. Replay draws earlier tasks only, as the exemplar set of a task is built
+  when the task ends.
+- ``reservoir``: the online survey's iCaRL (RaptorMai/online-continual-learning,
+  ``agents/icarl.py``, which produced SCR's and the survey's iCaRL rows): a reservoir over
+  the stream, offered every incoming batch after its step, replayed from the start.
+
+Memory budget: at most ``buffer_size`` stored examples in either case (herding leaves the
+remainder of ``buffer_size // classes`` unused). Avalanche 0.6.0's ``ICaRL`` needs its own
+model split (feature extractor + classifier) and its herding storage policy; this is the
+same method on clbench's backbones (``model.features`` / ``model.classifier``), with the
+replay and NCM evaluation through clbench's data path.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clbench.data_path import strategy_autocast
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.strategies.ncm import NearestMeanClassifier, features_of
+from clbench.strategies.step_template import StepTemplate
+from clbench.strategies.tensor_buffer import StreamReservoir, TensorStore
+
+FETCH_CHUNK = 512
+"""Examples fetched at once while herding a class."""
+
+
+@dataclass(frozen=True)
+class ICaRLArgs:
+    """Arguments of iCaRL (buffer size and replay batch come from the run)."""
+
+    memory: Literal["herding", "reservoir"] = field(
+        default="herding",
+        metadata={
+            "help": "herding: per-class exemplars chosen after each task (paper); "
+            "reservoir: a stream reservoir (the online survey's code)"
+        },
+    )
+
+
+def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of ``count`` rows of (normalised) ``features`` whose running mean best follows the class mean."""
+    target = features.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(target)
+    available = torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
+    for k in range(1, min(count, features.shape[0]) + 1):
+        gaps = (target - (running + features) / k).norm(dim=1)
+        gaps[~available] = float("inf")
+        best = int(gaps.argmin())
+        chosen.append(best)
+        available[best] = False
+        running += features[best]
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+class HerdingMemory(TensorStore):
+    """Per-class exemplar sets, each in herding order, held as tensors."""
+
+    def __init__(self, max_size: int) -> None:
+        """An empty memory of at most ``max_size`` examples."""
+        super().__init__(max_size)
+        self.x = torch.zeros(0)
+        self.y = torch.zeros(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def update(self, strategy: Any, **kwargs: Any) -> None:
+        """Shrink the old classes to the new quota, herd the experience's classes into it."""
+        dataset = strategy.experience.dataset
+        targets = torch.as_tensor(list(dataset.targets))
+        new_classes = sorted(targets.unique().tolist())
+        seen = sorted(set(self.y.tolist()) | set(new_classes))
+        quota = self.max_size // len(seen)
+        keep = torch.cat([torch.nonzero(self.y == c).flatten()[:quota] for c in self.y.unique().tolist()] or [self.y])
+        parts_x, parts_y = [self.x[keep]] if len(self) else [], [self.y[keep]]
+        for c in new_classes:
+            indices = torch.nonzero(targets == c).flatten().tolist()
+            x = torch.cat(
+                [
+                    strategy.fetch_examples(dataset, indices[i : i + FETCH_CHUNK], augment=False)[0]
+                    for i in range(0, len(indices), FETCH_CHUNK)
+                ]
+            )
+            was_training = strategy.model.training
+            strategy.model.eval()
+            chosen = herding_order(features_of(strategy, x), quota).to(x.device)
+            strategy.model.train(was_training)
+            parts_x.append(x[chosen].detach())
+            parts_y.append(torch.full((len(chosen),), c, dtype=torch.long, device=x.device))
+        self.x = torch.cat(parts_x)
+        self.y = torch.cat([p.to(self.x.device) for p in parts_y])
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        """The quota follows ``max_size`` at the next :meth:`update`."""
+        self.max_size = new_size
+
+
+class ICaRL(StepTemplate):
+    """iCaRL's step (BCE with distillation over seen classes, exemplar replay) and NCM evaluation."""
+
+    def __init__(self, *, memory: HerdingMemory | StreamReservoir, replay_batch_size: int, **kwargs: Any) -> None:
+        """Create the strategy over ``memory``."""
+        super().__init__(**kwargs)
+        self.memory = memory
+        self.replay_batch_size = replay_batch_size
+        self.previous: nn.Module | None = None
+        self.old_classes: list[int] = []
+        self.nearest_mean = NearestMeanClassifier(int(self.model.classifier.out_features))
+        self._n_new = 0
+
+    def prepare_batch(self) -> None:
+        """Append a replayed exemplar mini-batch."""
+        self._n_new = int(self.mb_y.shape[0])
+        if len(self.memory) > 0:
+            x, y, _ = self.memory.draw(self, self.replay_batch_size, augment=True)
+            self.append_to_batch(x, y.to(self.mb_y.device))
+        return None
+
+    def criterion(self) -> torch.Tensor:
+        """Training: BCE over the seen classes with distilled targets for the old ones."""
+        if not self.is_training:
+            return super().criterion()  # type: ignore[no-any-return]
+        current = [int(c) for c in self.experience.classes_in_this_experience]
+        seen = sorted(set(self.old_classes) | set(current))
+        logits = self.mb_output.float()
+        targets = F.one_hot(self.mb_y, logits.shape[1]).float()
+        if self.previous is not None and self.old_classes:
+            with torch.no_grad(), strategy_autocast(self):
+                old_logits = self.previous(self.mb_x).float()
+            targets[:, self.old_classes] = torch.sigmoid(old_logits[:, self.old_classes])
+        return F.binary_cross_entropy_with_logits(logits[:, seen], targets[:, seen])
+
+    def forward(self) -> Any:
+        """Logits while training; nearest-mean-of-exemplars scores in evaluation."""
+        if self.is_training:
+            return super().forward()
+        held = len(self.memory)
+        return self.nearest_mean.scores(self, self.memory.x[:held], self.memory.y[:held], self.mb_x)
+
+    def after_step(self) -> None:
+        """Offer the incoming part of the batch to a stream reservoir; the class means are stale."""
+        self.nearest_mean.invalidate()
+        if isinstance(self.memory, StreamReservoir) and getattr(self, "batch_repetition", 0) == 0:
+            self.memory.offer(self.mb_x[: self._n_new], self.mb_y[: self._n_new])
+
+    def after_experience(self) -> None:
+        """Herd the task's exemplars, freeze the network for distillation, add the task's classes."""
+        self.nearest_mean.invalidate()
+        if isinstance(self.memory, HerdingMemory):
+            self.memory.update(self)
+        self.previous = copy.deepcopy(self.model).eval()
+        for p in self.previous.parameters():
+            p.requires_grad_(False)
+        classes = set(self.old_classes) | {int(c) for c in self.experience.classes_in_this_experience}
+        self.old_classes = sorted(classes)
+
+
+@STRATEGIES.register(
+    "icarl",
+    args=ICaRLArgs,
+    help="iCaRL: herding exemplars, BCE with distillation, nearest-mean-of-exemplars evaluation",
+    uses_buffer=True,
+)
+def build_icarl(ctx: StrategyContext, args: ICaRLArgs) -> Recipe:
+    """:class:`ICaRL` over a herding memory or a stream reservoir of ``buffer_size`` examples."""
+    ctx.classifier_of("icarl")
+    memory = HerdingMemory(ctx.buffer_size) if args.memory == "herding" else StreamReservoir(ctx.buffer_size)
+    return ctx.recipe(ICaRL, memory=memory, replay_batch_size=ctx.training.replay_batch_size)

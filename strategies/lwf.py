@@ -1,0 +1,81 @@
+"""LwF: learning without forgetting (Li & Hoiem, ECCV 2016), single-head class-incremental.
+
+While a task trains, the loss gains ``alpha · T² · KL(q_old ‖ q)`` where q_old and q are
+the softmax at temperature T of the previous tasks' network (a frozen copy taken after
+each task, evaluated with its running BatchNorm statistics) and of the current network,
+both over the classes seen before the task (the previous network's active units). The
+T² factor (Hinton et al.) keeps the term's gradient scale independent of T.
+
+Where this differs from Avalanche 0.6.0's ``LwFPlugin`` (``training/plugins/lwf.py``):
+Avalanche runs its frozen copy in training mode, so the copy normalises by the current
+batch and its running statistics drift with every step; and it leaves out T² (its alpha
+is this alpha · T²). No buffer (``uses_buffer`` false). Defaults alpha = 1, T = 2 (the
+paper's temperature).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from torch import nn
+
+from clbench.data_path import strategy_autocast
+from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+
+
+@dataclass(frozen=True)
+class LwFArgs:
+    """Arguments of LwF."""
+
+    alpha: float = field(default=1.0, metadata={"help": "weight of the distillation term"})
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the distillation"})
+
+
+def distillation_loss(
+    logits: torch.Tensor, old_logits: torch.Tensor, classes: list[int], temperature: float
+) -> torch.Tensor:
+    """T² · KL(softmax(old/T) ‖ softmax(new/T)) over ``classes``, mean over the batch."""
+    log_q = F.log_softmax(logits[:, classes].float() / temperature, dim=1)
+    q_old = F.softmax(old_logits[:, classes].float() / temperature, dim=1)
+    return temperature**2 * F.kl_div(log_q, q_old, reduction="batchmean")
+
+
+class LearningWithoutForgetting(SupervisedPlugin):  # type: ignore[misc]
+    """Distils the previous tasks' network into the current one on the current inputs."""
+
+    def __init__(self, args: LwFArgs) -> None:
+        """Distil with ``args.alpha`` at ``args.temperature``."""
+        super().__init__()
+        self.args = args
+        self.previous: nn.Module | None = None
+        self.old_classes: list[int] = []
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        """Add alpha times the distillation loss on the mini-batch."""
+        if self.previous is None or not self.old_classes:
+            return
+        with torch.no_grad(), strategy_autocast(strategy):
+            old_logits = self.previous(strategy.mb_x)
+        loss = distillation_loss(strategy.mb_output, old_logits, self.old_classes, self.args.temperature)
+        strategy.loss += self.args.alpha * loss
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Freeze a copy of the network and add the task's classes to the distilled ones."""
+        self.previous = copy.deepcopy(strategy.model).eval()
+        for p in self.previous.parameters():
+            p.requires_grad_(False)
+        classes = set(self.old_classes) | {int(c) for c in strategy.experience.classes_in_this_experience}
+        self.old_classes = sorted(classes)
+
+
+@STRATEGIES.register("lwf", args=LwFArgs, help="learning without forgetting: distillation from the last task's network")
+def build_lwf(ctx: StrategyContext, args: LwFArgs) -> Recipe:
+    """Avalanche's ``Naive`` with :class:`LearningWithoutForgetting`."""
+    from avalanche.training.supervised import Naive
+
+    return ctx.recipe(Naive, LearningWithoutForgetting(args))

@@ -1,0 +1,77 @@
+"""The nearest-class-mean classifier of iCaRL and SCR, as per-class scores.
+
+Class means are the normalised means of the L2-normalised features (``model.features``)
+of the examples a memory holds, computed in evaluation mode. An input's score for class
+c is minus the squared distance of its normalised features to c's mean, and
+:data:`NO_MEAN_SCORE` for a class without stored examples. Being one score per class, the
+NCM output goes through clbench's evaluation like logits: class-IL takes the nearest mean
+among every class seen so far, task-IL the nearest among the example's own task's classes
+(the task-IL mask restricts the candidate means), from the same pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clbench.data_path import strategy_autocast
+
+NO_MEAN_SCORE = -1e4
+"""Score of a class with no stored example: below any -||a - b||² of unit vectors (>= -4)."""
+
+FEATURE_CHUNK = 256
+"""Examples per forward when computing class means."""
+
+
+@torch.no_grad()
+def features_of(strategy: Any, x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fp32 features of ``x`` under the strategy's precision, model in its current mode."""
+    parts = []
+    for start in range(0, x.shape[0], FEATURE_CHUNK):
+        with strategy_autocast(strategy):
+            parts.append(strategy.model.features(x[start : start + FEATURE_CHUNK]).float())
+    return F.normalize(torch.cat(parts).flatten(1), dim=1)
+
+
+@torch.no_grad()
+def class_means(strategy: Any, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(n_classes, D) normalised class means of ``x``'s features in evaluation mode; NaN rows for absent classes."""
+    model = strategy.model
+    was_training = model.training
+    model.eval()
+    features = features_of(strategy, x.to(strategy.device))
+    model.train(was_training)
+    y = y.to(features.device)
+    means = torch.full((n_classes, features.shape[1]), float("nan"), device=features.device)
+    for c in y.unique().tolist():
+        means[c] = F.normalize(features[y == c].mean(0), dim=0)
+    return means
+
+
+def ncm_scores(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """(N, C) scores: -||f - mu_c||² per class, :data:`NO_MEAN_SCORE` where mu_c is undefined (NaN)."""
+    distances = torch.cdist(features, torch.nan_to_num(means)) ** 2
+    return torch.where(torch.isnan(means[:, 0]).unsqueeze(0), torch.full_like(distances, NO_MEAN_SCORE), -distances)
+
+
+class NearestMeanClassifier:
+    """Class means of a memory, computed on first use after :meth:`invalidate` (each training step)."""
+
+    def __init__(self, n_classes: int) -> None:
+        """A classifier over ``n_classes`` classes."""
+        self.n_classes = n_classes
+        self.means: torch.Tensor | None = None
+
+    def invalidate(self) -> None:
+        """Forget the class means (the network or the memory changed)."""
+        self.means = None
+
+    def scores(self, strategy: Any, memory_x: torch.Tensor, memory_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) NCM scores of ``x`` against the means of ``(memory_x, memory_y)``."""
+        if memory_y.numel() == 0:
+            return torch.full((x.shape[0], self.n_classes), NO_MEAN_SCORE, device=x.device)
+        if self.means is None:
+            self.means = class_means(strategy, memory_x, memory_y, self.n_classes)
+        return ncm_scores(features_of(strategy, x), self.means)
