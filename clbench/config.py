@@ -125,6 +125,13 @@ class StrategySpec(ComponentSpec):
     buffer_sizes: tuple[int, ...] | None = field(
         default=None, metadata=_help("buffer sizes of this strategy; default the experiment's buffer_sizes")
     )
+    training: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "training settings this strategy runs with instead of the experiment's (e.g. the lr of its "
+            "paper's best arguments); part of the strategy in run ids and reports, not of the protocol"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -279,18 +286,36 @@ class RunConfig:
     strategy_revision: int = field(
         default=1, metadata=_help("implementation revision of the strategy (raised when a fix changes its results)")
     )
+    strategy_training: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help("the strategy's own training settings, over ``training`` (recorded as strategy.training)"),
+    )
+
+    @property
+    def trained_with(self) -> TrainingConfig:
+        """The training settings the run trains with: the experiment's, the strategy's own over them."""
+        return dataclasses.replace(self.training, **self.strategy_training)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready plain mapping of the config (components as ``{name, args}``)."""
+        """A JSON-ready plain mapping of the config (components as ``{name, args}``).
+
+        The strategy's own training settings sit in ``strategy.training`` (left out when it has
+        none, so the ids of runs without any are those they always were); ``training`` stays
+        the experiment's, which is the protocol a report groups by.
+        """
         plain: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "strategy_training":
+                continue
             if isinstance(value, Component):
                 plain[f.name] = value.to_dict()
             elif dataclasses.is_dataclass(value):
                 plain[f.name] = without_omitted_defaults(value)
             else:
                 plain[f.name] = _plain(value)
+        if self.strategy_training:
+            plain["strategy"]["training"] = _plain(self.strategy_training)
         return plain
 
     @property

@@ -19,6 +19,7 @@ from clbench.config import (
     ComponentSpec,
     ExperimentConfig,
     RunConfig,
+    StrategySpec,
     TrainingConfig,
     config_to_dict,
     from_mapping,
@@ -63,6 +64,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
             strategy = _resolved(
                 ComponentSpec(strat_spec.name, strat_spec.args), entry.args, f"strategy {strat_spec.name}"
             )
+            own_training = _strategy_training(experiment.training, strat_spec)
             own_sizes = strat_spec.buffer_sizes
             sizes = own_sizes or experiment.buffer_sizes
             if not entry.traits.get("uses_buffer", False):
@@ -81,6 +83,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
                             device=experiment.device,
                             deterministic=experiment.deterministic,
                             strategy_revision=int(entry.traits.get("revision", 1)),
+                            strategy_training=own_training,
                         )
                     )
     ids = [run.run_id for run in runs]
@@ -90,6 +93,16 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     return runs
 
 
+def _strategy_training(training: TrainingConfig, spec: StrategySpec) -> dict[str, Any]:
+    """The strategy's own training settings, validated as the experiment's are (a bad key or value fails now)."""
+    if not spec.training:
+        return {}
+    merged = {**config_to_dict(training), **spec.training}
+    resolved = from_mapping(TrainingConfig, merged, f"strategy {spec.name}.training")
+    device_path_options(resolved, 0)
+    return {key: getattr(resolved, key) for key in spec.training}
+
+
 def run_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` (a worker's or a job's hand-off).
 
@@ -97,11 +110,17 @@ def run_from_dict(raw: dict[str, Any]) -> RunConfig:
     as they must be on the far side of a process boundary.
     """
     data = dict(raw)
+    data["strategy"] = dict(data["strategy"])
+    own_training = data["strategy"].pop("training", {})
     registries: dict[str, Registry[Any]] = {"benchmark": BENCHMARKS, "strategy": STRATEGIES, "backbone": BACKBONES}
     for key, registry in registries.items():
         spec = from_mapping(ComponentSpec, data[key], key)
         data[key] = _resolved(spec, registry.get(spec.name).args, f"{key} {spec.name}")
     data["training"] = from_mapping(TrainingConfig, data["training"], "run.training")
+    resolved = from_mapping(
+        TrainingConfig, {**config_to_dict(data["training"]), **own_training}, "run.strategy.training"
+    )
+    data["strategy_training"] = {key: getattr(resolved, key) for key in own_training}
     return RunConfig(**data)
 
 
@@ -155,7 +174,7 @@ def prepare_grid(
         if status == "corrupt":
             print(f"re-running {run.run_id}: its result file is corrupt", file=sys.stderr)
         todo.append(run)
-    warnings = {slow_precision_warning(run.training.precision, run.device) for run in todo}
+    warnings = {slow_precision_warning(run.trained_with.precision, run.device) for run in todo}
     for warning in sorted(w for w in warnings if w):
         print(warning, file=sys.stderr)
     return root, summary, todo

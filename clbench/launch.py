@@ -275,7 +275,7 @@ def _run_inline(todo: list[RunConfig], launch: _Launch) -> None:
             cache[key] = load_benchmark(run.benchmark.name, run.benchmark.args, DataContext(launch.root, run.seed))
         benchmark = cache[key]
         joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
-        total_epochs = run.training.epochs * (1 if joint else benchmark.n_tasks)
+        total_epochs = run.trained_with.epochs * (1 if joint else benchmark.n_tasks)
         bars = {"desc": "epochs", "unit": "ep", "leave": False, "disable": not launch.progress, "position": 1}
         with tqdm(total=total_epochs, **bars) as epochs:
             failure = execute_and_write(

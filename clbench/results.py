@@ -69,8 +69,9 @@ class RunResult:
 
     @property
     def strategy_args(self) -> dict[str, Any]:
-        """The strategy's resolved arguments."""
-        return dict(self.config["strategy"]["args"])
+        """The strategy's resolved arguments, and its own training settings as ``training.<key>``."""
+        own_training = self.config["strategy"].get("training", {})
+        return {**self.config["strategy"]["args"], **{f"training.{k}": v for k, v in own_training.items()}}
 
     @property
     def strategy_revision(self) -> int:

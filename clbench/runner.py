@@ -175,9 +175,10 @@ def _build(
     model = backbone_entry.factory(run.backbone.args, benchmark.input_shape, benchmark.n_classes).to(device)
     collector = AccuracyCollector(benchmark.task_classes)
     logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
+    training = run.trained_with
     context = StrategyContext.for_training(
         model,
-        run.training,
+        training,
         benchmark=benchmark,
         device=device,
         seed=run.seed,
@@ -185,9 +186,9 @@ def _build(
         plugins=[collector],
         evaluator=_make_evaluator(logger_objects),
     )
-    if run.training.lr_milestones:
+    if training.lr_milestones:
         schedule = torch.optim.lr_scheduler.MultiStepLR(
-            context.optimizer, list(run.training.lr_milestones), run.training.lr_gamma
+            context.optimizer, list(training.lr_milestones), training.lr_gamma
         )
         context.plugins.append(LRSchedulerPlugin(schedule, reset_scheduler=True, reset_lr=True))
     if on_epoch is not None:
@@ -202,10 +203,10 @@ def _evaluate(built: _Run, trace: _Trace, after_task: int, seen: list[int]) -> N
     """One evaluation pass over every task's test set (or the tasks learned so far): a row of both matrices."""
     tic = time.perf_counter()
     stream = built.benchmark.scenario.test_stream
-    if built.config.training.eval_tasks == "seen":
+    if built.config.trained_with.eval_tasks == "seen":
         stream = stream[: after_task + 1]
     built.collector.expect(seen, tasks=range(len(stream)))
-    built.strategy.eval(stream, num_workers=built.config.training.num_workers)
+    built.strategy.eval(stream, num_workers=built.config.trained_with.num_workers)
     row = built.collector.row()
     trace.eval_seconds.append(time.perf_counter() - tic)
     trace.add(after_task, row)
@@ -215,7 +216,7 @@ def _evaluate(built: _Run, trace: _Trace, after_task: int, seen: list[int]) -> N
 def _train_and_evaluate(built: _Run) -> _Trace:
     """Train task by task, evaluating after each (Joint: once on the whole stream, evaluated once)."""
     trace = _Trace()
-    benchmark, workers = built.benchmark, built.config.training.num_workers
+    benchmark, workers = built.benchmark, built.config.trained_with.num_workers
     train_stream = benchmark.scenario.train_stream
     if built.trains_jointly:
         tic = time.perf_counter()
