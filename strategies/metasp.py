@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import IndexedSubset, strategy_autocast
 from clbench.errors import ConfigError
 from clbench.influence.functional import Batch, InfluenceFn, InfluenceResult, gradient_by_name
@@ -76,6 +77,15 @@ class MetaSPArgs:
     )
     gamma_min: float = field(default=0.001, metadata={"help": "lower clip of the MGDA weight (paper's code)"})
     gamma_max: float = field(default=0.999, metadata={"help": "upper clip of the MGDA weight (paper's code)"})
+    replay_forward: Literal["joint", "separate"] = field(
+        default="joint",
+        metadata={
+            "help": "joint: B_new and B_old in one forward, one weighted mean (the paper's code); separate: "
+            "forwarded apart, the sum of the two weighted means, the pseudo step on the sum of the two mean "
+            "losses (the online replay literature's ER; influence: meta with one pseudo step only)",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
 
     def __post_init__(self) -> None:
         """``pseudo_steps`` is the one setting of the number of pseudo steps.
@@ -94,6 +104,11 @@ class MetaSPArgs:
             raise ConfigError(
                 f"metasp: pseudo_steps={self.pseudo_steps} applies to influence=meta only; "
                 f"valid choices with influence={self.influence}: 1"
+            )
+        if self.replay_forward == "separate" and (self.influence != "meta" or not self.fused_step):
+            raise ConfigError(
+                f"metasp: replay_forward=separate needs the exact fused step; valid choices: influence=meta "
+                f"with pseudo_steps=1 (got influence={self.influence}, pseudo_steps={self.pseudo_steps})"
             )
 
     @property
@@ -168,14 +183,27 @@ def influence_weights(
     return fuse_influence(compute(model, batch, [stability_set, plasticity_set], lr), args)
 
 
-def fuse_influence(result: InfluenceResult, args: MetaSPArgs) -> FusedInfluence:
-    """Normalise the stability and plasticity influence, fuse them by MGDA, weigh the examples."""
+def fuse_influence(result: InfluenceResult, args: MetaSPArgs, parts: list[int] | None = None) -> FusedInfluence:
+    """Normalise the stability and plasticity influence, fuse them by MGDA, weigh the examples.
+
+    With ``parts`` (B_new and B_old forwarded apart) the weights sum to one within each
+    part, so uniform influence gives the sum of the two mean losses, as ER's separate forward.
+    """
     (stability, plasticity), (loss_old, loss_new) = result.influence, result.measurement_loss
     stability = normalise_influence(stability, loss_old)
     plasticity = normalise_influence(plasticity, loss_new)
     gamma = mgda_weight(stability, plasticity, args.gamma_min, args.gamma_max)
     fused = fuse(stability, plasticity, gamma)
-    return FusedInfluence(stability, plasticity, fused, gamma, example_weights(fused))
+    if parts is None:
+        weights = example_weights(fused)
+    else:
+        weights = torch.cat([example_weights(piece) for piece in fused.split(parts)])
+    return FusedInfluence(stability, plasticity, fused, gamma, weights)
+
+
+def part_means(parts: list[int], device: torch.device) -> torch.Tensor:
+    """Per-example weights that make a weighted sum the sum of each part's mean."""
+    return torch.cat([torch.full((size,), 1.0 / size, device=device) for size in parts])
 
 
 def _summary(values: npt.NDArray[np.float64]) -> dict[str, Any]:
@@ -231,6 +259,7 @@ class MetaSP(StepTemplate):
         self._epoch_phase: Literal["plain", "replay", "meta"] = "plain"
         self._pending: tuple[int, Batch, Batch] | None = None
         self._captured_features: list[torch.Tensor] = []
+        self._parts: list[int] | None = None  # sizes of B_new and B_old when forwarded apart
 
     # --- data ------------------------------------------------------------------------
     def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **kwargs: Any) -> None:
@@ -302,13 +331,16 @@ class MetaSP(StepTemplate):
 
     def prepare_batch(self) -> torch.Tensor | None:
         """Append B_old (replay and MetaSP phases); MetaSP steps return influence weights."""
+        self._parts = None
         if self._epoch_phase == "plain":
             return None
         n_new = int(self.mb_x.shape[0])
         old_x, old_y, self._memory_positions = self._sample_memory(self.replay_batch_size, train=True)
         self.append_to_batch(old_x, old_y)
+        if self.args.replay_forward == "separate":
+            self._parts = [n_new, int(old_y.shape[0])]
         if self._epoch_phase != "meta":
-            return None
+            return None if self._parts is None else part_means(self._parts, self.mb_x.device)
         if not self.args.fused_step:
             return self._meta_weights(n_new)
         # The same draws in the same order as the two-pass step: B_old, V_old, V_new.
@@ -317,6 +349,13 @@ class MetaSP(StepTemplate):
         if self.args.influence == "meta_lastlayer":
             self._capture_classifier_input()
         return None
+
+    def forward(self) -> Any:
+        """The template's forward; B_new and B_old each through the network alone when forwarded apart."""
+        if self._parts is None or not self.is_training:
+            return super().forward()
+        n_new = self._parts[0]
+        return torch.cat([self.model(self.mb_x[:n_new]), self.model(self.mb_x[n_new:])])
 
     def loss_weights(self, weights: torch.Tensor | None) -> torch.Tensor | None:
         """The fused step: influence from this step's own forward, then the weighted loss.
@@ -334,7 +373,7 @@ class MetaSP(StepTemplate):
             result = self._last_layer_influence(stability_set, plasticity_set, lr)
         else:
             result = self._graph_influence(stability_set, plasticity_set, lr)
-        fusion = fuse_influence(result, self.args)
+        fusion = fuse_influence(result, self.args, self._parts)
         self._record(fusion, n_new)
         return fusion.weights
 
@@ -343,7 +382,14 @@ class MetaSP(StepTemplate):
         return options is not None and options.precision == "bf16"
 
     def _graph_influence(self, stability_set: Batch, plasticity_set: Batch, lr: float) -> InfluenceResult:
-        pseudo_gradient = gradient_by_name(F.cross_entropy(self.mb_output, self.mb_y), self.model)
+        # The pseudo step follows the training loss at uniform weights: the batch mean, or
+        # the sum of the two parts' means when they are forwarded apart.
+        if self._parts is None:
+            pseudo_loss = F.cross_entropy(self.mb_output, self.mb_y)
+        else:
+            per_example = F.cross_entropy(self.mb_output, self.mb_y, reduction="none")
+            pseudo_loss = (part_means(self._parts, per_example.device) * per_example).sum()
+        pseudo_gradient = gradient_by_name(pseudo_loss, self.model)
         return one_step_meta_influence(
             self.model,
             (self.mb_x, self.mb_y),
@@ -351,6 +397,7 @@ class MetaSP(StepTemplate):
             lr,
             pseudo_gradient,
             low_precision=self._low_precision(),
+            parts=self._parts,
         )
 
     def _capture_classifier_input(self) -> None:

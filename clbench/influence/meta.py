@@ -219,6 +219,7 @@ def one_step_meta_influence(
     lr: float,
     pseudo_gradient: Params,
     low_precision: bool = False,
+    parts: Sequence[int] | None = None,
 ) -> InfluenceResult:
     """:func:`meta_influence` for one pseudo step, given the batch's mean-loss gradient at theta.
 
@@ -234,11 +235,15 @@ def one_step_meta_influence(
         lr: Pseudo-step size.
         pseudo_gradient: Gradient of B's mean loss at the current parameters, by name.
         low_precision: Measurement gradients under bf16 autocast and a bf16 JVP.
+        parts: Sizes of consecutive parts of B forwarded apart, whose mean losses the
+            pseudo step sums (the online literature's replay: stream and memory batches);
+            each part's per-example gradients are taken under its own BatchNorm statistics
+            and an example's influence is scaled by its part's size. Default: one part.
 
     Returns:
         Influence vectors (float32 or the parameters' dtype) and measurement losses.
     """
-    n = batch[0].shape[0]
+    sizes = list(parts) if parts is not None else [batch[0].shape[0]]
     with batchnorm_stats_frozen(model):
         theta = trainable_params(model)
         theta_hat = tree_axpy(-lr, pseudo_gradient, theta)
@@ -248,6 +253,11 @@ def one_step_meta_influence(
                 per_example_loss_fn(model), theta_hat, measurements, batched=not low_precision
             )
         lam = {name: torch.stack([a[name] for a in adjoints]).detach() for name in theta}
-        directional = _per_example_directional(model, theta, batch, lam, low_precision)
-        total = -(lr / n) * directional.to(next(iter(theta.values())).dtype)
+        dtype = next(iter(theta.values())).dtype
+        pieces, start = [], 0
+        for size in sizes:
+            part = (batch[0][start : start + size], batch[1][start : start + size])
+            pieces.append(-(lr / size) * _per_example_directional(model, theta, part, lam, low_precision).to(dtype))
+            start += size
+        total = torch.cat(pieces, dim=1)
     return InfluenceResult(influence=tuple(total.unbind(0)), measurement_loss=tuple(losses))

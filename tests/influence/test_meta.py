@@ -161,3 +161,29 @@ def test_last_layer_influence_needs_a_classifier():
     train, measurements = _problem()
     with pytest.raises(ConfigError, match="meta_lastlayer needs a backbone"):
         make_estimator("meta_lastlayer")(_conv_net_with_bn(), train, measurements, lr=0.1)
+
+
+def test_one_step_influence_of_parts_forwarded_apart_equals_its_autograd_definition():
+    # The pseudo step on mean(part 1) + mean(part 2), each part forwarded alone (BatchNorm by
+    # its own statistics); up-weighting example i of part p by eps makes it (1 + eps) l_i in p's mean.
+    from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn
+    from clbench.influence.meta import one_step_meta_influence
+
+    model = _conv_net_with_bn()
+    (x, y), measurements = _problem()
+    parts, lr = [5, 3], 0.1
+    loss_vec = per_example_loss_fn(model)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    eps = torch.zeros(8, dtype=torch.float64, requires_grad=True)
+    with batchnorm_stats_frozen(model):
+        pieces = [loss_vec(params, x[:5], y[:5]), loss_vec(params, x[5:], y[5:])]
+        training = sum(((1 + e) * p).mean() for p, e in zip(pieces, eps.split(parts), strict=True))
+        step = torch.autograd.grad(training, list(params.values()), create_graph=True)
+        updated = {k: v - lr * g for (k, v), g in zip(params.items(), step, strict=True)}
+        expected = [torch.autograd.grad(loss_vec(updated, *m).mean(), eps, retain_graph=True)[0] for m in measurements]
+        mean_gradient = torch.autograd.grad(sum(p.mean() for p in pieces), list(params.values()))
+    pseudo = {k: g.detach() for k, g in zip(params, mean_gradient, strict=True)}
+    got = one_step_meta_influence(model, (x, y), measurements, lr, pseudo, parts=parts)
+    for influence, want in zip(got.influence, expected, strict=True):
+        assert want.abs().max() > 1e-3
+        torch.testing.assert_close(influence, want, rtol=1e-6, atol=1e-9)

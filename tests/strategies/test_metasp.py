@@ -200,3 +200,43 @@ def test_metasp_runs_with_the_last_layer_estimator_on_the_fast_path(tmp_path):
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     (result,) = [load_result(p) for p in (tmp_path / "out").glob("*.json")]
     assert result["extras"]["influence"][1]["meta_steps"] > 0
+
+
+def test_separate_forward_needs_the_exact_fused_step():
+    from clbench.config import from_mapping
+    from clbench.errors import ConfigError
+    from clbench.strategies.metasp import MetaSPArgs
+
+    with pytest.raises(ConfigError, match="replay_forward=separate needs the exact fused step"):
+        from_mapping(MetaSPArgs, {"replay_forward": "separate", "influence": "meta_lastlayer"}, "strategy metasp")
+
+
+@pytest.mark.parametrize("warmup", ["replay", "meta"])
+def test_separate_forward_passes_each_part_alone_and_weighs_each_part_to_one(warmup):
+    from tiny_strategies import tiny_strategy, two_tasks
+
+    from clbench.backbones import MLP
+    from clbench.strategies.metasp import MetaSPArgs
+
+    bench = two_tasks()
+    torch.manual_seed(0)
+    model = MLP(int(np.prod(bench.input_shape)), bench.n_classes, hidden=(16,))
+    sizes = []
+    model.register_forward_hook(
+        lambda module, inputs, output: sizes.append(inputs[0].shape[0]) if module.training else None
+    )
+    # one epoch a task: meta_epochs 1 makes every step of task 2 a MetaSP step, 0 a replay step
+    args = MetaSPArgs(meta_epochs=1 if warmup == "meta" else 0, warmup="replay", replay_forward="separate")
+    strategy = tiny_strategy("metasp", bench, model, args=args)
+    weights = []
+    original = strategy.loss_weights
+    strategy.loss_weights = lambda w: weights.append(original(w)) or weights[-1]
+    strategy.train(bench.scenario.train_stream[0])
+    sizes.clear()
+    strategy.train(bench.scenario.train_stream[1])
+    assert sizes[:2] == [4, 4]  # B_new (batch 4) and B_old (replay 4) through the network apart
+    step_weights = [w for w in weights if w is not None]
+    assert step_weights
+    for w in step_weights:
+        torch.testing.assert_close(w[:4].sum(), torch.tensor(1.0))
+        torch.testing.assert_close(w[4:].sum(), torch.tensor(1.0))
