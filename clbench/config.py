@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -209,8 +210,8 @@ class TrainingConfig:
             if value < low:
                 raise ConfigError(f"training.{name}: must be at least {low}, got {value}")
         for rate_name, rate in (("lr", self.lr), ("lr_gamma", self.lr_gamma)):
-            if not rate > 0:
-                raise ConfigError(f"training.{rate_name}: must be positive, got {rate}")
+            if not 0 < rate < math.inf:
+                raise ConfigError(f"training.{rate_name}: must be positive and finite, got {rate}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"training.momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:

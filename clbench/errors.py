@@ -14,6 +14,15 @@ class ClbenchError(Exception):
     """Base class for every error a user can cause."""
 
 
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss: the run fails instead of recording chance-level accuracies.
+
+    A failure of one run, not a user error that would fail every run alike (not a
+    :class:`ClbenchError`): the grid writes the run's ``.error.txt``, goes on, and ends
+    with exit status 1.
+    """
+
+
 class ConfigError(ClbenchError):
     """A config file or a ``--set`` override is malformed."""
 

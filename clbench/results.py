@@ -22,7 +22,7 @@ from clbench.errors import ResultsError
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "accuracy", "metrics", "evaluated_after_task")
 SETTINGS = ("class_il", "task_il")
-_OPTIONAL_IF_ABSENT = ("task_classes", "strategy_defaults", "started_at", "finished_at")
+_OPTIONAL_IF_ABSENT = ("task_classes", "strategy_defaults", "started_at", "finished_at", "training_loss")
 """Keys that files of older versions may lack: a record read from such a file writes them back absent."""
 
 
@@ -41,6 +41,8 @@ class RunResult:
         eval_seconds: Time of each evaluation pass.
         environment: Versions and hardware (:func:`clbench.runner.environment_info`).
         extras: What the strategy's ``clbench_extras()`` returned.
+        training_loss: Per task trained: its index, the mean and last training loss and a
+            curve of up to 20 per-interval means (:mod:`clbench.loss_trace`).
         strategy_defaults: The strategy's default arguments when it ran.
         started_at: ISO time the run started (UTC).
         finished_at: ISO time the run finished (UTC).
@@ -58,6 +60,7 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     strategy_defaults: dict[str, Any] | None = None
+    training_loss: list[dict[str, Any]] | None = None
     started_at: str | None = None
     finished_at: str | None = None
     schema_version: int = SCHEMA_VERSION

@@ -31,6 +31,7 @@ from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError
 from clbench.evaluation import AccuracyCollector, AccuracyRow
 from clbench.loggers import LOGGERS
+from clbench.loss_trace import LossTrace
 from clbench.metrics import MetricValues, summarize, summarize_final_only
 from clbench.results import RunResult
 from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
@@ -152,6 +153,7 @@ class _Run:
     trains_jointly: bool
     collector: AccuracyCollector
     loggers: list[Any]
+    loss_trace: LossTrace
 
 
 def _build(
@@ -174,6 +176,7 @@ def _build(
     backbone_entry = BACKBONES.get(run.backbone.name)
     model = backbone_entry.factory(run.backbone.args, benchmark.input_shape, benchmark.n_classes).to(device)
     collector = AccuracyCollector(benchmark.task_classes)
+    loss_trace = LossTrace()
     logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
     training = run.trained_with
     context = StrategyContext.for_training(
@@ -183,7 +186,7 @@ def _build(
         device=device,
         seed=run.seed,
         buffer_size=run.buffer_size,
-        plugins=[collector],
+        plugins=[collector, loss_trace],
         evaluator=_make_evaluator(logger_objects),
     )
     if training.lr_milestones:
@@ -196,7 +199,7 @@ def _build(
     entry = STRATEGIES.get(run.strategy.name)
     strategy = build_strategy(entry, context, run.strategy.args)
     jointly = bool(entry.traits.get("trains_jointly", False))
-    return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects)
+    return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects, loss_trace)
 
 
 def _evaluate(built: _Run, trace: _Trace, after_task: int, seen: list[int]) -> None:
@@ -282,6 +285,7 @@ def execute_run(
         eval_seconds=trace.eval_seconds,
         environment=environment_info(built.device),
         extras=extras_fn() if callable(extras_fn) else {},
+        training_loss=built.loss_trace.tasks,
         strategy_defaults=config_to_dict(STRATEGIES.get(run.strategy.name).args()),
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
