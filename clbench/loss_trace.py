@@ -12,6 +12,7 @@ the result's ``training_loss``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -31,7 +32,7 @@ def loss_summary(values: list[float]) -> dict[str, Any]:
     """Mean, last value and up to :data:`CURVE_POINTS` per-interval means of one task's losses."""
     points = min(CURVE_POINTS, len(values))
     bounds = [round(k * len(values) / points) for k in range(points + 1)]
-    curve = [sum(values[a:b]) / (b - a) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    curve = [sum(values[a:b]) / (b - a) for a, b in itertools.pairwise(bounds) if b > a]
     return {"mean": sum(values) / len(values), "last": values[-1], "curve": curve}
 
 
