@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
 from clbench.data_path import strategy_autocast
+from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.tensor_buffer import StreamReservoir
 
@@ -49,6 +50,12 @@ class DERArgs:
 
     alpha: float = field(default=0.1, metadata={"help": "weight of the logit-matching (MSE) term"})
     beta: float = field(default=0.5, metadata={"help": "weight of the replayed labels' cross-entropy; 0 = DER"})
+
+    def __post_init__(self) -> None:
+        """Raises: ConfigError: a negative weight."""
+        for name, value in (("alpha", self.alpha), ("beta", self.beta)):
+            if not value >= 0:
+                raise ConfigError(f"der: {name} must be at least 0, got {value}")
 
 
 class DarkReplay(SupervisedPlugin):  # type: ignore[misc]

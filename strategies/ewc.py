@@ -36,6 +36,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from clbench.errors import ConfigError
 from clbench.influence.functional import Params, trainable_params
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
@@ -49,6 +50,13 @@ class EWCArgs:
 
     ewc_lambda: float = field(default=10.0, metadata={"help": "lambda: weight of the quadratic penalty"})
     decay: float = field(default=1.0, metadata={"help": "gamma: decay of the earlier tasks' Fisher (1 = sum)"})
+
+    def __post_init__(self) -> None:
+        """Raises: ConfigError: a negative lambda or a decay outside [0, 1]."""
+        if not self.ewc_lambda >= 0:
+            raise ConfigError(f"ewc: ewc_lambda must be at least 0, got {self.ewc_lambda}")
+        if not 0 <= self.decay <= 1:
+            raise ConfigError(f"ewc: decay must be in [0, 1], got {self.decay}")
 
 
 def weighted_fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Params:

@@ -25,6 +25,7 @@ from avalanche.core import SupervisedPlugin
 from torch import nn
 
 from clbench.data_path import strategy_autocast
+from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 
 
@@ -34,6 +35,13 @@ class LwFArgs:
 
     alpha: float = field(default=1.0, metadata={"help": "weight of the distillation term"})
     temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the distillation"})
+
+    def __post_init__(self) -> None:
+        """Raises: ConfigError: a negative alpha or a temperature that is not positive."""
+        if not self.alpha >= 0:
+            raise ConfigError(f"lwf: alpha must be at least 0, got {self.alpha}")
+        if not self.temperature > 0:
+            raise ConfigError(f"lwf: temperature must be positive, got {self.temperature}")
 
 
 def distillation_loss(

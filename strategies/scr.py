@@ -35,6 +35,7 @@ from torch import nn
 
 from clbench.data_path import resolve_rows, strategy_autocast
 from clbench.datasets.base import ImageArrayDataset
+from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.ncm import NearestMeanClassifier
 from clbench.strategies.step_template import StepTemplate
@@ -50,6 +51,14 @@ class SCRArgs:
     memory_batch_size: int = field(default=100, metadata={"help": "memory examples joined to each stream batch"})
     temperature: float = field(default=0.07, metadata={"help": "temperature of the supervised contrastive loss"})
     projection_dim: int = field(default=128, metadata={"help": "output size of the projection head"})
+
+    def __post_init__(self) -> None:
+        """Raises: ConfigError: a setting out of its range."""
+        for name, value in (("memory_batch_size", self.memory_batch_size), ("projection_dim", self.projection_dim)):
+            if value < 1:
+                raise ConfigError(f"scr: {name} must be at least 1, got {value}")
+        if not self.temperature > 0:
+            raise ConfigError(f"scr: temperature must be positive, got {self.temperature}")
 
 
 class ProjectedEncoder(nn.Module):

@@ -256,3 +256,24 @@ def test_a_backbone_without_features_and_classifier_is_refused_in_one_line(name)
     entry = STRATEGIES.get(name)
     with pytest.raises(ConfigError, match="needs a backbone with features"):
         build_strategy(entry, ctx, entry.args())
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("der", {"alpha": -1.0}, "der: alpha must be at least 0, got -1.0"),
+        ("ewc", {"decay": 1.5}, r"ewc: decay must be in \[0, 1\], got 1.5"),
+        ("lwf", {"temperature": 0.0}, "lwf: temperature must be positive, got 0.0"),
+        ("scr", {"memory_batch_size": 0}, "scr: memory_batch_size must be at least 1, got 0"),
+        ("icarl", {"memory": "ring"}, "icarl"),
+        ("er_ace", {"classifier": "cos"}, "er_ace"),
+    ],
+)
+def test_bad_arguments_fail_when_the_grid_is_expanded(name, args, message):
+    from clbench.config import experiment_from_mapping
+    from clbench.errors import ConfigError
+    from clbench.grid import expand_grid
+
+    config = {"name": "t", "benchmarks": [{"name": "synthetic"}], "strategies": [{"name": name, "args": args}]}
+    with pytest.raises(ConfigError, match=message):
+        expand_grid(experiment_from_mapping(config))
