@@ -94,6 +94,8 @@ class MetaSPArgs:
             ConfigError: ``influence_args.steps`` disagrees with it, or it is not 1 for an
                 estimator that takes no pseudo steps.
         """
+        if self.pseudo_steps < 1:
+            raise ConfigError(f"metasp: pseudo_steps must be at least 1, got {self.pseudo_steps}")
         steps = self.influence_args.get("steps", self.pseudo_steps)
         if self.influence == "meta" and steps != self.pseudo_steps:
             raise ConfigError(
@@ -105,6 +107,7 @@ class MetaSPArgs:
                 f"metasp: pseudo_steps={self.pseudo_steps} applies to influence=meta only; "
                 f"valid choices with influence={self.influence}: 1"
             )
+        influence_function(self)  # an unknown estimator or argument fails with the grid, not mid-run
         if self.replay_forward == "separate" and (self.influence != "meta" or not self.fused_step):
             raise ConfigError(
                 f"metasp: replay_forward=separate needs the exact fused step; valid choices: influence=meta "

@@ -240,3 +240,21 @@ def test_separate_forward_passes_each_part_alone_and_weighs_each_part_to_one(war
     for w in step_weights:
         torch.testing.assert_close(w[:4].sum(), torch.tensor(1.0))
         torch.testing.assert_close(w[4:].sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"influence": "metta"}, "metta"),
+        ({"influence": "lissa", "influence_args": {"dampin": 1}}, "dampin"),
+        ({"pseudo_steps": 0}, "pseudo_steps must be at least 1, got 0"),
+    ],
+)
+def test_metasp_s_estimator_and_its_arguments_fail_at_grid_expansion(args, message):
+    from clbench.config import experiment_from_mapping
+    from clbench.errors import ClbenchError
+    from clbench.grid import expand_grid
+
+    config = {"name": "t", "benchmarks": [{"name": "synthetic"}], "strategies": [{"name": "metasp", "args": args}]}
+    with pytest.raises(ClbenchError, match=message):
+        expand_grid(experiment_from_mapping(config))
