@@ -27,7 +27,7 @@ from clbench.config import (
 from clbench.data_path import device_path_options, slow_precision_warning
 from clbench.datasets.base import BENCHMARKS
 from clbench.datasets.sources import default_data_root
-from clbench.errors import ClbenchError
+from clbench.errors import ClbenchError, ConfigError
 from clbench.loggers import LOGGERS
 from clbench.registry import Registry
 from clbench.results import result_status, write_text_atomic
@@ -53,6 +53,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     for name in experiment.loggers:
         LOGGERS.get(name)
     device_path_options(experiment.training, 0)  # fails now on device-only settings without the device path
+    check_device_name(experiment.device)
     runs: list[RunConfig] = []
     for bench_spec in experiment.benchmarks:
         bench_entry = BENCHMARKS.get(bench_spec.name)
@@ -91,6 +92,22 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ClbenchError(f"the grid lists run {duplicate} twice (a strategy or seed is repeated)")
     return runs
+
+
+def check_device_name(name: str) -> None:
+    """Refuse a device string torch cannot parse (whether CUDA is there is the running machine's question).
+
+    Raises:
+        ConfigError: ``name`` is not ``auto`` nor a torch device.
+    """
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: invalid device {name!r}; valid choices: auto, cpu, cuda, cuda:N") from None
 
 
 def _strategy_training(training: TrainingConfig, spec: StrategySpec) -> dict[str, Any]:

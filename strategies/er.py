@@ -39,6 +39,13 @@ class ERArgs:
         },
     )
 
+    def __post_init__(self) -> None:
+        """Raises: ConfigError: options that need another forward (checked with the grid, before any run)."""
+        if self.memory_update == "every_batch" and self.replay_forward != "separate":
+            raise ConfigError("er: memory_update=every_batch needs replay_forward=separate; valid choices: separate")
+        if self.replay_forward == "separate" and self.task_balanced:
+            raise ConfigError("er: task_balanced=true needs replay_forward=joint; valid choices: joint")
+
 
 class Reservoir(DatasetMemory, ReservoirSamplingBuffer):  # type: ignore[misc]
     """Avalanche's reservoir buffer as a :class:`ReplayMemory`, without the deprecation warning of ``update``.
@@ -109,11 +116,7 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
     from avalanche.training.supervised import Naive
 
     storage = Reservoir(ctx.buffer_size)
-    if args.memory_update == "every_batch" and args.replay_forward != "separate":
-        raise ConfigError("er: memory_update=every_batch needs replay_forward=separate; valid choices: separate")
     if args.replay_forward == "separate":
-        if args.task_balanced:
-            raise ConfigError("er: task_balanced=true needs replay_forward=joint; valid choices: joint")
         memory = StreamReservoir(ctx.buffer_size) if args.memory_update == "every_batch" else storage
         return ctx.recipe(Naive, SeparateForwardReplay(memory, ctx.training.replay_batch_size))
     replay = ReplayPlugin(

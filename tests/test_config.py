@@ -178,7 +178,7 @@ def test_fast_settings_follow_the_data_path():
         ("training.batch_size=0", "training.batch_size: must be at least 1, got 0"),
         ("training.replay_batch_size=0", "training.replay_batch_size: must be at least 1, got 0"),
         ("training.eval_batch_size=-3", "training.eval_batch_size: must be at least 1, got -3"),
-        ("training.lr=-0.1", "training.lr: must be positive, got -0.1"),
+        ("training.lr=-0.1", "training.lr: must be positive and finite, got -0.1"),
         ("training.momentum=1.5", "training.momentum: must be in [0, 1), got 1.5"),
         ("training.epochs=0", "training.epochs: must be at least 1, got 0"),
         (
@@ -230,3 +230,10 @@ def test_a_worker_hand_off_with_a_bad_argument_names_it():
     raw["strategy"]["args"]["alpha"] = 1
     with pytest.raises(ConfigError, match="'alpha'"):
         run_from_dict(raw)
+
+
+def test_a_device_torch_cannot_parse_fails_at_grid_expansion():
+    from clbench.grid import expand_grid
+
+    with pytest.raises(ConfigError, match="device: invalid device 'gpu0'; valid choices: auto, cpu, cuda, cuda:N"):
+        expand_grid(experiment_from_mapping(BASE | {"device": "gpu0"}))

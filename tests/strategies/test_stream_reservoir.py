@@ -64,10 +64,11 @@ def test_replay_draws_the_current_task_only_with_the_stream_reservoir(monkeypatc
         assert set(plugin.memory.y[: len(plugin.memory)].tolist()) <= {0, 1}  # task 1's classes
 
 
-def test_every_batch_needs_separate_forwards():
-    bench = build_benchmark("synthetic", make_synthetic(SyntheticArgs(n_tasks=2, n_classes=4)), 2, "fixed", 0)
-    ctx = StrategyContext.for_training(
-        nn.Linear(64, 4), TrainingConfig(), benchmark=bench, device=torch.device("cpu"), seed=0, buffer_size=8
-    )
+def test_every_batch_needs_separate_forwards_and_says_so_at_grid_expansion():
+    from clbench.config import experiment_from_mapping
+    from clbench.grid import expand_grid
+
+    bad = {"name": "er", "args": {"memory_update": "every_batch"}}
+    config = {"name": "t", "benchmarks": [{"name": "synthetic"}], "strategies": ["finetune", bad]}
     with pytest.raises(ConfigError, match="memory_update=every_batch needs replay_forward=separate"):
-        build_strategy(STRATEGIES.get("er"), ctx, ERArgs(memory_update="every_batch"))
+        expand_grid(experiment_from_mapping(config))  # before any run of the grid trains
