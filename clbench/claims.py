@@ -34,6 +34,15 @@ def _is_stale(lock: Path) -> bool:
     return False
 
 
+def held_by_another_local_process(lock: Path) -> bool:
+    """Whether a live process of this host other than this one holds ``lock`` (its run will end here)."""
+    try:
+        host, pid = lock.read_text().split()
+    except (OSError, ValueError):
+        return False
+    return host == socket.gethostname() and int(pid) != os.getpid() and not _is_stale(lock)
+
+
 def is_claimed(lock: Path) -> bool:
     """Whether a live process (or one on another host) holds ``lock``."""
     return lock.is_file() and not _is_stale(lock)

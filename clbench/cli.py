@@ -170,6 +170,7 @@ def _cmd_list(kind: str | None, show_args: bool) -> int:
 def _cmd_run(ns: argparse.Namespace) -> int:
     from clbench.config import load_experiment
     from clbench.grid import expand_grid, output_dir_for
+    from clbench.grid_summary import summary_lines, wait_for_local_claims
     from clbench.launch import run_grid
 
     if ns.jobs < 1:
@@ -206,9 +207,23 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         f"{len(summary.finished)} run(s) finished, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; results in {out}"
     )
+    runs = expand_grid(experiment)
+    missing = [] if summary.failed else wait_for_local_claims(runs, out)
+    lines = summary_lines(runs, out)
+    if lines:
+        print("\n".join(["final accuracy of the grid's finished runs:", *lines]))
+        print(f"next: clbench report {out}")
     if summary.failed:
         for run_id, message in summary.failed.items():
             print(f"  failed: {run_id}: {message}", file=sys.stderr)
+        return 1
+    if missing:
+        names = ", ".join(run.run_id for run in missing)
+        print(
+            f"clbench: the grid ended without {len(missing)} result(s), claimed by another process: {names}; "
+            "re-run when they are done, or delete a claim (<run-id>.lock) left by a machine that died",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

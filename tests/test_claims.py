@@ -52,6 +52,23 @@ def test_a_live_claim_skips_the_run(tmp_path, capsys):
     (run_id,) = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
     out.mkdir()
     assert try_claim(out / f"{run_id}.lock")
-    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 0
-    assert "claimed or finished by another process" in capsys.readouterr().out
+    # the grid ends without the run: it says so and exits non-zero (it ended 0 before)
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 1
+    printed = capsys.readouterr()
+    assert "claimed or finished by another process" in printed.out
+    assert f"the grid ended without 1 result(s), claimed by another process: {run_id}" in printed.err
     assert not (out / f"{run_id}.json").exists()
+
+
+def test_a_claim_of_another_host_ends_the_grid_incomplete_and_non_zero(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(GRID.replace("[1, 2, 3, 4, 5, 6]", "[1, 2]"))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--dry-run"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()[0]
+    out.mkdir()
+    (out / f"{first}.lock").write_text("a-compute-node-that-died 4242\n")
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 1
+    printed = capsys.readouterr()
+    assert "1 run(s) finished, 1 skipped, 0 failed" in printed.out
+    assert "final accuracy of the grid's finished runs:" in printed.out and "next: clbench report" in printed.out
+    assert f"the grid ended without 1 result(s), claimed by another process: {first}" in printed.err
