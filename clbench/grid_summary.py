@@ -70,9 +70,9 @@ def summary_lines(runs: Sequence[RunConfig], output_dir: Path) -> list[str]:
             if value is not None:
                 values.append(float(value))
     lines = []
-    for label, values in groups.items():
-        seeds = max(len(values["class_il"]), len(values["task_il"]))
-        class_il = _mean_std(values["class_il"]) if values["class_il"] else "—"
-        task_il = _mean_std(values["task_il"]) if values["task_il"] else "—"
+    for label, by_setting in groups.items():
+        seeds = max(len(by_setting["class_il"]), len(by_setting["task_il"]))
+        class_il = _mean_std(by_setting["class_il"]) if by_setting["class_il"] else "—"
+        task_il = _mean_std(by_setting["task_il"]) if by_setting["task_il"] else "—"
         lines.append(f"  {label}: A∞ class-IL {class_il}, task-IL {task_il} ({seeds} seed{'s' * (seeds > 1)})")
     return lines
