@@ -49,12 +49,17 @@ class Cifar100Args(CifarArgs):
     n_tasks: int = field(default=10, metadata={"help": "number of tasks; classes are split evenly"})
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+"""CIFAR-10's class names (torchvision's, and the class folders of an image-folder copy)."""
+
+
 def _load(
     name: str, args: CifarArgs, context: DataContext, stats: tuple[tuple[float, ...], tuple[float, ...]]
 ) -> ImageSplits:
     if args.source == "folder":
         root = context.data_root / name if args.path is None else context.data_root / args.path
-        train, test = read_split_folder(root, None, context.data_root / "decoded", f"split_{name}")
+        expected = CIFAR10_CLASSES if name == "cifar10" else 100
+        train, test = read_split_folder(root, None, context.data_root / "decoded", f"split_{name}", expected)
     else:
         root = context.data_root if args.path is None else context.data_root / args.path
         train, test = read_torchvision_cifar(name, root, args.download)

@@ -100,13 +100,32 @@ def decode_files(
     return ImageArrays(images, labels, tuple(class_names))
 
 
+def check_classes(folder: Path, found: Sequence[str], expected: int | Sequence[str], what: str) -> None:
+    """Refuse an image folder whose class folders are not the benchmark's (a silently smaller benchmark).
+
+    Raises:
+        DataError: A class folder is missing or extra (named when ``expected`` names them).
+    """
+    if isinstance(expected, int):
+        if len(found) != expected:
+            raise DataError(f"{what}: {folder} holds {len(found)} class folders; expected {expected}")
+        return
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        problem = f"missing {', '.join(missing)}" if missing else f"unexpected {', '.join(extra)}"
+        raise DataError(f"{what}: class folders under {folder}: {problem}; expected {', '.join(expected)}")
+
+
 def read_split_folder(
-    root: Path, size: int | None, cache_dir: Path | None, what: str
+    root: Path, size: int | None, cache_dir: Path | None, what: str, expected: int | Sequence[str] | None = None
 ) -> tuple[ImageArrays, ImageArrays]:
     """Read ``root/train/<class>/*`` and ``root/test/<class>/*``.
 
+    ``expected``: the benchmark's classes (names, or how many), checked in both splits.
+
     Raises:
-        DataError: Either split is missing, or the two splits name different classes.
+        DataError: Either split is missing, the two splits name different classes, or
+            they are not the expected ones.
     """
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise DataError(
@@ -115,6 +134,8 @@ def read_split_folder(
         )
     train_classes, train_files = list_image_folder(root / "train")
     test_classes, test_files = list_image_folder(root / "test")
+    if expected is not None:
+        check_classes(root / "train", train_classes, expected, what)
     if train_classes != test_classes:
         missing = sorted(set(train_classes) ^ set(test_classes))
         raise DataError(f"{what}: train and test folders under {root} name different classes, e.g. {missing[0]!r}")

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from clbench.datasets.base import DataContext, load_benchmark
-from clbench.datasets.cifar import CIFAR10_STATS
+from clbench.datasets.cifar import CIFAR10_CLASSES, CIFAR10_STATS
 from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
 
-CLASSES = ["airplane", "automobile", "bird", "cat"]
+CLASSES = list(CIFAR10_CLASSES)
 
 
 def _write_images(folder, classes, per_class, size, seed=0, fmt="png"):
@@ -35,15 +35,15 @@ def _split_folder(root, classes, n_train, n_test, size=32):
 
 def test_split_cifar10_reads_image_folder(tmp_path):
     _split_folder(tmp_path / "cifar10", CLASSES, 3, 2)
-    bench = load_benchmark("split_cifar10", {"source": "folder", "n_tasks": 2}, DataContext(tmp_path, seed=1231))
-    assert bench.task_classes == ((0, 1), (2, 3))
-    assert bench.n_classes == 4 and bench.input_shape == (3, 32, 32)
+    bench = load_benchmark("split_cifar10", {"source": "folder", "n_tasks": 5}, DataContext(tmp_path, seed=1231))
+    assert bench.task_classes == ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
+    assert bench.n_classes == 10 and bench.input_shape == (3, 32, 32)
     assert bench.class_names == tuple(CLASSES)
     train = bench.scenario.train_stream
-    assert [len(e.dataset) for e in train] == [6, 6]
+    assert [len(e.dataset) for e in train] == [6] * 5
     x, y, *_ = train[1].dataset[0]
     assert x.shape == (3, 32, 32) and x.dtype.is_floating_point and y in (2, 3)
-    assert [len(e.dataset) for e in bench.scenario.test_stream] == [4, 4]
+    assert [len(e.dataset) for e in bench.scenario.test_stream] == [4] * 5
 
 
 def test_shuffled_class_order_depends_on_seed(tmp_path):
@@ -56,7 +56,7 @@ def test_shuffled_class_order_depends_on_seed(tmp_path):
     }
     assert len(orders) > 1
     for order in orders:
-        assert sorted(c for task in order for c in task) == [0, 1, 2, 3]
+        assert sorted(c for task in order for c in task) == list(range(10))
 
 
 def test_missing_folder_is_a_one_line_error(tmp_path):
@@ -79,7 +79,7 @@ def test_uneven_task_split_lists_valid_task_counts(tmp_path):
     _split_folder(tmp_path / "cifar10", CLASSES, 1, 1)
     from clbench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="invalid n_tasks 3 for 4 classes; valid choices: 1, 2, 4"):
+    with pytest.raises(ConfigError, match="invalid n_tasks 3 for 10 classes; valid choices: 1, 2, 5, 10"):
         load_benchmark("split_cifar10", {"source": "folder", "n_tasks": 3}, DataContext(tmp_path, 1))
 
 
@@ -171,10 +171,22 @@ def test_missing_torchvision_files_are_a_one_line_error(tmp_path, name):
 
 
 def test_split_cifar100_reads_image_folder(tmp_path):
-    classes = [f"c{i:02d}" for i in range(10)]
-    _split_folder(tmp_path / "cifar100", classes, 1, 1)
+    classes = [f"c{i:02d}" for i in range(100)]
+    _split_folder(tmp_path / "cifar100", classes, 1, 1, size=8)
     bench = load_benchmark("split_cifar100", {"source": "folder"}, DataContext(tmp_path, 1))
-    assert bench.n_tasks == 10 and bench.task_classes[3] == (3,)
+    assert bench.n_tasks == 10 and bench.task_classes[3] == tuple(range(30, 40))
+
+
+def test_a_missing_class_folder_is_named_instead_of_a_smaller_benchmark(tmp_path):
+    # with 9 class folders and n_tasks 3 this trained a nine-class "Split CIFAR-10" in silence
+    _split_folder(tmp_path / "cifar10", CLASSES[:-1], 1, 1, size=8)
+    with pytest.raises(DataError) as info:
+        load_benchmark("split_cifar10", {"source": "folder", "n_tasks": 3}, DataContext(tmp_path, 1))
+    message = str(info.value)
+    assert "\n" not in message and "missing truck" in message and str(tmp_path / "cifar10" / "train") in message
+    _split_folder(tmp_path / "cifar100", [f"c{i:02d}" for i in range(99)], 1, 1, size=8)
+    with pytest.raises(DataError, match="holds 99 class folders; expected 100"):
+        load_benchmark("split_cifar100", {"source": "folder"}, DataContext(tmp_path, 1))
 
 
 def test_cifar_without_normalisation_serves_pixels_in_unit_range(tmp_path):
