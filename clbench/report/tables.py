@@ -47,6 +47,15 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
+REFERENCE_ROWS = ("finetune", "joint")
+"""The lower and upper bounds, shown as the paper's reference rows (A∞ only, never ranked)."""
+
+
+def is_reference_row(label: str) -> bool:
+    """Whether a strategy label (``name(args)@rN``) is Fine-tune's or Joint's."""
+    return label.split("(")[0].split("@")[0] in REFERENCE_ROWS
+
+
 def build_tables(
     summary: pd.DataFrame,
     tests: pd.DataFrame,
@@ -73,15 +82,15 @@ def build_tables(
         }
         for row in block.itertuples():
             targets = [int(row.buffer_size)] if row.buffer_size > 0 else buffers
-            if row.buffer_size == 0 and row.metric != "Ainf":
-                continue  # reference rows: A-infinity only, as they have no buffer
+            if is_reference_row(row.strategy) and row.metric != "Ainf":
+                continue  # the paper's layout: Fine-tune and Joint give A-infinity only
             for b in targets:
                 for key in frames:
                     frames[key].loc[row.strategy, (b, row.metric)] = getattr(row, key)
         best = pd.DataFrame(False, index=frames["mean"].index, columns=columns)
-        buffered_rows = sorted(buffered["strategy"].unique())
+        ranked = [s for s in order if not is_reference_row(s)]  # buffers or not (LwF, EWC), not the bounds
         for column in columns:
-            values = frames["mean"].loc[buffered_rows, column].dropna()
+            values = frames["mean"].loc[ranked, column].dropna()
             if len(values) > 1:
                 best.loc[values.index[values == values.max()], column] = True
         notes: list[str] = []

@@ -96,6 +96,16 @@ def test_reference_rows_show_a_final_only_and_are_not_ranked(results):
     assert not table.best.loc["joint", (500, "Ainf")]  # the upper bound is not a competitor
 
 
+def test_a_strategy_without_buffer_other_than_the_bounds_shows_every_metric_and_is_ranked(results):
+    # LwF and EWC have no buffer: they were shown like Fine-tune (A-infinity only) and never ranked.
+    for seed in SEEDS:
+        write_json_atomic(results / f"lwf{seed}.json", run_record("lwf", 0, seed, 60.0 + seed % 2))
+    table = next(t for t in build_report(results).tables if t.setting == "class_il")
+    assert table.mean.loc["lwf", (500, "A1")] == pytest.approx((90 + 60.5 + 5) / 2, abs=0.6)
+    assert table.best.loc["lwf", (500, "Ainf")]  # above every buffered row here
+    assert math.isnan(table.mean.loc["finetune", (500, "A1")])
+
+
 def test_latex_is_booktabs_and_balanced(results):
     tex = to_latex(build_report(results).tables[0])
     for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
