@@ -70,6 +70,48 @@ def _double_backward(steps: int) -> InfluenceFn:
     return compute
 
 
+def _fused_step_parts(
+    model: torch.nn.Module, batch: Batch, measurements: list[Batch], low_precision: bool
+) -> list[tuple[str, Callable[[], None]]]:
+    """The exact fused step's parts apart: where its time goes (``part:`` rows of ``bench step``).
+
+    The validation gradients at the pseudo-updated weights are timed both ways the library
+    computes them (one ``vmap``-ed pass over the two sets, the fp32 step's way, or one pass
+    each, the bf16 step's), the JVP with its two tangents, and the training forward.
+    """
+    from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params
+    from clbench.influence.meta import per_example_directional, validation_gradients
+
+    theta = trainable_params(model)
+    tangents = {name: torch.stack([value, value]) for name, value in theta.items()}
+    loss_vec = per_example_loss_fn(model)
+
+    def gradients(batched: bool) -> Callable[[], None]:
+        def run() -> None:
+            autocast = torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=low_precision)
+            with batchnorm_stats_frozen(model), autocast:
+                validation_gradients(loss_vec, theta, measurements, batched=batched)
+
+        return run
+
+    def jvp() -> None:
+        with batchnorm_stats_frozen(model):
+            per_example_directional(model, theta, batch, tangents, low_precision)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch[0])
+
+    # vmap of a gradient fails under CPU bf16 autocast: the bf16 step computes them apart only
+    vmapped = [] if low_precision else [("part: V grads, vmap", gradients(True))]
+    return [
+        ("part: training forward", forward),
+        *vmapped,
+        ("part: V grads, apart", gradients(False)),
+        ("part: JVP, 2 tangents", jvp),
+    ]
+
+
 def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
     from clbench.backbones import CifarResNet18
@@ -138,6 +180,7 @@ def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
     methods: list[tuple[str, Callable[[], None]]] = [("er", er_step)]
     if args.pseudo_steps == 1:
         methods += [("metasp_fused", fused_step), ("metasp_lastlayer", lastlayer_step)]
+        methods += _fused_step_parts(model, batch, [v_old, v_new], args.precision == "bf16")
     methods += [
         ("metasp_two_pass", metasp_step(MetaEstimator(MetaArgs(steps=args.pseudo_steps)))),
         ("metasp_double_backward", metasp_step(_double_backward(args.pseudo_steps))),

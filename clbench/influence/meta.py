@@ -189,7 +189,7 @@ def _bf16_loss_vector(model: nn.Module) -> LossVector:
     return loss
 
 
-def _per_example_directional(
+def per_example_directional(
     model: nn.Module, params: Params, batch: Batch, tangents: Params, low_precision: bool
 ) -> torch.Tensor:
     """(T, |B|) directional derivatives of the per-example losses along T stacked tangents.
@@ -257,7 +257,7 @@ def one_step_meta_influence(
         pieces, start = [], 0
         for size in sizes:
             part = (batch[0][start : start + size], batch[1][start : start + size])
-            pieces.append(-(lr / size) * _per_example_directional(model, theta, part, lam, low_precision).to(dtype))
+            pieces.append(-(lr / size) * per_example_directional(model, theta, part, lam, low_precision).to(dtype))
             start += size
         total = torch.cat(pieces, dim=1)
     return InfluenceResult(influence=tuple(total.unbind(0)), measurement_loss=tuple(losses))
