@@ -549,10 +549,16 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
         ConfigError: The file is missing, is not YAML, or does not validate.
     """
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(
+            f"config file {str(path)!r} is a folder; valid choices: a YAML file, e.g. experiments/quick.yaml"
+        )
     if not file.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = load_yaml(file.read_text())
+        raw = load_yaml(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

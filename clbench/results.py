@@ -94,7 +94,8 @@ class RunResult:
         """The record of a result file's JSON object.
 
         Raises:
-            ResultsError: Required keys, or the class-IL / task-IL parts, are missing.
+            ResultsError: Required keys, or the class-IL / task-IL parts, are missing, or a
+                metric is neither a number nor null.
         """
         missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
@@ -102,6 +103,12 @@ class RunResult:
         for part in ("accuracy", "metrics"):
             if not isinstance(data[part], dict) or any(s not in data[part] for s in SETTINGS):
                 raise ResultsError(f"{source}: {part} lacks one of {', '.join(SETTINGS)}")
+        for setting in SETTINGS:
+            summary = data["metrics"][setting]
+            values = summary.items() if isinstance(summary, dict) else [("", summary)]
+            for name, value in values:
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    raise ResultsError(f"{source}: metrics.{setting}.{name} is {value!r}, not a number or null")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 

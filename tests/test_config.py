@@ -237,3 +237,12 @@ def test_a_device_torch_cannot_parse_fails_at_grid_expansion():
 
     with pytest.raises(ConfigError, match="device: invalid device 'gpu0'; valid choices: auto, cpu, cuda, cuda:N"):
         expand_grid(experiment_from_mapping(BASE | {"device": "gpu0"}))
+
+
+def test_a_config_that_is_a_folder_or_not_utf8_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; valid choices: a YAML file"):
+        load_experiment(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 9\); save it as UTF-8"):
+        load_experiment(latin)

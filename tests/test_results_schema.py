@@ -49,3 +49,21 @@ def test_a_result_without_its_task_il_part_is_refused(tmp_path):
     write_json_atomic(tmp_path / "x.json", data)
     with pytest.raises(ResultsError, match="accuracy lacks one of class_il, task_il"):
         read_result(tmp_path / "x.json")
+
+
+def test_a_result_with_a_metric_that_is_not_a_number_is_skipped_by_name(tmp_path, capsys):
+    from clbench.cli import main
+
+    data = RunResult(
+        run_id="x",
+        config={},
+        accuracy={"class_il": [[50.0]], "task_il": [[90.0]]},
+        metrics={"class_il": {"A1": 50.0, "Ainf": "abc"}, "task_il": {"A1": 90.0}},
+        evaluated_after_task=[0],
+    ).to_json()
+    write_json_atomic(tmp_path / "runs" / "x.json", data)
+    with pytest.raises(ResultsError, match=r"metrics.class_il.Ainf is 'abc', not a number or null"):
+        read_result(tmp_path / "runs" / "x.json")
+    # the report names the file in one line instead of a traceback
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 2
+    assert "metrics.class_il.Ainf is 'abc'" in capsys.readouterr().err
