@@ -27,7 +27,7 @@ from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError
 from clbench.grid import GridSummary, prepare_grid, run_from_dict
 from clbench.results import result_status, write_json_atomic
-from clbench.runner import execute_run
+from clbench.runner import TrainingProgress, execute_run
 from clbench.strategies.base import STRATEGIES
 
 CLAIMED = "claimed or finished by another process"
@@ -76,7 +76,7 @@ def execute_and_write(
     root: Path,
     loggers: tuple[str, ...],
     output_dir: Path,
-    on_epoch: Callable[[], None] | None = None,
+    progress: TrainingProgress | None = None,
     benchmark: Benchmark | None = None,
 ) -> str | None:
     """Run one config and write its JSON; on a crash write ``<run_id>.error.txt``.
@@ -95,7 +95,7 @@ def execute_and_write(
         if result_status(output_dir / f"{run.run_id}.json") == "finished":
             return CLAIMED  # another process finished it since the grid was listed
         try:
-            result = execute_run(run, root, loggers, output_dir / "logs", on_epoch, benchmark)
+            result = execute_run(run, root, loggers, output_dir / "logs", progress, benchmark)
         except ClbenchError:
             raise
         except Exception as exc:  # one crashing run must not stop the grid
@@ -276,12 +276,32 @@ def _run_inline(todo: list[RunConfig], launch: _Launch) -> None:
         benchmark = cache[key]
         joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
         total_epochs = run.trained_with.epochs * (1 if joint else benchmark.n_tasks)
-        bars = {"desc": "epochs", "unit": "ep", "leave": False, "disable": not launch.progress, "position": 1}
-        with tqdm(total=total_epochs, **bars) as epochs:
-            failure = execute_and_write(
-                run, launch.root, launch.loggers, launch.output_dir, lambda: epochs.update(1), benchmark
-            )
+        bars = {"leave": False, "disable": not launch.progress}
+        with (
+            tqdm(total=total_epochs, desc="epochs", unit="ep", position=1, **bars) as epochs,
+            tqdm(desc="steps", unit="step", position=2, **bars) as steps,
+        ):
+            progress = _Bars(epochs, steps)
+            failure = execute_and_write(run, launch.root, launch.loggers, launch.output_dir, progress, benchmark)
         launch.settle(run.run_id, failure)
+
+
+class _Bars:
+    """A :class:`~clbench.runner.TrainingProgress` drawn as an epoch bar and a step bar with the running loss."""
+
+    def __init__(self, epochs: Any, steps: Any) -> None:
+        self.epochs, self.steps = epochs, steps
+
+    def epoch_started(self, iterations: int | None) -> None:
+        self.steps.reset(total=iterations)
+
+    def iteration_done(self, loss: float | None) -> None:
+        self.steps.update(1)
+        if loss is not None:
+            self.steps.set_postfix_str(f"loss {loss:.3f}")
+
+    def epoch_done(self) -> None:
+        self.epochs.update(1)
 
 
 def _remote_run(payload: Payload, plugin_files: tuple[str, ...]) -> Any:

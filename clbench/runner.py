@@ -16,11 +16,10 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -87,20 +86,48 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-class _EpochProgress:
-    """Forwards each finished training epoch to a callback (for progress bars)."""
+class TrainingProgress(Protocol):
+    """What a progress display is told while a run trains (:class:`clbench.launch` draws bars from it)."""
 
-    def __init__(self, callback: Callable[[], None]) -> None:
-        from avalanche.core import SupervisedPlugin
+    def epoch_started(self, iterations: int | None) -> None:
+        """A training epoch of ``iterations`` steps (None: unknown) begins."""
 
-        self._callback = callback
-        outer = self
+    def iteration_done(self, loss: float | None) -> None:
+        """A step ended; ``loss`` every :data:`LOSS_EVERY` steps, else None (no device sync)."""
 
-        class Plugin(SupervisedPlugin):  # type: ignore[misc]
-            def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-                outer._callback()
+    def epoch_done(self) -> None:
+        """The epoch ended."""
 
-        self.plugin = Plugin()
+
+LOSS_EVERY = 10
+"""Steps between two losses read for the progress display (each read synchronises the device)."""
+
+
+def _progress_plugin(progress: TrainingProgress) -> Any:
+    """An Avalanche plugin that tells ``progress`` about epochs and steps."""
+    from avalanche.core import SupervisedPlugin
+
+    class Plugin(SupervisedPlugin):  # type: ignore[misc]
+        steps = 0
+
+        def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+            try:
+                progress.epoch_started(len(strategy.dataloader))
+            except TypeError:
+                progress.epoch_started(None)
+
+        def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+            self.steps += 1
+            loss = getattr(strategy, "loss", None)
+            if self.steps % LOSS_EVERY == 0 and isinstance(loss, torch.Tensor):
+                progress.iteration_done(float(loss))
+            else:
+                progress.iteration_done(None)
+
+        def after_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+            progress.epoch_done()
+
+    return Plugin()
 
 
 def _make_evaluator(loggers: list[Any]) -> Any:
@@ -161,7 +188,7 @@ def _build(
     data_root: Path,
     loggers: tuple[str, ...],
     log_dir: Path | None,
-    on_epoch: Callable[[], None] | None,
+    progress: TrainingProgress | None,
     benchmark: Benchmark | None,
 ) -> _Run:
     """Seed, then build the benchmark, backbone and strategy of ``run`` (see :func:`execute_run`)."""
@@ -194,8 +221,8 @@ def _build(
             context.optimizer, list(training.lr_milestones), training.lr_gamma
         )
         context.plugins.append(LRSchedulerPlugin(schedule, reset_scheduler=True, reset_lr=True))
-    if on_epoch is not None:
-        context.plugins.append(_EpochProgress(on_epoch).plugin)
+    if progress is not None:
+        context.plugins.append(_progress_plugin(progress))
     entry = STRATEGIES.get(run.strategy.name)
     strategy = build_strategy(entry, context, run.strategy.args)
     jointly = bool(entry.traits.get("trains_jointly", False))
@@ -253,7 +280,7 @@ def execute_run(
     data_root: Path,
     loggers: tuple[str, ...] = (),
     log_dir: Path | None = None,
-    on_epoch: Callable[[], None] | None = None,
+    progress: TrainingProgress | None = None,
     benchmark: Benchmark | None = None,
 ) -> RunResult:
     """Train and evaluate one run; return its result record (not yet written).
@@ -263,11 +290,11 @@ def execute_run(
         data_root: Root for dataset downloads and offline copies.
         loggers: Names of Avalanche loggers to attach.
         log_dir: Where file-based loggers write.
-        on_epoch: Called after every training epoch (progress display).
+        progress: Told about every training epoch and step (progress display).
         benchmark: A benchmark already built for this run (same name, args and seed).
     """
     started = datetime.now(timezone.utc)
-    built = _build(run, data_root, loggers, log_dir, on_epoch, benchmark)
+    built = _build(run, data_root, loggers, log_dir, progress, benchmark)
     trace = _train_and_evaluate(built)
     for logger in built.loggers:
         close = getattr(logger, "close", None)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from tiny_configs import TWO_SEED_GRID
 
 from clbench.cli import main
 from clbench.results import load_result
@@ -216,3 +217,33 @@ def test_a_second_grid_into_the_same_folder_keeps_the_first_resolved_experiment(
     assert part != first and part.name.startswith("experiment.") and part.read_text() == "strategies: [mir]\n"
     assert save_resolved_experiment("strategies: [mir]\n", tmp_path) == part
     assert len(list(tmp_path.glob("*.yaml"))) == 2
+
+
+def test_an_inline_run_reports_every_step_and_a_running_loss_to_its_progress(tmp_path):
+    from clbench.config import load_experiment
+    from clbench.grid import expand_grid
+    from clbench.runner import LOSS_EVERY, execute_run
+
+    class Recorder:
+        def __init__(self):
+            self.epochs, self.steps, self.losses, self.totals = 0, 0, [], []
+
+        def epoch_started(self, iterations):
+            self.totals.append(iterations)
+
+        def iteration_done(self, loss):
+            self.steps += 1
+            if loss is not None:
+                self.losses.append(loss)
+
+        def epoch_done(self):
+            self.epochs += 1
+
+    config = tmp_path / "c.yaml"
+    config.write_text(TWO_SEED_GRID.replace("train_per_class: 8", "train_per_class: 40"))
+    run = expand_grid(load_experiment(config))[0]
+    recorder = Recorder()
+    execute_run(run, tmp_path, progress=recorder)
+    assert recorder.epochs == 2 and recorder.totals == [10, 10]  # 2 tasks x 80 examples / batch 8
+    assert recorder.steps == 20 and len(recorder.losses) == 20 // LOSS_EVERY
+    assert all(loss > 0 for loss in recorder.losses)
