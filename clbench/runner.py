@@ -120,7 +120,7 @@ def _progress_plugin(progress: TrainingProgress) -> Any:
             self.steps += 1
             loss = getattr(strategy, "loss", None)
             if self.steps % LOSS_EVERY == 0 and isinstance(loss, torch.Tensor):
-                progress.iteration_done(float(loss))
+                progress.iteration_done(float(loss.detach()))
             else:
                 progress.iteration_done(None)
 
@@ -215,6 +215,8 @@ def _build(
         buffer_size=run.buffer_size,
         plugins=[collector, loss_trace],
         evaluator=_make_evaluator(logger_objects),
+        uses_buffer=bool(STRATEGIES.get(run.strategy.name).traits.get("uses_buffer", False)),
+        strategy_name=run.strategy.name,
     )
     if training.lr_milestones:
         schedule = torch.optim.lr_scheduler.MultiStepLR(

@@ -91,7 +91,8 @@ class StrategyContext:
         optimizer: SGD over the model's parameters with the run's settings.
         criterion: Cross-entropy loss.
         training: The run's optimisation settings.
-        buffer_size: Rehearsal buffer size in examples (0 for strategies without one).
+        memory_budget: Rehearsal buffer size in examples (0 for strategies without one);
+            read it as :attr:`buffer_size`.
         device: Where training runs.
         benchmark: The benchmark being run (task classes, input shape, ...).
         seed: The run's seed.
@@ -99,19 +100,41 @@ class StrategyContext:
             must be passed on to the strategy.
         evaluator: The Avalanche evaluation plugin with the configured loggers.
         device_path: Settings of the device data path, or None for Avalanche's loaders.
+        uses_buffer: Whether the strategy is registered with ``uses_buffer=True`` (the grid
+            then runs it once per buffer size); reading :attr:`buffer_size` without it fails.
+        strategy_name: The strategy's registered name (for that error).
     """
 
     model: nn.Module
     optimizer: Optimizer
     criterion: nn.Module
     training: TrainingConfig
-    buffer_size: int
+    memory_budget: int
     device: torch.device
     benchmark: Benchmark
     seed: int
     plugins: list[Any] = field(default_factory=list)
     evaluator: Any = None
     device_path: DevicePathOptions | None = None
+    uses_buffer: bool = True
+    strategy_name: str = "the strategy"
+
+    @property
+    def buffer_size(self) -> int:
+        """The run's memory budget in examples.
+
+        Raises:
+            ConfigError: The strategy is not registered with ``uses_buffer=True``: the grid
+                runs it once with a budget of 0, so a buffer built from it would be empty
+                and the run silently fine-tuning.
+        """
+        if not self.uses_buffer:
+            raise ConfigError(
+                f"{self.strategy_name} reads ctx.buffer_size but is registered without uses_buffer=True, "
+                "so the grid runs it once with a budget of 0; register it with "
+                f'@STRATEGIES.register("{self.strategy_name}", ..., uses_buffer=True)'
+            )
+        return self.memory_budget
 
     @classmethod
     def for_training(
@@ -125,6 +148,8 @@ class StrategyContext:
         buffer_size: int,
         plugins: list[Any] | None = None,
         evaluator: Any = None,
+        uses_buffer: bool = True,
+        strategy_name: str = "the strategy",
     ) -> StrategyContext:
         """The context of ``model`` trained with the ``training`` settings (the one way to build one).
 
@@ -142,13 +167,15 @@ class StrategyContext:
             optimizer=optimizer,
             criterion=nn.CrossEntropyLoss(),
             training=training,
-            buffer_size=buffer_size,
+            memory_budget=buffer_size,
             device=device,
             benchmark=benchmark,
             seed=seed,
             plugins=list(plugins or []),
             evaluator=evaluator,
             device_path=device_path_options(training, seed),
+            uses_buffer=uses_buffer,
+            strategy_name=strategy_name,
         )
 
     def classifier_of(self, strategy: str) -> nn.Linear:

@@ -80,3 +80,40 @@ def test_dry_run_into_a_closed_pipe_exits_quietly(tmp_path):
     command = f"{sys.executable} -m clbench.cli run {tmp_path / 'c.yaml'} --out {tmp_path / 'o'} --dry-run | head -1"
     done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in done.stderr
+
+
+PLUGIN_READING_THE_BUDGET = """
+from dataclasses import dataclass
+
+from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.supervised import Naive
+
+from clbench.strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class Args:
+    pass
+
+
+@STRATEGIES.register("forgot_its_buffer", args=Args, help="replay, registered without uses_buffer")
+def build(ctx, args):
+    return ctx.recipe(Naive, ReplayPlugin(mem_size=ctx.buffer_size))
+"""
+
+
+def test_a_plugin_reading_the_budget_without_declaring_a_buffer_is_a_one_line_error(tmp_path, capsys):
+    # it ran with M = 0 and equalled fine-tuning, with no word
+    (tmp_path / "forgot.py").write_text(PLUGIN_READING_THE_BUDGET)
+    grid = TWO_SEED_GRID.replace("strategies: [finetune]", "strategies: [forgot_its_buffer]")
+    (tmp_path / "c.yaml").write_text(grid)
+    args = ["--plugin", str(tmp_path / "forgot.py"), "run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")]
+    try:
+        assert main([*args, "--no-progress"]) == 2
+    finally:  # the suite runs every registered strategy: this one must not stay registered
+        from clbench.strategies import STRATEGIES
+
+        STRATEGIES._entries.pop("forgot_its_buffer", None)
+    error = capsys.readouterr().err
+    assert "forgot_its_buffer reads ctx.buffer_size but is registered without uses_buffer=True" in error
+    assert not list((tmp_path / "out").glob("*.json"))

@@ -101,7 +101,7 @@ def _context(buffer_size=BUFFER, n_tasks=3):
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         criterion=nn.CrossEntropyLoss(),
         training=TrainingConfig(epochs=1, batch_size=8, replay_batch_size=8),
-        buffer_size=buffer_size,
+        memory_budget=buffer_size,
         device=torch.device("cpu"),
         benchmark=bench,
         seed=0,
