@@ -131,7 +131,12 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
         from clbench.report.figures import heatmaps, influence_counts, learning_curves
 
         runs = report.collection.runs
-        written += learning_curves(runs, out) + heatmaps(runs, out) + influence_counts(runs, out)
+        figures_written = learning_curves(runs, out) + heatmaps(runs, out) + influence_counts(runs, out)
+        # a rebuild leaves no figure of an earlier build that this one no longer makes
+        for stale in set((out / "figures").glob("*")) - set(figures_written):
+            if stale.is_file() and stale.suffix in (".png", ".pdf"):
+                stale.unlink()
+        written += figures_written
     return written
 
 

@@ -27,6 +27,12 @@ def _average_seen(matrix: list[list[float]], after: list[int]) -> list[float]:
     return [float(np.mean(row[: task + 1])) for row, task in zip(matrix, after, strict=True)]
 
 
+def curve_title(benchmark: str, setting: str, buffer_size: int) -> str:
+    """A learning-curve figure's title: benchmark, setting (class-IL and task-IL apart) and memory size."""
+    memory = f", M={buffer_size}" if buffer_size else ""
+    return f"{benchmark}, {SETTING_NAMES[setting]}{memory}"
+
+
 def learning_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Average accuracy over seen tasks after each task, mean ± std over seeds, per strategy."""
     import matplotlib
@@ -56,7 +62,7 @@ def learning_curves(runs: pd.DataFrame, out: Path) -> list[Path]:
                 axis.set_xticks(range(1, int(block["evaluated_after_task"].map(len).max()) + 1))
                 axis.set_xlabel("tasks learned")
                 axis.set_ylabel(f"average {SETTING_NAMES[setting]} accuracy (%)")
-                axis.set_title(f"{benchmark}, M={buffer_size}" if buffer_size else benchmark)
+                axis.set_title(curve_title(benchmark, setting, buffer_size))
                 axis.legend(fontsize=7)
                 name = f"{benchmark}_{protocol}_{setting}_M{buffer_size}_curve"
                 written += _save(figure, out / "figures" / name)

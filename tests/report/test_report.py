@@ -179,6 +179,20 @@ def test_figures_and_files_are_written(results, tmp_path):
     assert all(p.stat().st_size > 0 for p in written)
 
 
+def test_curves_are_titled_by_setting_and_a_rebuild_removes_figures_it_no_longer_makes(results, tmp_path):
+    from clbench.report.figures import curve_title
+
+    assert curve_title("split_cifar10", "class_il", 500) != curve_title("split_cifar10", "task_il", 500)
+    assert curve_title("split_cifar10", "task_il", 500) == "split_cifar10, task-IL, M=500"
+    out = tmp_path / "out"
+    write_report(build_report(results), out)
+    leftover = out / "figures" / "split_cifar10_gone_class_il_M500_curve.png"
+    leftover.write_bytes(b"an earlier build's figure")
+    written = write_report(build_report(results), out)
+    assert not leftover.exists()
+    assert all(p.exists() for p in written)
+
+
 def test_a_rebuilt_report_writes_the_same_figure_bytes(results, tmp_path):
     from clbench.report import figures
 
