@@ -37,8 +37,7 @@ from torch import nn
 
 from clbench.data_path import strategy_autocast
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.ncm import NearestMeanClassifier, features_of
-from clbench.strategies.step_template import StepTemplate
+from clbench.strategies.ncm import NearestMeanReplay, features_of
 from clbench.strategies.tensor_buffer import StreamReservoir, TensorStore
 
 FETCH_CHUNK = 512
@@ -117,26 +116,14 @@ class HerdingMemory(TensorStore):
         self.max_size = new_size
 
 
-class ICaRL(StepTemplate):
+class ICaRL(NearestMeanReplay):
     """iCaRL's step (BCE with distillation over seen classes, exemplar replay) and NCM evaluation."""
 
-    def __init__(self, *, memory: HerdingMemory | StreamReservoir, replay_batch_size: int, **kwargs: Any) -> None:
-        """Create the strategy over ``memory``."""
+    def __init__(self, **kwargs: Any) -> None:
+        """Create the strategy (``memory``, ``memory_batch_size``: :class:`NearestMeanReplay`)."""
         super().__init__(**kwargs)
-        self.memory = memory
-        self.replay_batch_size = replay_batch_size
         self.previous: nn.Module | None = None
         self.old_classes: list[int] = []
-        self.nearest_mean = NearestMeanClassifier(int(self.model.classifier.out_features))
-        self._n_new = 0
-
-    def prepare_batch(self) -> None:
-        """Append a replayed exemplar mini-batch."""
-        self._n_new = int(self.mb_y.shape[0])
-        if len(self.memory) > 0:
-            x, y, _ = self.memory.draw(self, self.replay_batch_size, augment=True)
-            self.append_to_batch(x, y.to(self.mb_y.device))
-        return None
 
     def criterion(self) -> torch.Tensor:
         """Training: BCE over the seen classes with distilled targets for the old ones."""
@@ -151,19 +138,6 @@ class ICaRL(StepTemplate):
                 old_logits = self.previous(self.mb_x).float()
             targets[:, self.old_classes] = torch.sigmoid(old_logits[:, self.old_classes])
         return F.binary_cross_entropy_with_logits(logits[:, seen], targets[:, seen])
-
-    def forward(self) -> Any:
-        """Logits while training; nearest-mean-of-exemplars scores in evaluation."""
-        if self.is_training:
-            return super().forward()
-        held = len(self.memory)
-        return self.nearest_mean.scores(self, self.memory.x[:held], self.memory.y[:held], self.mb_x)
-
-    def after_step(self) -> None:
-        """Offer the incoming part of the batch to a stream reservoir; the class means are stale."""
-        self.nearest_mean.invalidate()
-        if isinstance(self.memory, StreamReservoir) and getattr(self, "batch_repetition", 0) == 0:
-            self.memory.offer(self.mb_x[: self._n_new], self.mb_y[: self._n_new])
 
     def after_experience(self) -> None:
         """Herd the task's exemplars, freeze the network for distillation, add the task's classes."""
@@ -187,4 +161,4 @@ def build_icarl(ctx: StrategyContext, args: ICaRLArgs) -> Recipe:
     """:class:`ICaRL` over a herding memory or a stream reservoir of ``buffer_size`` examples."""
     ctx.classifier_of("icarl")
     memory = HerdingMemory(ctx.buffer_size) if args.memory == "herding" else StreamReservoir(ctx.buffer_size)
-    return ctx.recipe(ICaRL, memory=memory, replay_batch_size=ctx.training.replay_batch_size)
+    return ctx.recipe(ICaRL, memory=memory, memory_batch_size=ctx.training.replay_batch_size)

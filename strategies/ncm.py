@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from clbench.data_path import strategy_autocast
+from clbench.strategies.step_template import StepTemplate
+from clbench.strategies.tensor_buffer import StreamReservoir, TensorStore
 
 NO_MEAN_SCORE = -1e4
 """Score of a class with no stored example: below any -||a - b||² of unit vectors (>= -4)."""
@@ -75,3 +77,42 @@ class NearestMeanClassifier:
         if self.means is None:
             self.means = class_means(strategy, memory_x, memory_y, self.n_classes)
         return ncm_scores(features_of(strategy, x), self.means)
+
+
+class NearestMeanReplay(StepTemplate):
+    """A step whose memory batch joins the stream batch and whose evaluation is NCM over the memory.
+
+    The shared part of iCaRL and SCR: each step appends ``memory_batch_size`` stored examples
+    to the incoming ones; a :class:`StreamReservoir` memory is offered the incoming part after
+    the step (once per batch); evaluation returns :class:`NearestMeanClassifier` scores over
+    what the memory holds, whose means are recomputed after every step.
+    """
+
+    def __init__(self, *, memory: TensorStore, memory_batch_size: int, **kwargs: Any) -> None:
+        """Replay ``memory_batch_size`` examples of ``memory`` a step."""
+        super().__init__(**kwargs)
+        self.memory = memory
+        self.memory_batch_size = memory_batch_size
+        self.nearest_mean = NearestMeanClassifier(int(self.model.classifier.out_features))
+        self._n_new = 0
+
+    def prepare_batch(self) -> None:
+        """Join a memory mini-batch to the stream batch."""
+        self._n_new = int(self.mb_y.shape[0])
+        if len(self.memory) > 0:
+            x, y, _ = self.memory.draw(self, self.memory_batch_size, augment=True)
+            self.append_to_batch(x, y.to(self.mb_y.device))
+        return None
+
+    def forward(self) -> Any:
+        """The network's output while training; nearest-class-mean scores in evaluation."""
+        if self.is_training:
+            return super().forward()
+        held = len(self.memory)
+        return self.nearest_mean.scores(self, self.memory.x[:held], self.memory.y[:held], self.mb_x)
+
+    def after_step(self) -> None:
+        """Offer the incoming part of the batch to a stream reservoir; the class means are stale."""
+        self.nearest_mean.invalidate()
+        if isinstance(self.memory, StreamReservoir) and getattr(self, "batch_repetition", 0) == 0:
+            self.memory.offer(self.mb_x[: self._n_new], self.mb_y[: self._n_new])

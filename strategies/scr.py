@@ -37,8 +37,7 @@ from clbench.data_path import resolve_rows, strategy_autocast
 from clbench.datasets.base import ImageArrayDataset
 from clbench.errors import ConfigError
 from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.ncm import NearestMeanClassifier
-from clbench.strategies.step_template import StepTemplate
+from clbench.strategies.ncm import NearestMeanReplay
 from clbench.strategies.tensor_buffer import StreamReservoir
 
 YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -152,16 +151,13 @@ def contrastive_views(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     )
 
 
-class SCR(StepTemplate):
+class SCR(NearestMeanReplay):
     """SCR's step (two views of stream + memory, SupCon) and NCM evaluation (all hooks fire)."""
 
-    def __init__(self, *, memory: StreamReservoir, args: SCRArgs, **kwargs: Any) -> None:
-        """Create the strategy over ``memory``."""
+    def __init__(self, *, args: SCRArgs, **kwargs: Any) -> None:
+        """Create the strategy (``memory``, ``memory_batch_size``: :class:`NearestMeanReplay`)."""
         super().__init__(**kwargs)
-        self.memory = memory
         self.args = args
-        self.nearest_mean = NearestMeanClassifier(int(self.model.classifier.out_features))
-        self._n_new = 0
         self._normalisation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,14 +176,6 @@ class SCR(StepTemplate):
             )
         return self._normalisation
 
-    def prepare_batch(self) -> None:
-        """Join a memory mini-batch to the stream batch."""
-        self._n_new = int(self.mb_y.shape[0])
-        if len(self.memory) > 0:
-            x, y, _ = self.memory.draw(self, self.args.memory_batch_size, augment=True)
-            self.append_to_batch(x, y.to(self.mb_y.device))
-        return None
-
     def criterion(self) -> torch.Tensor:
         """Training: SupCon of the forward's projections and those of an augmented view; evaluation: 0."""
         if not self.is_training:
@@ -197,19 +185,6 @@ class SCR(StepTemplate):
             augmented = self.model(contrastive_views(self.mb_x, mean, std))
         views = torch.stack([self.mb_output.float(), augmented.float()], dim=1)
         return supervised_contrastive_loss(views, self.mb_y, self.args.temperature)
-
-    def forward(self) -> Any:
-        """Projections while training; nearest-class-mean scores in evaluation."""
-        if self.is_training:
-            return super().forward()
-        held = len(self.memory)
-        return self.nearest_mean.scores(self, self.memory.x[:held], self.memory.y[:held], self.mb_x)
-
-    def after_step(self) -> None:
-        """Offer the incoming part of the batch to the reservoir; the class means are stale."""
-        self.nearest_mean.invalidate()
-        if getattr(self, "batch_repetition", 0) == 0:
-            self.memory.offer(self.mb_x[: self._n_new], self.mb_y[: self._n_new])
 
 
 @STRATEGIES.register(
@@ -222,4 +197,5 @@ def build_scr(ctx: StrategyContext, args: SCRArgs) -> Recipe:
     """:class:`SCR` on the backbone wrapped with a projection head, over a stream reservoir."""
     ctx.classifier_of("scr")
     model = ProjectedEncoder(copy.deepcopy(ctx.model), args.projection_dim).to(ctx.device)
-    return ctx.with_model(model).recipe(SCR, memory=StreamReservoir(ctx.buffer_size), args=args)
+    memory = StreamReservoir(ctx.buffer_size)
+    return ctx.with_model(model).recipe(SCR, memory=memory, memory_batch_size=args.memory_batch_size, args=args)
