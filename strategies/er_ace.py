@@ -19,8 +19,10 @@ each a change of results held by ``tests/strategies/test_modern_baselines.py``:
   reference sums them;
 - Avalanche concatenates the memory batch to the stream batch (one forward, BatchNorm
   over the union); the reference forwards them apart;
-- Avalanche's class-balanced buffer is updated once per experience and replay starts with
-  the second task; the reference's reservoir takes every incoming batch.
+- Avalanche's class-balanced buffer takes the whole experience *before* training on it
+  (replay draws examples of the current task before the stream has shown them) and replay
+  starts with the second task; the reference's reservoir takes each incoming batch after
+  its step and replays from the first.
 
 The reference (and Mammoth's port) also replaces the network's linear classifier by a
 bias-free cosine head, 10 x cos(features, class weight) (``classifier: cosine``, the
