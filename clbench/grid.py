@@ -19,7 +19,6 @@ from clbench.config import (
     ComponentSpec,
     ExperimentConfig,
     RunConfig,
-    StrategySpec,
     TrainingConfig,
     config_to_dict,
     from_mapping,
@@ -65,7 +64,9 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
             strategy = _resolved(
                 ComponentSpec(strat_spec.name, strat_spec.args), entry.args, f"strategy {strat_spec.name}"
             )
-            own_training = _strategy_training(experiment.training, strat_spec)
+            own_training = _strategy_training(
+                experiment.training, strat_spec.training, f"strategy {strat_spec.name}.training"
+            )
             own_sizes = strat_spec.buffer_sizes
             sizes = own_sizes or experiment.buffer_sizes
             if not entry.traits.get("uses_buffer", False):
@@ -110,14 +111,17 @@ def check_device_name(name: str) -> None:
         raise ConfigError(f"device: invalid device {name!r}; valid choices: auto, cpu, cuda, cuda:N") from None
 
 
-def _strategy_training(training: TrainingConfig, spec: StrategySpec) -> dict[str, Any]:
-    """The strategy's own training settings, validated as the experiment's are (a bad key or value fails now)."""
-    if not spec.training:
+def _strategy_training(training: TrainingConfig, own: dict[str, Any], where: str) -> dict[str, Any]:
+    """A strategy's own training settings, validated over ``training`` as the experiment's are.
+
+    Raises:
+        ConfigError: A bad key or value (at grid expansion, before any run).
+    """
+    if not own:
         return {}
-    merged = {**config_to_dict(training), **spec.training}
-    resolved = from_mapping(TrainingConfig, merged, f"strategy {spec.name}.training")
+    resolved = from_mapping(TrainingConfig, {**config_to_dict(training), **own}, where)
     device_path_options(resolved, 0)
-    return {key: getattr(resolved, key) for key in spec.training}
+    return {key: getattr(resolved, key) for key in own}
 
 
 def run_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -134,10 +138,7 @@ def run_from_dict(raw: dict[str, Any]) -> RunConfig:
         spec = from_mapping(ComponentSpec, data[key], key)
         data[key] = _resolved(spec, registry.get(spec.name).args, f"{key} {spec.name}")
     data["training"] = from_mapping(TrainingConfig, data["training"], "run.training")
-    resolved = from_mapping(
-        TrainingConfig, {**config_to_dict(data["training"]), **own_training}, "run.strategy.training"
-    )
-    data["strategy_training"] = {key: getattr(resolved, key) for key in own_training}
+    data["strategy_training"] = _strategy_training(data["training"], own_training, "run.strategy.training")
     return RunConfig(**data)
 
 
