@@ -94,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     agreement.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     agreement.add_argument("--out", default="runs/influence_agreement", help="output folder (table, checkpoints)")
 
-    bench = commands.add_parser("bench", help="print speed figures (see clbench.speed_bench)")
+    bench = commands.add_parser("bench", help="print speed figures (see clbench.studies.speed)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
     step.add_argument(
@@ -146,7 +146,7 @@ def _cmd_list(kind: str | None, show_args: bool) -> int:
     from clbench.datasets.base import BENCHMARKS
     from clbench.influence.estimators import ESTIMATORS
     from clbench.loggers import LOGGERS
-    from clbench.strategies.base import STRATEGIES
+    from clbench.training.context import STRATEGIES
 
     registries: dict[str, Any] = {
         "strategies": STRATEGIES,
@@ -254,7 +254,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 
 
 def _cmd_influence_bench(ns: argparse.Namespace) -> int:
-    from clbench.influence.fidelity_bench import load_fidelity_config, run_fidelity, to_markdown, write_fidelity
+    from clbench.studies.influence_fidelity import load_fidelity_config, run_fidelity, to_markdown, write_fidelity
 
     config = load_fidelity_config(ns.config, ns.overrides)
     result = run_fidelity(config)
@@ -279,7 +279,7 @@ def _cmd_influence_agreement(ns: argparse.Namespace) -> int:
     import pandas as pd
 
     from clbench.config import apply_overrides, from_mapping
-    from clbench.influence.agreement import AgreementArgs, run_agreement
+    from clbench.studies.influence_agreement import AgreementArgs, run_agreement
 
     args = from_mapping(AgreementArgs, apply_overrides({}, ns.overrides), "influence-agreement")
     out = Path(ns.out)
@@ -305,7 +305,7 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
     import torch
 
     from clbench.config import from_mapping, parse_override
-    from clbench.speed_bench import (
+    from clbench.studies.speed import (
         IhvpBenchArgs,
         LoopBenchArgs,
         StepBenchArgs,
@@ -351,7 +351,7 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def _cmd_bench_all(ns: argparse.Namespace, raw: dict[str, Any]) -> int:
-    from clbench.bench_all import run_bench_all
+    from clbench.studies.bench_all import run_bench_all
 
     unknown = sorted(set(raw) - {"device"})
     if unknown:

@@ -3,7 +3,7 @@
 Both implement one interface, :class:`ExampleFetch` (``fetch_examples``: a strategy's or a
 plugin's way to read memory examples), as mixins placed in front of the strategy's
 template by :func:`with_data_path`; the runner applies it to every strategy
-(:func:`clbench.strategies.base.build_strategy`), so no factory can forget it.
+(:func:`clbench.training.context.build_strategy`), so no factory can forget it.
 
 The device path keeps images resident on the training device as uint8, augmented in batch.
 

@@ -30,7 +30,7 @@ from clbench.errors import ClbenchError, ConfigError
 from clbench.loggers import LOGGERS
 from clbench.registry import Registry
 from clbench.results import result_status, write_text_atomic
-from clbench.strategies.base import STRATEGIES
+from clbench.training.context import STRATEGIES
 
 
 def _resolved(spec: ComponentSpec, args_type: type, where: str) -> Component:

@@ -15,7 +15,7 @@ from pathlib import Path
 from clbench.claims import held_by_another_local_process
 from clbench.config import RunConfig, config_to_dict
 from clbench.results import load_result, result_status
-from clbench.strategies import STRATEGIES
+from clbench.training import STRATEGIES
 
 
 def missing_runs(runs: Sequence[RunConfig], output_dir: Path) -> list[RunConfig]:

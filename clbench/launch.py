@@ -28,7 +28,7 @@ from clbench.errors import ClbenchError
 from clbench.grid import GridSummary, prepare_grid, run_from_dict
 from clbench.results import result_status, write_json_atomic
 from clbench.runner import TrainingProgress, execute_run
-from clbench.strategies.base import STRATEGIES
+from clbench.training.context import STRATEGIES
 
 CLAIMED = "claimed or finished by another process"
 """What :func:`execute_and_write` returns for a run another process holds or finished."""

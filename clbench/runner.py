@@ -33,7 +33,7 @@ from clbench.loggers import LOGGERS
 from clbench.loss_trace import LossTrace
 from clbench.metrics import MetricValues, summarize, summarize_final_only
 from clbench.results import RunResult
-from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
+from clbench.training.context import STRATEGIES, StrategyContext, build_strategy
 
 
 def resolve_device(name: str) -> torch.device:

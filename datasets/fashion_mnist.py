@@ -43,7 +43,8 @@ class FashionMnistArgs:
     test_per_class: int | None = field(default=None, metadata={"help": "keep only the first n test images a class"})
 
 
-def _read_idx_pair(folder: str, prefix: str) -> ImageArrays:
+def read_idx_pair(folder: str, prefix: str) -> ImageArrays:
+    """The images and labels of ``<prefix>-images-idx3-ubyte`` / ``-labels-idx1-ubyte`` in ``folder`` (gz or not)."""
     from pathlib import Path
 
     root = Path(folder)
@@ -69,7 +70,7 @@ def split_fmnist(args: FashionMnistArgs, context: DataContext) -> ImageSplits:
     """Load Fashion-MNIST from IDX files or through torchvision."""
     if args.source == "idx":
         folder = str(context.data_root / args.path)
-        train, test = _read_idx_pair(folder, "train"), _read_idx_pair(folder, "t10k")
+        train, test = read_idx_pair(folder, "train"), read_idx_pair(folder, "t10k")
     else:
         from torchvision import datasets
 

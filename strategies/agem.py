@@ -10,7 +10,7 @@ from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins import AGEMPlugin
 
 from clbench.influence.functional import flat_gradient
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)

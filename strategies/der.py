@@ -8,7 +8,7 @@ examples stored with the logits the network gave them,
 where (x', z') and (x'', y'') are two independent draws of ``replay_batch_size`` stored
 examples, each forwarded on its own (``beta: 0`` is DER, any other value DER++). After the
 step the incoming batch is offered to a reservoir over the whole stream (Vitter's
-algorithm R, :class:`~clbench.strategies.tensor_buffer.StreamReservoir`) together with the
+algorithm R, :class:`~clbench.training.tensor_buffer.StreamReservoir`) together with the
 logits of *this step's forward*, so replay draws the current task too from the first step
 on. This is Mammoth's ``models/der.py`` / ``derpp.py`` (``buffer.add_data(...,
 logits=outputs.data)`` after ``opt.step()``).
@@ -40,8 +40,8 @@ from avalanche.core import SupervisedPlugin
 
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.tensor_buffer import StreamReservoir
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.tensor_buffer import StreamReservoir
 
 
 @dataclass(frozen=True)

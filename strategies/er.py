@@ -11,9 +11,9 @@ from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.memory import DatasetMemory, ReplayMemory
-from clbench.strategies.tensor_buffer import StreamReservoir
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.memory import DatasetMemory, ReplayMemory
+from clbench.training.tensor_buffer import StreamReservoir
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from clbench.backbones import CosineClassifier
 from clbench.data_path import strategy_autocast
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.step_template import StepTemplate
-from clbench.strategies.tensor_buffer import StreamReservoir
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.step_template import StepTemplate
+from clbench.training.tensor_buffer import StreamReservoir
 
 MASKED_LOGIT = -1e9
 """What a masked-out logit becomes (the reference's value): far below any real logit."""

@@ -38,7 +38,7 @@ from torch.func import functional_call, grad, vmap
 
 from clbench.errors import ConfigError
 from clbench.influence.functional import Params, trainable_params
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 FISHER_CHUNK = 64
 """Examples per vmapped per-example-gradient chunk (memory: chunk × parameters × 4 bytes)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clbench.registry import NoArgs
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 
 @STRATEGIES.register("finetune", args=NoArgs, help="plain sequential SGD (Avalanche Naive), the lower bound")

@@ -12,7 +12,7 @@ from avalanche.training.supervised import Naive
 
 from clbench.config import OMIT_AT_DEFAULT
 from clbench.errors import ConfigError
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)

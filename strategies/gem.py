@@ -10,7 +10,7 @@ from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.errors import ClbenchError
 from clbench.influence.functional import batchnorm_stats_frozen
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params, tree_axpy
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.step_template import StepTemplate
-from clbench.strategies.tensor_buffer import TensorReservoirBuffer
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.step_template import StepTemplate
+from clbench.training.tensor_buffer import TensorReservoirBuffer
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from avalanche.training.plugins import GSS_greedyPlugin
 
 from clbench.errors import ClbenchError
 from clbench.influence.functional import flat_gradient
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.step_template import StepTemplate
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.step_template import StepTemplate
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,9 @@ from clbench.influence.functional import (
     trainable_params,
     tree_axpy,
 )
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.step_template import StepTemplate
-from clbench.strategies.tensor_buffer import TensorReservoirBuffer
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.step_template import StepTemplate
+from clbench.training.tensor_buffer import TensorReservoirBuffer
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ network is trained with the sigmoid binary cross-entropy over every class seen s
 whose targets are the one-hot labels for the current task's classes and, for the earlier
 classes, the sigmoid outputs of the network as it was at the end of the previous task
 (distillation). Evaluation: the nearest-mean-of-exemplars classifier
-(:mod:`clbench.strategies.ncm`; task-IL restricts the nearest mean to the task's classes).
+(:mod:`clbench.training.ncm`; task-IL restricts the nearest mean to the task's classes).
 
 Exemplars (``memory``):
 
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.data_path import strategy_autocast
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.ncm import NearestMeanReplay, features_of
-from clbench.strategies.tensor_buffer import StreamReservoir, TensorStore
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.ncm import NearestMeanReplay, features_of
+from clbench.training.tensor_buffer import StreamReservoir, TensorStore
 
 FETCH_CHUNK = 512
 """Examples fetched at once while herding a class."""

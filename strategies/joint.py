@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)

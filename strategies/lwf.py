@@ -26,7 +26,7 @@ from torch import nn
 
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from torch.func import functional_call
 from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.influence.functional import batchnorm_stats_frozen, gradient_by_name, trainable_params, tree_axpy
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
 from clbench.strategies.er import Reservoir
-from clbench.strategies.memory import ExemplarsMemory
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.memory import ExemplarsMemory
 
 
 @dataclass(frozen=True)

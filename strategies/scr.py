@@ -6,7 +6,7 @@ step on), forwards the joint batch and an augmented copy of it through the encod
 projection head (Linear-ReLU-Linear to ``projection_dim``, L2-normalised), and trains on
 the supervised contrastive loss of the two views (Khosla et al. 2020) at ``temperature``.
 The classifier layer is not trained; evaluation is the nearest-class-mean classifier over
-the memory's normalised features (:mod:`clbench.strategies.ncm`, task-IL restricts the
+the memory's normalised features (:mod:`clbench.training.ncm`, task-IL restricts the
 nearest mean to the task's classes). Reference: RaptorMai/online-continual-learning,
 ``agents/scr.py``, ``utils/loss.py`` (``SupConLoss``), ``models/resnet.py`` (``SupConResNet``).
 
@@ -36,9 +36,9 @@ from torch import nn
 from clbench.data_path import resolve_rows, strategy_autocast
 from clbench.datasets.base import ImageArrayDataset
 from clbench.errors import ConfigError
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.ncm import NearestMeanReplay
-from clbench.strategies.tensor_buffer import StreamReservoir
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.ncm import NearestMeanReplay
+from clbench.training.tensor_buffer import StreamReservoir
 
 YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 

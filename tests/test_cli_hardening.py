@@ -88,7 +88,7 @@ from dataclasses import dataclass
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.supervised import Naive
 
-from clbench.strategies import STRATEGIES
+from clbench.training import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def test_a_plugin_reading_the_budget_without_declaring_a_buffer_is_a_one_line_er
     try:
         assert main([*args, "--no-progress"]) == 2
     finally:  # the suite runs every registered strategy: this one must not stay registered
-        from clbench.strategies import STRATEGIES
+        from clbench.training import STRATEGIES
 
         STRATEGIES._entries.pop("forgot_its_buffer", None)
     error = capsys.readouterr().err

@@ -15,7 +15,7 @@ import pytest
 
 from clbench.config import ExperimentConfig, from_mapping
 from clbench.grid import expand_grid
-from clbench.strategies import STRATEGIES
+from clbench.training import STRATEGIES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUN_FILES = sorted(p for p in RESULTS.glob("*/runs/*.json"))

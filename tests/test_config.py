@@ -204,7 +204,7 @@ def test_runs_carry_typed_arguments_validated_once_and_plain_only_at_the_edges()
     from clbench.backbones import BACKBONES
     from clbench.datasets.base import BENCHMARKS
     from clbench.grid import expand_grid, run_from_dict
-    from clbench.strategies.base import STRATEGIES
+    from clbench.training.context import STRATEGIES
 
     raw = BASE | {"strategies": [{"name": "er", "args": {"replay_forward": "separate"}}, "er"], "seeds": [1]}
     separate, joint = expand_grid(experiment_from_mapping(raw))

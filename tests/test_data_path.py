@@ -22,7 +22,7 @@ from clbench.datasets.base import build_benchmark
 from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
 from clbench.evaluation import AccuracyCollector
 from clbench.results import load_result
-from clbench.strategies import StrategyContext
+from clbench.training import StrategyContext
 
 
 def _benchmark(n_tasks=3, n_classes=6):
@@ -169,7 +169,7 @@ def test_device_evaluation_gives_the_same_accuracies_as_avalanche_evaluation():
 @pytest.mark.parametrize("options", [None, DevicePathOptions(precision="bf16")], ids=["avalanche", "device"])
 def test_every_strategy_is_built_on_the_runs_data_path(options):
     from clbench.data_path import AvalanchePathMixin, DevicePathMixin, ExampleFetch
-    from clbench.strategies import STRATEGIES, build_strategy
+    from clbench.training import STRATEGIES, build_strategy
 
     bench = _benchmark()
     mixin = AvalanchePathMixin if options is None else DevicePathMixin
@@ -235,7 +235,7 @@ def test_unknown_data_path_names_the_choices(tmp_path, capsys, value):
 
 
 def test_device_fetch_of_examples_equals_the_per_item_fetch():
-    from clbench.strategies.step_template import StepTemplate
+    from clbench.training.step_template import StepTemplate
 
     bench = _benchmark()
     dataset = bench.scenario.train_stream[1].dataset

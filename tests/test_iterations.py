@@ -49,7 +49,7 @@ def test_each_incoming_batch_is_trained_on_iterations_times_in_a_row(options):
 
 def test_every_repetition_draws_its_own_memory_batch(monkeypatch):
     from clbench.strategies.er import ERArgs
-    from clbench.strategies.memory import DatasetMemory
+    from clbench.training.memory import DatasetMemory
 
     draws = []
     original = DatasetMemory.draw

@@ -27,11 +27,11 @@ def test_double_registration_is_refused():
 
 
 def test_plugin_file_registers_a_strategy(tmp_path):
-    from clbench.strategies import STRATEGIES
+    from clbench.training import STRATEGIES
 
     plugin = tmp_path / "my_strategy.py"
     plugin.write_text(
-        "from clbench.strategies import STRATEGIES\n"
+        "from clbench.training import STRATEGIES\n"
         "from clbench.strategies.finetune import build_finetune\n"
         "STRATEGIES.register('my_finetune', help='a user strategy')(build_finetune)\n"
     )
@@ -48,7 +48,7 @@ def test_missing_plugin_file_is_a_clear_error(tmp_path):
 def test_strategy_args_reject_unknown_keys():
     from clbench.config import from_mapping
     from clbench.errors import ConfigError
-    from clbench.strategies import STRATEGIES
+    from clbench.training import STRATEGIES
 
     expected = "unknown key 'mem'; valid keys: memory_update, replay_forward, task_balanced"
     with pytest.raises(ConfigError, match=expected):
@@ -56,7 +56,7 @@ def test_strategy_args_reject_unknown_keys():
 
 
 def test_builtin_strategies_declare_traits():
-    from clbench.strategies import STRATEGIES
+    from clbench.training import STRATEGIES
 
     assert STRATEGIES.get("er").traits["uses_buffer"] is True
     assert STRATEGIES.get("joint").traits["trains_jointly"] is True
@@ -83,7 +83,7 @@ def test_a_new_file_in_the_builtin_package_is_discovered(tmp_path, monkeypatch):
 
 def test_every_strategy_module_is_found_without_a_list():
     from clbench.registry import package_modules
-    from clbench.strategies import STRATEGIES
+    from clbench.training import STRATEGIES
 
     modules = package_modules("clbench.strategies")
     assert "clbench.strategies.er" in modules and "clbench.strategies.metasp" in modules

@@ -139,7 +139,7 @@ def test_parallel_jobs_give_the_same_files(grid_run, tmp_path):
 
 
 CRASHY = """
-from clbench.strategies import STRATEGIES
+from clbench.training import STRATEGIES
 from clbench.strategies.finetune import build_finetune
 
 

@@ -10,7 +10,7 @@ from clbench.config import TrainingConfig
 from clbench.data_path import DevicePathOptions
 from clbench.datasets.base import Benchmark, build_benchmark
 from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
-from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
+from clbench.training import STRATEGIES, StrategyContext, build_strategy
 
 
 def two_tasks() -> Benchmark:

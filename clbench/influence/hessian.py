@@ -73,11 +73,13 @@ def gnvp_fn(model: nn.Module, params: Params, batch: Batch) -> MatVec:
     return matvec
 
 
-def _flatten(v: Params) -> torch.Tensor:
+def flatten_params(v: Params) -> torch.Tensor:
+    """The tensors of ``v`` as one vector, in the dict's order."""
     return torch.cat([t.reshape(-1) for t in v.values()])
 
 
-def _unflatten(flat: torch.Tensor, like: Params) -> Params:
+def unflatten_params(flat: torch.Tensor, like: Params) -> Params:
+    """``flat`` cut back into tensors shaped as those of ``like`` (views, no copies)."""
     out, start = {}, 0
     for k, t in like.items():
         out[k] = flat[start : start + t.numel()].view_as(t)
@@ -90,7 +92,7 @@ def dense_matrix(matvec: MatVec, like: Params) -> torch.Tensor:
     size = sum(t.numel() for t in like.values())
     dtype = next(iter(like.values())).dtype
     eye = torch.eye(size, dtype=dtype, device=next(iter(like.values())).device)
-    columns = [_flatten(matvec(_unflatten(eye[j], like))) for j in range(size)]
+    columns = [flatten_params(matvec(unflatten_params(eye[j], like))) for j in range(size)]
     return torch.stack(columns, dim=1)
 
 
@@ -103,13 +105,13 @@ def ihvp_exact_fn(matvec: MatVec, like: Params, damping: float = 0.0) -> MatVec:
     lu = None if use_cholesky else torch.linalg.lu_factor(matrix)
 
     def solve(v: Params) -> Params:
-        rhs = _flatten(v).unsqueeze(1)
+        rhs = flatten_params(v).unsqueeze(1)
         if use_cholesky:
             out = torch.cholesky_solve(rhs, factor.L)
         else:
             assert lu is not None
             out = torch.linalg.lu_solve(lu[0], lu[1], rhs)
-        return _unflatten(out.squeeze(1), v)
+        return unflatten_params(out.squeeze(1), v)
 
     return solve
 

@@ -314,7 +314,7 @@ def test_unknown_reference_and_format_are_one_line_errors(results, capsys):
 
 def test_arguments_other_than_the_defaults_are_noted_under_each_table(tmp_path):
     from clbench.config import config_to_dict
-    from clbench.strategies import STRATEGIES
+    from clbench.training import STRATEGIES
 
     folder = tmp_path / "runs"
     er_defaults = config_to_dict(STRATEGIES.get("er").args())

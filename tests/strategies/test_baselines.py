@@ -11,8 +11,8 @@ from clbench.config import TrainingConfig
 from clbench.datasets.base import build_benchmark
 from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
 from clbench.results import load_result
-from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
 from clbench.strategies.gmed import edit_memory, interference
+from clbench.training import STRATEGIES, StrategyContext, build_strategy
 
 BUFFER = 48
 N_CLASSES = 6
@@ -496,7 +496,7 @@ def test_hal_feature_mean_update_leaves_batchnorm_statistics_alone():
 
 
 def test_every_rehearsal_memory_but_gss_shares_one_interface():
-    from clbench.strategies.memory import ReplayMemory
+    from clbench.training.memory import ReplayMemory
 
     def build(name, **args):
         entry = STRATEGIES.get(name)

@@ -9,8 +9,8 @@ from torch import nn
 
 from clbench.config import TrainingConfig
 from clbench.errors import ConfigError
-from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
 from clbench.strategies.gdumb import GDumbArgs, cutmix, sgdr_lr
+from clbench.training import STRATEGIES, StrategyContext, build_strategy
 
 
 def test_sgdr_lr_is_torchs_warm_restarts_stepped_as_gdumbs_code_steps_it():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clbench.datasets.base import ImageArrays, ImageSplits, build_benchmark
-from clbench.strategies.metasp_buffer import InfluenceLedger, MetaSPBuffer, balanced_quotas
+from clbench.strategies.metasp.buffer import InfluenceLedger, MetaSPBuffer, balanced_quotas
 
 PER_CLASS = 10
 SIZE = 4

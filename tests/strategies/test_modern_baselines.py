@@ -9,13 +9,13 @@ from tiny_strategies import tiny_strategy, two_tasks
 from torch import nn
 
 from clbench.backbones import MLP, CosineClassifier
-from clbench.strategies import STRATEGIES
 from clbench.strategies.der import DERArgs
 from clbench.strategies.er_ace import ERACEArgs, asymmetric_cross_entropy
 from clbench.strategies.ewc import weighted_fisher_diagonal
 from clbench.strategies.icarl import herding_order
-from clbench.strategies.ncm import NO_MEAN_SCORE, ncm_scores
 from clbench.strategies.scr import contrastive_views, supervised_contrastive_loss
+from clbench.training import STRATEGIES
+from clbench.training.ncm import NO_MEAN_SCORE, ncm_scores
 
 
 def _mlp(bench, seed=0, batchnorm=False):
@@ -246,7 +246,7 @@ def test_the_new_replay_strategies_declare_their_buffer(name):
 def test_a_backbone_without_features_and_classifier_is_refused_in_one_line(name):
     from clbench.config import TrainingConfig
     from clbench.errors import ConfigError
-    from clbench.strategies import StrategyContext, build_strategy
+    from clbench.training import StrategyContext, build_strategy
 
     bench = two_tasks()
     model = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(bench.input_shape)), bench.n_classes))

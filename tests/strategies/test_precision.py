@@ -7,7 +7,7 @@ from tiny_strategies import tiny_strategy, two_tasks
 
 from clbench.backbones import MLP
 from clbench.data_path import DevicePathOptions
-from clbench.strategies import STRATEGIES
+from clbench.training import STRATEGIES
 
 FP32_PASSES = {
     "agem": "the reference gradient on the memory sample (Avalanche's plugin, kept as earlier runs had it)",

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from clbench.strategies.step_template import StepTemplate
+from clbench.training.step_template import StepTemplate
 
 
 class WithIndex(StepTemplate):

@@ -8,9 +8,9 @@ from clbench.config import TrainingConfig
 from clbench.datasets.base import build_benchmark
 from clbench.datasets.synthetic import SyntheticArgs, make_synthetic
 from clbench.errors import ConfigError
-from clbench.strategies import STRATEGIES, StrategyContext, build_strategy
 from clbench.strategies.er import ERArgs
-from clbench.strategies.tensor_buffer import StreamReservoir
+from clbench.training import STRATEGIES, StrategyContext, build_strategy
+from clbench.training.tensor_buffer import StreamReservoir
 
 
 def test_every_example_of_the_stream_is_kept_with_the_same_probability():

@@ -6,7 +6,7 @@ strategy's device (:meth:`ReplayMemory.draw`, through the run's data path), and 
 in the experience just learned (:meth:`ReplayMemory.update`). Avalanche's
 ``ExemplarsBuffer`` subclasses get it from :class:`DatasetMemory` (mixed in, or wrapped
 by :class:`ExemplarsMemory` for buffers Avalanche builds itself); the tensor buffers of
-GMED and HAL implement it directly (:class:`clbench.strategies.tensor_buffer.TensorReservoirBuffer`).
+GMED and HAL implement it directly (:class:`clbench.training.tensor_buffer.TensorReservoirBuffer`).
 GSS's memory is the exception: it is updated with every incoming batch by its own rule.
 """
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from clbench.errors import ClbenchError
-from clbench.speed_bench import (
+from clbench.studies.speed import (
     IhvpBenchArgs,
     LoopBenchArgs,
     StepBenchArgs,
@@ -48,7 +48,7 @@ class BenchPreset:
 
 PRESETS = {
     "tiny": BenchPreset(
-        nf=8,  # narrower crashes oneDNN's channels-last backward (strategies.base.CHANNELS_LAST_MIN_WIDTH)
+        nf=8,  # narrower crashes oneDNN's channels-last backward (clbench.training.context.CHANNELS_LAST_MIN_WIDTH)
         train_per_class=10,
         test_images=100,
         repeats=1,

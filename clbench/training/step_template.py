@@ -12,12 +12,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
+from torch.utils.data import DataLoader
+
+from clbench.data_path import IndexedSubset
 
 
 class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
     """A ``SupervisedTemplate`` whose step is assembled from overridable parts.
 
-    Per mini-batch: unpack -> ``before_training_iteration`` -> :meth:`prepare_batch`
+    Per experience, the loader over :meth:`training_indices` (all examples by default); per
+    epoch, :meth:`before_epoch`. Per mini-batch: unpack -> ``before_training_iteration`` ->
+    :meth:`prepare_batch`
     (may append replayed examples, may return per-example loss weights) -> forward ->
     :meth:`loss_weights` (may compute the weights from the forward) ->
     loss (weighted if weights were returned) -> backward -> :meth:`after_loss_backward`
@@ -32,7 +37,7 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
         ) -> tuple[torch.Tensor, torch.Tensor]:
             """``dataset[indices]`` on the device: supplied by the run's data path.
 
-            :func:`clbench.strategies.base.build_strategy` puts the data path's mixin
+            :func:`clbench.training.context.build_strategy` puts the data path's mixin
             (:class:`clbench.data_path.ExampleFetch`) in front of every strategy.
             """
 
@@ -50,6 +55,32 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
                 setattr(self, f"mb_{name}", value)
             self.mbatch = list(batch[:3])
         super()._unpack_minibatch()
+
+    def before_epoch(self) -> None:
+        """Run at the start of each training epoch, before its first batch."""
+
+    def training_indices(self) -> list[int] | None:
+        """The examples of the current experience to train on, or None for all of them.
+
+        A strategy that returns indices (MetaSP: the experience less its held-out
+        validation part) gets a loader over those examples that also yields each one's
+        dataset index; declare ``extra_batch_fields = ("index",)`` to read it as ``mb_index``.
+        Called once per experience, when the train loader is made.
+        """
+        return None
+
+    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **kwargs: Any) -> None:
+        """Avalanche's loader, or one over :meth:`training_indices` that yields the dataset index too."""
+        indices = self.training_indices()
+        if indices is None:
+            super().make_train_dataloader(num_workers=num_workers, shuffle=shuffle, **kwargs)
+            return
+        self.dataloader = DataLoader(
+            IndexedSubset(self.adapted_dataset, indices),
+            batch_size=self.train_mb_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+        )
 
     def prepare_batch(self) -> torch.Tensor | None:
         """Change the batch before the forward pass; return per-example weights or None."""
@@ -86,6 +117,7 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
 
     def training_epoch(self, **kwargs: Any) -> None:
         """One epoch of assembled steps."""
+        self.before_epoch()
         for batch in self.dataloader:
             self.mbatch = batch
             if self._stop_training:

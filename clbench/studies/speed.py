@@ -223,7 +223,14 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
     from torch import nn
 
     from clbench.influence.functional import per_example_loss_fn, trainable_params
-    from clbench.influence.hessian import _flatten, _unflatten, hvp_fn, ihvp_cg_fn, ihvp_exact_fn, ihvp_lissa_fn
+    from clbench.influence.hessian import (
+        flatten_params,
+        hvp_fn,
+        ihvp_cg_fn,
+        ihvp_exact_fn,
+        ihvp_lissa_fn,
+        unflatten_params,
+    )
 
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(args.inputs, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 5)).double()
@@ -233,7 +240,7 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
     loss_vec = per_example_loss_fn(model)
     matvec = hvp_fn(loss_vec, params, (x, y))
     v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
-    exact = _flatten(ihvp_exact_fn(matvec, params, args.damping)(_unflatten(v, params)))
+    exact = flatten_params(ihvp_exact_fn(matvec, params, args.damping)(unflatten_params(v, params)))
 
     def error(estimate: torch.Tensor) -> float:
         return float((estimate.reshape(-1) - exact).norm() / exact.norm())
@@ -244,12 +251,15 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
         return time.perf_counter() - tic, error(value)
 
     solvers: list[tuple[str, Callable[[int], Callable[[], torch.Tensor]]]] = [
-        ("clbench cg", lambda k: lambda: _flatten(ihvp_cg_fn(matvec, args.damping, k, 1e-30)(_unflatten(v, params)))),
+        (
+            "clbench cg",
+            lambda k: lambda: flatten_params(ihvp_cg_fn(matvec, args.damping, k, 1e-30)(unflatten_params(v, params))),
+        ),
         (
             "clbench lissa",
             lambda k: (
-                lambda: _flatten(
-                    ihvp_lissa_fn(lambda _: matvec, args.damping, scale=2.0, depth=k)(_unflatten(v, params))
+                lambda: flatten_params(
+                    ihvp_lissa_fn(lambda _: matvec, args.damping, scale=2.0, depth=k)(unflatten_params(v, params))
                 )
             ),
         ),
@@ -258,9 +268,9 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
         from dattri.func.hessian import ihvp_cg
 
         def flat_loss(theta: torch.Tensor) -> torch.Tensor:
-            return loss_vec(_unflatten(theta, params), x, y).mean()
+            return loss_vec(unflatten_params(theta, params), x, y).mean()
 
-        theta = _flatten(params)
+        theta = flatten_params(params)
         solvers += [
             (
                 "dattri ihvp_cg",
@@ -363,7 +373,7 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     from clbench.backbones import CifarResNet18
     from clbench.config import TrainingConfig, from_mapping
     from clbench.runner import resolve_device
-    from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
+    from clbench.training.context import STRATEGIES, StrategyContext, build_strategy
 
     device = resolve_device(args.device)
     benchmark = _cifar_shaped(args)

@@ -39,7 +39,7 @@ class TensorStore(ExemplarsBuffer):  # type: ignore[misc]
         return self.x[positions].to(device), self.y[positions].to(device), positions
 
     def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The :class:`~clbench.strategies.memory.ReplayMemory` draw: :meth:`sample` on the strategy's device.
+        """The :class:`~clbench.training.memory.ReplayMemory` draw: :meth:`sample` on the strategy's device.
 
         ``augment`` is not applied: the stored tensors are the inputs as stored (edited, for GMED).
         """
@@ -67,7 +67,7 @@ class TensorReservoirBuffer(TensorStore):
         return int(self.y.shape[0])
 
     def update(self, strategy: Any, **kwargs: Any) -> None:
-        """The :class:`~clbench.strategies.memory.ReplayMemory` update: reservoir over the experience."""
+        """The :class:`~clbench.training.memory.ReplayMemory` update: reservoir over the experience."""
         self.post_adapt(strategy, strategy.experience)
 
     def write(self, positions: torch.Tensor, x: torch.Tensor) -> None:

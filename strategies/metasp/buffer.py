@@ -33,7 +33,7 @@ import torch
 from avalanche.training.storage_policy import ExemplarsBuffer
 
 from clbench.registry import Registry
-from clbench.strategies.memory import DatasetMemory
+from clbench.training.memory import DatasetMemory
 
 FeatureKind = Literal["pixels", "penultimate"]
 InfluenceWindow = Literal["task", "all"]
@@ -107,7 +107,7 @@ class Selection:
 
 
 SELECTIONS: Registry[Callable[[], Selection]] = Registry(
-    "buffer selection", "clbench.selections", builtin_modules=("clbench.strategies.metasp_buffer",)
+    "buffer selection", "clbench.selections", builtin_modules=("clbench.strategies.metasp.buffer",)
 )
 
 

@@ -12,7 +12,7 @@ Per task t with E epochs, the last K of which are MetaSP epochs:
   weight and trains on the influence-weighted loss
   (:mod:`clbench.influence.fusion`): beneficial examples (negative influence) weigh more.
 
-The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.metasp_buffer`):
+The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.metasp.buffer`):
 ``metasp`` fills it at random (the paper's "Ours"), ``metasp_rehsel`` by RehSel.
 
 The fused step (``influence: meta`` with one pseudo step, and ``meta_lastlayer``) takes
@@ -32,18 +32,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from clbench.config import OMIT_AT_DEFAULT
-from clbench.data_path import IndexedSubset, strategy_autocast
+from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
 from clbench.influence.functional import Batch, InfluenceFn, InfluenceResult, gradient_by_name
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.lastlayer import classifier_influence, classifier_of
 from clbench.influence.meta import one_step_meta_influence
-from clbench.strategies.base import STRATEGIES, Recipe, StrategyContext
-from clbench.strategies.metasp_buffer import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
-from clbench.strategies.step_template import StepTemplate
+from clbench.strategies.metasp.buffer import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
+from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.step_template import StepTemplate
 
 
 @dataclass(frozen=True)
@@ -265,10 +264,9 @@ class MetaSP(StepTemplate):
         self._parts: list[int] | None = None  # sizes of B_new and B_old when forwarded apart
 
     # --- data ------------------------------------------------------------------------
-    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **kwargs: Any) -> None:
-        """Batches of the current task that also carry each example's dataset index."""
-        dataset = self.adapted_dataset
-        indices = list(range(len(dataset)))
+    def training_indices(self) -> list[int]:
+        """The current task's examples less the held-out part that V_new is drawn from (if any)."""
+        indices = list(range(len(self.adapted_dataset)))
         self._heldout = []
         if self.args.new_validation == "heldout":
             order = torch.randperm(len(indices)).tolist()
@@ -276,11 +274,10 @@ class MetaSP(StepTemplate):
             self._heldout = sorted(order[:n_heldout])
             indices = sorted(order[n_heldout:])
         self._train_indices = indices
-        self.dataloader = DataLoader(
-            IndexedSubset(dataset, indices), batch_size=self.train_mb_size, shuffle=shuffle, num_workers=num_workers
-        )
+        return indices
 
-    def _sample_memory(self, count: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample_memory(self, count: int, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` memory examples (augmented when ``train``) and their buffer positions."""
         return self.storage.draw(self, count, augment=train)
 
     def _sample_new_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +286,8 @@ class MetaSP(StepTemplate):
         return self.fetch_examples(self.experience.dataset, [pool[int(c)] for c in chosen], augment=False)
 
     # --- schedule --------------------------------------------------------------------
-    def _phase(self) -> Literal["plain", "replay", "meta"]:
+    def phase(self) -> Literal["plain", "replay", "meta"]:
+        """What this epoch's steps are: plain (task 1, empty buffer), replay (warm-up) or meta."""
         if self.experience.current_experience == 0 or len(self.storage) == 0:
             return "plain"
         first_meta_epoch = max(0, self.train_epochs - self.args.meta_epochs)
@@ -299,7 +297,7 @@ class MetaSP(StepTemplate):
 
     # --- one step --------------------------------------------------------------------
     def _meta_weights(self, n_new: int) -> torch.Tensor:
-        old_x, old_y, _ = self._sample_memory(self.val_size, train=False)
+        old_x, old_y, _ = self.sample_memory(self.val_size, train=False)
         fusion = influence_weights(
             self.model,
             (self.mb_x, self.mb_y),
@@ -327,10 +325,9 @@ class MetaSP(StepTemplate):
             harm,
         )
 
-    def training_epoch(self, **kwargs: Any) -> None:
-        """One epoch: plain, replay or MetaSP steps depending on the schedule."""
-        self._epoch_phase = self._phase()
-        super().training_epoch(**kwargs)
+    def before_epoch(self) -> None:
+        """Plain, replay or MetaSP steps this epoch, as the schedule says."""
+        self._epoch_phase = self.phase()
 
     def prepare_batch(self) -> torch.Tensor | None:
         """Append B_old (replay and MetaSP phases); MetaSP steps return influence weights."""
@@ -338,7 +335,7 @@ class MetaSP(StepTemplate):
         if self._epoch_phase == "plain":
             return None
         n_new = int(self.mb_x.shape[0])
-        old_x, old_y, self._memory_positions = self._sample_memory(self.replay_batch_size, train=True)
+        old_x, old_y, self._memory_positions = self.sample_memory(self.replay_batch_size, train=True)
         self.append_to_batch(old_x, old_y)
         if self.args.replay_forward == "separate":
             self._parts = [n_new, int(old_y.shape[0])]
@@ -347,7 +344,7 @@ class MetaSP(StepTemplate):
         if not self.args.fused_step:
             return self._meta_weights(n_new)
         # The same draws in the same order as the two-pass step: B_old, V_old, V_new.
-        stability_x, stability_y, _ = self._sample_memory(self.val_size, train=False)
+        stability_x, stability_y, _ = self.sample_memory(self.val_size, train=False)
         self._pending = (n_new, (stability_x, stability_y), self._sample_new_validation())
         if self.args.influence == "meta_lastlayer":
             self._capture_classifier_input()
@@ -418,7 +415,8 @@ class MetaSP(StepTemplate):
         with strategy_autocast(self):
             return classifier_influence(self.model, train, [stability_set, plasticity_set], lr)
 
-    def _after_training_exp(self, **kwargs: Any) -> None:
+    def after_experience(self) -> None:
+        """Update the buffer (before the plugins' ``after_training_exp``), log the task's influence."""
         self.storage.update(self)
         values = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self._task_values.items()}
         self.influence_log.append(
@@ -431,7 +429,6 @@ class MetaSP(StepTemplate):
         )
         self._task_values = {"S": [], "P": [], "SP": []}
         self._gammas = []
-        super()._after_training_exp(**kwargs)
 
     def clbench_extras(self) -> dict[str, Any]:
         """Influence statistics per task and the final buffer's class counts."""

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from clbench.data_path import strategy_autocast
-from clbench.strategies.step_template import StepTemplate
-from clbench.strategies.tensor_buffer import StreamReservoir, TensorStore
+from clbench.training.step_template import StepTemplate
+from clbench.training.tensor_buffer import StreamReservoir, TensorStore
 
 NO_MEAN_SCORE = -1e4
 """Score of a class with no stored example: below any -||a - b||² of unit vectors (>= -4)."""

@@ -80,11 +80,11 @@ def _load(config: FidelityConfig) -> tuple[tuple[torch.Tensor, torch.Tensor], tu
         inputs = centers[labels] + rng.normal(scale=1.5, size=(total, 10))
         x, y = torch.as_tensor(inputs), torch.as_tensor(labels)
         return (x[: config.n_train], y[: config.n_train]), (x[config.n_train :], y[config.n_train :])
-    from clbench.datasets.fashion_mnist import _read_idx_pair
+    from clbench.datasets.fashion_mnist import read_idx_pair
 
     splits = []
     for prefix, count in (("train", config.n_train), ("t10k", config.n_test)):
-        arrays = _read_idx_pair(config.data_path, prefix)
+        arrays = read_idx_pair(config.data_path, prefix)
         chosen = rng.choice(len(arrays.labels), size=count, replace=False)
         images = arrays.images[chosen].reshape(count, -1).astype(np.float64) / 255.0
         splits.append((torch.as_tensor((images - 0.2860) / 0.3530), torch.as_tensor(arrays.labels[chosen])))

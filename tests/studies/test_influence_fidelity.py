@@ -4,7 +4,7 @@ import yaml
 
 from clbench.cli import main
 from clbench.config import ComponentSpec
-from clbench.influence.fidelity_bench import FidelityConfig, compare, run_fidelity
+from clbench.studies.influence_fidelity import FidelityConfig, compare, run_fidelity
 
 
 def test_compare_counts_signs_and_correlates():
@@ -64,7 +64,7 @@ def test_influence_bench_cli_writes_its_report(tmp_path, capsys):
 def test_shipped_fidelity_configs_validate():
     from pathlib import Path
 
-    from clbench.influence.fidelity_bench import load_fidelity_config
+    from clbench.studies.influence_fidelity import load_fidelity_config
 
     configs = sorted((Path(__file__).parents[2] / "experiments" / "influence").glob("*.yaml"))
     assert configs
@@ -91,7 +91,7 @@ def test_retraining_check_correlates_exact_influence_with_leave_one_out():
 
 
 def test_bench_ihvp_solvers_reach_the_exact_solve():
-    from clbench.speed_bench import IhvpBenchArgs, bench_ihvp
+    from clbench.studies.speed import IhvpBenchArgs, bench_ihvp
 
     rows = bench_ihvp(IhvpBenchArgs(examples=40, inputs=5, hidden=4, iterations=(100,)))
     errors = {row["solver"]: row["relative_error"] for row in rows}
@@ -99,7 +99,7 @@ def test_bench_ihvp_solvers_reach_the_exact_solve():
 
 
 def test_fidelity_reports_the_reference_spectrum_damping_sensitivity_and_paper_claims():
-    from clbench.influence.fidelity_bench import to_markdown
+    from clbench.studies.influence_fidelity import to_markdown
 
     converged = run_fidelity(_config(epochs=300))
     spectrum = converged["training"]["damped_hessian"]

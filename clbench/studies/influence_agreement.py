@@ -72,7 +72,7 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
     from clbench.config import TrainingConfig, from_mapping
     from clbench.datasets.base import DataContext, load_benchmark
     from clbench.runner import resolve_device, seed_everything
-    from clbench.strategies.base import STRATEGIES, StrategyContext, build_strategy
+    from clbench.training.context import STRATEGIES, StrategyContext, build_strategy
 
     device = resolve_device(args.device)
     seed_everything(args.seed, True)
@@ -87,7 +87,7 @@ def run_agreement(args: AgreementArgs, out: Path) -> list[dict[str, float]]:
 
     class Checkpoints(SupervisedPlugin):  # type: ignore[misc]
         def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
-            if strategy._phase() != "meta" or strategy.clock.train_exp_epochs != args.epochs - args.meta_epochs:
+            if strategy.phase() != "meta" or strategy.clock.train_exp_epochs != args.epochs - args.meta_epochs:
                 return
             task = int(strategy.experience.current_experience)
             torch.save(strategy.model.state_dict(), out / f"checkpoint_task{task + 1}.pt")
@@ -118,8 +118,8 @@ def _compare_at(strategy: Any, args: AgreementArgs) -> dict[str, float]:
         new_x, new_y = strategy.fetch_examples(
             dataset, torch.randperm(len(dataset))[: args.batch_size].tolist(), augment=True
         )
-        old_x, old_y, _ = strategy._sample_memory(args.batch_size, train=True)
-        v_old = strategy._sample_memory(strategy.val_size, train=False)[:2]
+        old_x, old_y, _ = strategy.sample_memory(args.batch_size, train=True)
+        v_old = strategy.sample_memory(strategy.val_size, train=False)[:2]
         v_new = strategy.fetch_examples(
             dataset, torch.randperm(len(dataset))[: strategy.val_size].tolist(), augment=False
         )
