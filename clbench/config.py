@@ -194,10 +194,11 @@ class TrainingConfig:
     )
 
     def __post_init__(self) -> None:
-        """Check every numeric setting's range and resolve the fast-path settings.
+        """Check every numeric setting's range and resolve the fast-path settings (the one place they are).
 
         Raises:
-            ConfigError: A setting out of its range (one line, naming it and the range).
+            ConfigError: A setting out of its range (one line, naming it and the range), or a
+                device-path-only setting asked for on the Avalanche path.
         """
         for name, low, value in (
             ("epochs", 1, self.epochs),
@@ -228,6 +229,11 @@ class TrainingConfig:
             object.__setattr__(self, "channels_last", fast)
         if self.precision is None:
             object.__setattr__(self, "precision", "bf16" if fast else "fp32")
+        if not fast and (self.channels_last or self.precision != "fp32"):
+            raise ConfigError(
+                f"training.channels_last={self.channels_last} / training.precision={self.precision} "
+                "need training.data_path=device; valid choices on the avalanche path: false / fp32"
+            )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from clbench.config import (
     config_to_dict,
     from_mapping,
 )
-from clbench.data_path import device_path_options, slow_precision_warning
+from clbench.data_path import slow_precision_warning
 from clbench.datasets.base import BENCHMARKS
 from clbench.datasets.sources import default_data_root
 from clbench.errors import ClbenchError, ConfigError
@@ -51,7 +51,6 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
     """
     for name in experiment.loggers:
         LOGGERS.get(name)
-    device_path_options(experiment.training, 0)  # fails now on device-only settings without the device path
     check_device_name(experiment.device)
     runs: list[RunConfig] = []
     for bench_spec in experiment.benchmarks:
@@ -120,7 +119,6 @@ def _strategy_training(training: TrainingConfig, own: dict[str, Any], where: str
     if not own:
         return {}
     resolved = from_mapping(TrainingConfig, {**config_to_dict(training), **own}, where)
-    device_path_options(resolved, 0)
     return {key: getattr(resolved, key) for key in own}
 
 

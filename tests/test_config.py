@@ -246,3 +246,9 @@ def test_a_config_that_is_a_folder_or_not_utf8_is_a_one_line_error(tmp_path):
     latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 9\); save it as UTF-8"):
         load_experiment(latin)
+
+
+@pytest.mark.parametrize("fast", [{"precision": "bf16"}, {"channels_last": True}])
+def test_device_path_settings_on_the_avalanche_path_fail_where_training_is_resolved(fast):
+    with pytest.raises(ConfigError, match=r"need training\.data_path=device"):
+        TrainingConfig(data_path="avalanche", **fast)

@@ -33,9 +33,10 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from clbench.config import OMIT_AT_DEFAULT
+from clbench.config import OMIT_AT_DEFAULT, from_mapping
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
+from clbench.influence.estimators import ESTIMATORS
 from clbench.influence.functional import Batch, InfluenceFn, InfluenceResult, gradient_by_name
 from clbench.influence.fusion import example_weights, fuse, mgda_weight, normalise_influence
 from clbench.influence.lastlayer import classifier_influence, classifier_of
@@ -87,44 +88,62 @@ class MetaSPArgs:
     )
 
     def __post_init__(self) -> None:
-        """``pseudo_steps`` is the one setting of the number of pseudo steps.
+        """Resolve the influence estimator and its typed arguments, once (read as :attr:`estimator_args`).
+
+        ``pseudo_steps`` is the one setting of the number of pseudo steps: it becomes the
+        ``meta`` estimator's ``steps``.
 
         Raises:
-            ConfigError: ``influence_args.steps`` disagrees with it, or it is not 1 for an
-                estimator that takes no pseudo steps.
+            ConfigError: An unknown estimator or estimator argument, ``influence_args.steps``
+                disagreeing with ``pseudo_steps``, ``pseudo_steps`` other than 1 for an
+                estimator without pseudo steps, or ``replay_forward: separate`` without the
+                exact fused step.
         """
         if self.pseudo_steps < 1:
             raise ConfigError(f"metasp: pseudo_steps must be at least 1, got {self.pseudo_steps}")
-        steps = self.influence_args.get("steps", self.pseudo_steps)
-        if self.influence == "meta" and steps != self.pseudo_steps:
-            raise ConfigError(
-                f"metasp: influence_args.steps={steps} disagrees with pseudo_steps={self.pseudo_steps}; "
-                "set pseudo_steps only"
-            )
-        if self.influence != "meta" and self.pseudo_steps != 1:
+        raw = dict(self.influence_args)
+        if self.influence == "meta":
+            if raw.get("steps", self.pseudo_steps) != self.pseudo_steps:
+                raise ConfigError(
+                    f"metasp: influence_args.steps={raw['steps']} disagrees with pseudo_steps={self.pseudo_steps}; "
+                    "set pseudo_steps only"
+                )
+            raw["steps"] = self.pseudo_steps
+        elif self.pseudo_steps != 1:
             raise ConfigError(
                 f"metasp: pseudo_steps={self.pseudo_steps} applies to influence=meta only; "
                 f"valid choices with influence={self.influence}: 1"
             )
-        influence_function(self)  # an unknown estimator or argument fails with the grid, not mid-run
-        if self.replay_forward == "separate" and (self.influence != "meta" or not self.fused_step):
+        entry = ESTIMATORS.get(self.influence)
+        typed = from_mapping(entry.args, raw, f"metasp influence_args (estimator {self.influence})")
+        object.__setattr__(self, "_estimator_args", typed)  # derived, not a field: the run id is unchanged
+        if self.replay_forward == "separate" and self.fused_step != "graph":
             raise ConfigError(
                 f"metasp: replay_forward=separate needs the exact fused step; valid choices: influence=meta "
                 f"with pseudo_steps=1 (got influence={self.influence}, pseudo_steps={self.pseudo_steps})"
             )
 
     @property
+    def estimator_args(self) -> Any:
+        """The influence estimator's typed arguments (its registered dataclass), resolved from the two fields."""
+        return self._estimator_args  # type: ignore[attr-defined]
+
+    @property
     def influence_lr(self) -> float | None:
-        """The pseudo-step size asked for in ``influence_args`` (None: the optimiser's)."""
-        lr = self.influence_args.get("lr")
+        """The pseudo-step size the estimator is given (None: the optimiser's)."""
+        lr = getattr(self.estimator_args, "lr", None)
         return None if lr is None else float(lr)
 
     @property
-    def fused_step(self) -> bool:
-        """Influence computed from the training step's own forward (exact, fewer passes)."""
-        return self.influence == "meta_lastlayer" or (
-            self.influence == "meta" and self.pseudo_steps == 1 and set(self.influence_args) <= {"steps", "lr"}
-        )
+    def fused_step(self) -> Literal["graph", "lastlayer"] | None:
+        """How the influence comes from the training step's own forward, or None (a separate estimator call).
+
+        ``graph``: the exact one-step influence from the step's graph (``meta``, one pseudo
+        step); ``lastlayer``: the classifier-only closed form from the step's features.
+        """
+        if self.influence == "meta_lastlayer":
+            return "lastlayer"
+        return "graph" if self.influence == "meta" and self.pseudo_steps == 1 else None
 
 
 @dataclass(frozen=True)
@@ -341,12 +360,12 @@ class MetaSP(StepTemplate):
             self._parts = [n_new, int(old_y.shape[0])]
         if self._epoch_phase != "meta":
             return None if self._parts is None else part_means(self._parts, self.mb_x.device)
-        if not self.args.fused_step:
+        if self.args.fused_step is None:
             return self._meta_weights(n_new)
         # The same draws in the same order as the two-pass step: B_old, V_old, V_new.
         stability_x, stability_y, _ = self.sample_memory(self.val_size, train=False)
         self._pending = (n_new, (stability_x, stability_y), self._sample_new_validation())
-        if self.args.influence == "meta_lastlayer":
+        if self.args.fused_step == "lastlayer":
             self._capture_classifier_input()
         return None
 
@@ -369,7 +388,7 @@ class MetaSP(StepTemplate):
         n_new, stability_set, plasticity_set = self._pending
         self._pending = None
         lr = self.args.influence_lr or float(self.optimizer.param_groups[0]["lr"])
-        if self.args.influence == "meta_lastlayer":
+        if self.args.fused_step == "lastlayer":
             result = self._last_layer_influence(stability_set, plasticity_set, lr)
         else:
             result = self._graph_influence(stability_set, plasticity_set, lr)
@@ -445,12 +464,7 @@ def influence_function(args: MetaSPArgs) -> InfluenceFn:
     other registered estimator is evaluated with the batch B as its training set, so its
     curvature is that of the batch loss.
     """
-    from clbench.influence.estimators import make_estimator
-
-    options = dict(args.influence_args)
-    if args.influence == "meta":
-        options["steps"] = args.pseudo_steps  # one source of truth (checked equal in MetaSPArgs)
-    return make_estimator(args.influence, options)
+    return ESTIMATORS.get(args.influence).factory(args.estimator_args)
 
 
 def _build(

@@ -258,3 +258,16 @@ def test_metasp_s_estimator_and_its_arguments_fail_at_grid_expansion(args, messa
     config = {"name": "t", "benchmarks": [{"name": "synthetic"}], "strategies": [{"name": "metasp", "args": args}]}
     with pytest.raises(ClbenchError, match=message):
         expand_grid(experiment_from_mapping(config))
+
+
+def test_metasp_resolves_its_estimator_s_typed_arguments_once():
+    from clbench.influence.estimators import CGArgs, MetaArgs, MetaLastLayerArgs
+    from clbench.strategies.metasp import MetaSPArgs
+
+    assert MetaSPArgs(influence="cg", influence_args={"damping": 0.5}).estimator_args == CGArgs(damping=0.5)
+    assert MetaSPArgs(pseudo_steps=3).estimator_args == MetaArgs(steps=3)
+    last = MetaSPArgs(influence="meta_lastlayer", influence_args={"lr": 0.2})
+    assert last.estimator_args == MetaLastLayerArgs(lr=0.2)
+    assert (last.fused_step, last.influence_lr) == ("lastlayer", 0.2)
+    assert MetaSPArgs().fused_step == "graph"
+    assert MetaSPArgs(pseudo_steps=2).fused_step is None
