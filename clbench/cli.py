@@ -12,34 +12,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from clbench.errors import ClbenchError
 
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-def _build_parser() -> argparse.ArgumentParser:
-    # Long on purpose: a flat list of argparse declarations, one block a sub-command, read
-    # top to bottom like the CLI's help; splitting it would scatter the interface.
-    parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmarks on Avalanche.")
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="import a Python file that registers strategies, benchmarks or backbones (repeatable)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def _add_overrides(parser: argparse.ArgumentParser, text: str = "override a setting (repeatable)") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=text)
+
+
+def _add_run(commands: Commands) -> None:
     run = commands.add_parser("run", help="run every unfinished run of an experiment config")
     run.add_argument("config", help="experiment YAML file (see experiments/)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. training.epochs=1 or seeds=[1231] (repeatable)",
-    )
+    _add_overrides(run, "override a config key, e.g. training.epochs=1 or seeds=[1231] (repeatable)")
     run.add_argument("--out", default=None, help="output folder for run JSONs (default: runs/<name>)")
     run.add_argument("--data-root", default=None, help="dataset root (default: $CLBENCH_DATA_ROOT or ~/.cache/clbench)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -56,6 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="inline (this process, or --jobs processes), slurm (a submitit job array), local (submitit, no cluster)",
     )
 
+
+def _add_report(commands: Commands) -> None:
     report = commands.add_parser("report", help="tables, paired t-tests and figures from run results")
     report.add_argument("results_dir", help="folder of run JSON files (searched recursively)")
     report.add_argument("--reference", default=None, help="strategy tested against the others (default metasp_rehsel)")
@@ -76,11 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "sources, cost, table; see clbench.report.readme)",
     )
 
-    fidelity = commands.add_parser("influence-bench", help="compare influence estimators with the exact influence")
-    fidelity.add_argument("config", help="fidelity YAML (see experiments/influence/fidelity.yaml)")
-    fidelity.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
 
+def _add_compare(commands: Commands) -> None:
     compare = commands.add_parser(
         "compare", help="paired t-tests of one config setting (e.g. training.precision) over matched seeds"
     )
@@ -88,33 +74,30 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--by", required=True, help="dotted config key, e.g. training.precision")
     compare.add_argument("--out", default=None, help="also write the table as CSV here")
 
+
+def _add_influence_studies(commands: Commands) -> None:
+    fidelity = commands.add_parser("influence-bench", help="compare influence estimators with the exact influence")
+    fidelity.add_argument("config", help="fidelity YAML (see experiments/influence/fidelity.yaml)")
+    _add_overrides(fidelity)
+    fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
     agreement = commands.add_parser(
         "influence-agreement", help="meta_lastlayer vs exact meta influence at the checkpoints of a MetaSP run"
     )
-    agreement.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_overrides(agreement)
     agreement.add_argument("--out", default="runs/influence_agreement", help="output folder (table, checkpoints)")
 
-    bench = commands.add_parser("bench", help="print speed figures (see clbench.studies.speed)")
-    bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    step = bench_kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
-    step.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="device, nf, new, memory, val, n_classes, pseudo_steps, warmup, repeats, seed",
-    )
 
-    loop = bench_kinds.add_parser(
+def _add_bench(commands: Commands) -> None:
+    bench = commands.add_parser("bench", help="print speed figures (see clbench.studies.speed)")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    step = kinds.add_parser("step", help="one ER step vs one MetaSP step on the same model and batch")
+    _add_overrides(step, "device, nf, new, memory, val, n_classes, pseudo_steps, warmup, repeats, seed")
+    loop = kinds.add_parser(
         "loop", help="full training iterations and test-set evaluation: Avalanche data path vs device path"
     )
-    loop.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-    ihvp = bench_kinds.add_parser("ihvp", help="clbench's inverse-HVP solvers vs dattri's (if installed)")
-    ihvp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-    every = bench_kinds.add_parser(
+    _add_overrides(loop)
+    _add_overrides(kinds.add_parser("ihvp", help="clbench's inverse-HVP solvers vs dattri's (if installed)"))
+    every = kinds.add_parser(
         "all", help="step, loop, eval and ihvp benches plus a reduced grid, in one dated report (run it on a GPU)"
     )
     every.add_argument("--preset", default="full", help="tiny (a few minutes on a CPU) or full (one large GPU)")
@@ -123,9 +106,29 @@ def _build_parser() -> argparse.ArgumentParser:
     every.add_argument("--out", default="results/bench", help="where the dated report folder goes")
     every.add_argument("--data-root", default=None, help="dataset root of the grid (default as clbench run)")
 
+
+def _add_list(commands: Commands) -> None:
     listing = commands.add_parser("list", help="list registered strategies, benchmarks, backbones and loggers")
     listing.add_argument("kind", nargs="?", choices=["strategies", "benchmarks", "backbones", "loggers", "estimators"])
     listing.add_argument("--args", action="store_true", help="also show each component's arguments")
+
+
+COMMAND_BUILDERS = (_add_run, _add_report, _add_influence_studies, _add_compare, _add_bench, _add_list)
+"""One builder a command (or a family of them), in the order of ``clbench --help``."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clbench", description="Continual-learning benchmarks on Avalanche.")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a Python file that registers strategies, benchmarks or backbones (repeatable)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMAND_BUILDERS:
+        add_command(commands)
     return parser
 
 
@@ -170,8 +173,6 @@ def _cmd_list(kind: str | None, show_args: bool) -> int:
 def _cmd_run(ns: argparse.Namespace) -> int:
     from clbench.config import load_experiment
     from clbench.grid import expand_grid, output_dir_for
-    from clbench.grid_summary import summary_lines, wait_for_local_claims
-    from clbench.launch import run_grid
 
     if ns.jobs < 1:
         raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
@@ -184,30 +185,30 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
         print("\n".join(plan_lines(plan_grid(expand_grid(experiment), out))))
         return 0
-    if ns.launcher != "inline":
-        from clbench.launch import submit_grid
-
-        summary = submit_grid(
-            experiment,
-            out,
-            cluster=ns.launcher,
-            data_root=Path(ns.data_root) if ns.data_root else None,
-            plugin_files=tuple(ns.plugin),
-        )
-    else:
-        summary = run_grid(
-            experiment,
-            out,
-            data_root=Path(ns.data_root) if ns.data_root else None,
-            progress=not ns.no_progress,
-            jobs=ns.jobs,
-            plugin_files=tuple(ns.plugin),
-        )
+    summary = _launch(ns, experiment, out)
     print(
         f"{len(summary.finished)} run(s) finished, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; results in {out}"
     )
-    runs = expand_grid(experiment)
+    return _end_of_grid(summary, expand_grid(experiment), out)
+
+
+def _launch(ns: argparse.Namespace, experiment: Any, out: Path) -> Any:
+    """Run the grid with the launcher ``ns`` asks for; its summary (finished, skipped, failed)."""
+    from clbench.launch import run_grid, submit_grid
+
+    data_root = Path(ns.data_root) if ns.data_root else None
+    if ns.launcher != "inline":
+        return submit_grid(experiment, out, cluster=ns.launcher, data_root=data_root, plugin_files=tuple(ns.plugin))
+    return run_grid(
+        experiment, out, data_root=data_root, progress=not ns.no_progress, jobs=ns.jobs, plugin_files=tuple(ns.plugin)
+    )
+
+
+def _end_of_grid(summary: Any, runs: list[Any], out: Path) -> int:
+    """The grid's final accuracies, its failures and what is missing; the exit status (1 unless complete)."""
+    from clbench.grid_summary import summary_lines, wait_for_local_claims
+
     missing = [] if summary.failed else wait_for_local_claims(runs, out)
     lines = summary_lines(runs, out)
     if lines:

@@ -56,6 +56,69 @@ def is_reference_row(label: str) -> bool:
     return label.split("(")[0].split("@")[0] in REFERENCE_ROWS
 
 
+def _cell_frames(
+    block: pd.DataFrame, order: list[str], columns: pd.MultiIndex, buffers: list[int]
+) -> dict[str, pd.DataFrame]:
+    """Mean, std and seed count per strategy (rows) and (M, metric) (columns) of one table."""
+    frames = {
+        k: pd.DataFrame(index=pd.Index(order, name="strategy"), columns=columns, dtype=float)
+        for k in ("mean", "std", "n")
+    }
+    for row in block.itertuples():
+        targets = [int(row.buffer_size)] if row.buffer_size > 0 else buffers
+        if is_reference_row(row.strategy) and row.metric != "Ainf":
+            continue  # the paper's layout: Fine-tune and Joint give A-infinity only
+        for b in targets:
+            for key in frames:
+                frames[key].loc[row.strategy, (b, row.metric)] = getattr(row, key)
+    return frames
+
+
+def _best_marks(mean: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The best mean of each column among the ranked rows (buffers or not, as LwF and EWC; not the bounds)."""
+    best = pd.DataFrame(False, index=mean.index, columns=mean.columns)
+    ranked = [s for s in order if not is_reference_row(s)]
+    for column in mean.columns:
+        values = mean.loc[ranked, column].dropna()
+        if len(values) > 1:
+            best.loc[values.index[values == values.max()], column] = True
+    return best
+
+
+def _test_notes(block: pd.DataFrame, block_tests: pd.DataFrame, reference: str | None) -> list[str]:
+    """What the marks mean, naming the reference, or why a table has no t-tests."""
+    if reference is None:
+        return ["no t-tests: no reference strategy (name one with --reference)"]
+    if reference not in set(block["strategy"]):
+        return [f"no t-tests: the reference strategy {reference} has no runs here"]
+    notes = [
+        f"• reference {reference} significantly better, ◦ significantly worse "
+        "(paired t-test over matched seeds, p < 0.05)"
+    ]
+    # named with M: a strategy may have paired seeds at one memory size and not at another
+    untested = sorted({(t.strategy, int(t.buffer_size)) for t in block_tests.itertuples() if t.n_pairs < 2})
+    if untested:
+        named = ", ".join(f"{strategy} (M={size})" if size else strategy for strategy, size in untested)
+        notes.append(f"no t-test (fewer than two paired seeds) for: {named}")
+    return notes
+
+
+def _seed_notes(block: pd.DataFrame) -> list[str]:
+    """A note for each row that lacks seeds the table's other rows have."""
+    all_seeds: set[int] = set()
+    for seeds in block["seeds"]:
+        all_seeds |= set(seeds)
+    notes = []
+    for (strategy, buffer_size), group in block.groupby(["strategy", "buffer_size"]):
+        present = set().union(*group["seeds"])
+        missing = sorted(all_seeds - present)
+        if missing:
+            where = f" (M={buffer_size})" if buffer_size else ""
+            count = f"{len(present)} seed" + ("s" if len(present) != 1 else "")
+            notes.append(f"{strategy}{where}: {count}, missing {', '.join(map(str, missing))}")
+    return notes
+
+
 def build_tables(
     summary: pd.DataFrame,
     tests: pd.DataFrame,
@@ -76,57 +139,16 @@ def build_tables(
         metrics = [m for m in METRIC_NAMES if m in set(block["metric"])]
         columns = pd.MultiIndex.from_tuples([(int(b), m) for b in buffers for m in metrics], names=["M", "metric"])
         order = sorted(bufferless["strategy"].unique()) + sorted(buffered["strategy"].unique())
-        frames = {
-            k: pd.DataFrame(index=pd.Index(order, name="strategy"), columns=columns, dtype=float)
-            for k in ("mean", "std", "n")
-        }
-        for row in block.itertuples():
-            targets = [int(row.buffer_size)] if row.buffer_size > 0 else buffers
-            if is_reference_row(row.strategy) and row.metric != "Ainf":
-                continue  # the paper's layout: Fine-tune and Joint give A-infinity only
-            for b in targets:
-                for key in frames:
-                    frames[key].loc[row.strategy, (b, row.metric)] = getattr(row, key)
-        best = pd.DataFrame(False, index=frames["mean"].index, columns=columns)
-        ranked = [s for s in order if not is_reference_row(s)]  # buffers or not (LwF, EWC), not the bounds
-        for column in columns:
-            values = frames["mean"].loc[ranked, column].dropna()
-            if len(values) > 1:
-                best.loc[values.index[values == values.max()], column] = True
-        notes: list[str] = []
+        frames = _cell_frames(block, order, columns, buffers)
         block_tests = tests[(tests["protocol"] == protocol) & (tests["setting"] == setting)]
-        significant = _test_marks(block_tests, "significant", frames["mean"].index, columns)
-        reference_worse = _test_marks(block_tests, "reference_worse", frames["mean"].index, columns)
-        # named with M: a strategy may have paired seeds at one memory size and not at another
-        untested = sorted({(t.strategy, int(t.buffer_size)) for t in block_tests.itertuples() if t.n_pairs < 2})
-        if reference is None:
-            notes.append("no t-tests: the reference strategy has no runs here")
-        else:
-            notes.append(
-                f"• reference {reference} significantly better, ◦ significantly worse "
-                "(paired t-test over matched seeds, p < 0.05)"
-            )
-            if untested:
-                named = ", ".join(f"{strategy} (M={size})" if size else strategy for strategy, size in untested)
-                notes.append(f"no t-test (fewer than two paired seeds) for: {named}")
-        all_seeds = set()
-        for seeds in block["seeds"]:
-            all_seeds |= set(seeds)
-        for (strategy, buffer_size), group in block.groupby(["strategy", "buffer_size"]):
-            present = set().union(*group["seeds"])
-            missing = sorted(all_seeds - present)
-            if missing:
-                where = f" (M={buffer_size})" if buffer_size else ""
-                count = f"{len(present)} seed" + ("s" if len(present) != 1 else "")
-                notes.append(f"{strategy}{where}: {count}, missing {', '.join(map(str, missing))}")
+        notes = _test_notes(block, block_tests, reference) + _seed_notes(block)
         changed = (arguments or {}).get(str(protocol), {})
         shown = [f"{strategy} ({changed[strategy]})" for strategy in order if strategy in changed]
         if shown:
             notes.append(f"arguments other than the defaults: {'; '.join(shown)}")
-        title = f"{benchmark} — {SETTING_NAMES.get(setting, setting)} — protocol {protocol}"
         tables.append(
             Table(
-                title=title,
+                title=f"{benchmark} — {SETTING_NAMES.get(setting, setting)} — protocol {protocol}",
                 protocol=protocols.get(str(protocol), ""),
                 benchmark=str(benchmark),
                 setting=str(setting),
@@ -134,9 +156,9 @@ def build_tables(
                 mean=frames["mean"],
                 std=frames["std"],
                 n=frames["n"],
-                best=best,
-                significant=significant,
-                reference_worse=reference_worse,
+                best=_best_marks(frames["mean"], order),
+                significant=_test_marks(block_tests, "significant", frames["mean"].index, columns),
+                reference_worse=_test_marks(block_tests, "reference_worse", frames["mean"].index, columns),
                 notes=notes,
             )
         )

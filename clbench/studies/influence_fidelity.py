@@ -197,77 +197,95 @@ def _network(config: FidelityConfig, inputs: int, dtype: torch.dtype) -> nn.Modu
     return nn.Sequential(nn.Linear(inputs, config.hidden), nn.Tanh(), nn.Linear(config.hidden, 10)).to(dtype)
 
 
-def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
-    """Train the network, run the reference and every estimator, compare them."""
+class _Rows:
+    """The comparison rows; the first influence added is the reference the others are compared with."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.reference: torch.Tensor | None = None
+
+    def add(self, label: str, influence: torch.Tensor, seconds: float, rss: float) -> None:
+        if self.reference is None:
+            self.reference = influence
+        row = {"estimator": label, "seconds": seconds, "peak_rss_growth_mib": rss, **compare(influence, self.reference)}
+        self.rows.append(row)
+
+
+def _trajectory_references(config: FidelityConfig, model: Any, train: Any, test: Any, rows: _Rows) -> dict[str, Any]:
+    """HYDRA's Hessian-aware and fast influence along one training run; the model left at its end."""
     from clbench.influence.hydra import HydraArgs, train_with_hypergradients, trajectory_influence
 
+    final_params: dict[str, torch.Tensor] | None = None
+    for aware in (True, False):
+        hydra = HydraArgs(
+            hessian_aware=aware,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+        )
+
+        def follow(hydra: HydraArgs = hydra) -> Any:
+            return train_with_hypergradients(model, train, config.lr, hydra)
+
+        trajectory, seconds, rss = _measured(follow)
+        final_params = final_params or trajectory.params
+        label = "hydra(hessian_aware)" if aware else "hydra(fast)"
+        rows.add(label, trajectory_influence(model, trajectory, test), seconds, rss)
+    assert final_params is not None
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(final_params[name])
+    return {"train_loss": float(F.cross_entropy(model(train[0]), train[1]).detach())}
+
+
+def _static_training(config: FidelityConfig, model: Any, train: Any) -> dict[str, Any]:
+    """Train to (near) a minimum and describe the damped Hessian there, warning when it is indefinite."""
+    training: dict[str, Any] = dict(_train(model, train, config))
+    training["damped_hessian"] = _damped_spectrum(model, train, config.weight_decay)
+    if not training["damped_hessian"]["positive_definite"]:
+        warnings.warn(
+            f"influence fidelity: the damped Hessian's smallest eigenvalue is "
+            f"{training['damped_hessian']['smallest']:.3g} (not positive definite): the exact reference inverts "
+            "an indefinite matrix; train longer or raise the damping",
+            stacklevel=2,
+        )
+    return training
+
+
+def _damping_sensitivity(config: FidelityConfig, model: Any, train: Any, test: Any, reference: Any) -> dict[str, Any]:
+    """The exact reference at 1.1 x its damping against itself: near-singular references make signs meaningless."""
+    damping = float(config.reference.args.get("damping", config.weight_decay))
+    nudged = ComponentSpec("exact", {**config.reference.args, "damping": 1.1 * damping})
+    result = _static_estimator(nudged, config.weight_decay)(model, train, [test], config.lr)
+    return {"damping": 1.1 * damping, **compare(result.influence[0], reference)}
+
+
+def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
+    """Train the network, run the reference and every estimator, compare them."""
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     torch.manual_seed(config.seed)
     train, test = _load(config)
     train = (train[0].to(dtype), train[1])
     test = (test[0].to(dtype), test[1])
     model = _network(config, train[0].shape[1], dtype)
-    rows: list[dict[str, Any]] = []
-    reference: torch.Tensor | None = None
-
-    def add(label: str, influence: torch.Tensor, seconds: float, rss: float) -> None:
-        nonlocal reference
-        if reference is None:
-            reference = influence
-        rows.append(
-            {"estimator": label, "seconds": seconds, "peak_rss_growth_mib": rss, **compare(influence, reference)}
-        )
-
+    rows = _Rows()
+    specs: tuple[ComponentSpec, ...]
     if config.mode == "trajectory":
-        final_params: dict[str, torch.Tensor] | None = None
-        for aware in (True, False):
-            hydra = HydraArgs(
-                hessian_aware=aware,
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                momentum=config.momentum,
-                weight_decay=config.weight_decay,
-                seed=config.seed,
-            )
-
-            def follow(hydra: HydraArgs = hydra) -> Any:
-                return train_with_hypergradients(model, train, config.lr, hydra)
-
-            trajectory, seconds, rss = _measured(follow)
-            final_params = final_params or trajectory.params
-            label = "hydra(hessian_aware)" if aware else "hydra(fast)"
-            add(label, trajectory_influence(model, trajectory, test), seconds, rss)
-        assert final_params is not None
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                parameter.copy_(final_params[name])
-        training: dict[str, Any] = {"train_loss": float(F.cross_entropy(model(train[0]), train[1]).detach())}
-        specs: tuple[ComponentSpec, ...] = config.estimators
+        training = _trajectory_references(config, model, train, test, rows)
+        specs = config.estimators
     else:
-        training = dict(_train(model, train, config))
-        training["damped_hessian"] = _damped_spectrum(model, train, config.weight_decay)
-        if not training["damped_hessian"]["positive_definite"]:
-            warnings.warn(
-                f"influence fidelity: the damped Hessian's smallest eigenvalue is "
-                f"{training['damped_hessian']['smallest']:.3g} (not positive definite): the exact reference inverts "
-                "an indefinite matrix; train longer or raise the damping",
-                stacklevel=2,
-            )
+        training = _static_training(config, model, train)
         specs = (config.reference, *config.estimators)
     influences: dict[str, torch.Tensor] = {}
     for spec in specs:
         estimator = _static_estimator(spec, config.weight_decay)
         result, seconds, rss = _measured(lambda estimator=estimator: estimator(model, train, [test], config.lr))
-        add(_label(spec), result.influence[0], seconds, rss)
+        rows.add(_label(spec), result.influence[0], seconds, rss)
         influences[_label(spec)] = result.influence[0]
     if config.mode == "static" and config.reference.name == "exact":
-        # How much the reference's signs depend on the damping: near-singular references make
-        # sign agreement meaningless.
-        damping = float(config.reference.args.get("damping", config.weight_decay))
-        nudged = ComponentSpec("exact", {**config.reference.args, "damping": 1.1 * damping})
-        result = _static_estimator(nudged, config.weight_decay)(model, train, [test], config.lr)
-        assert reference is not None
-        training["damping_sensitivity"] = {"damping": 1.1 * damping, **compare(result.influence[0], reference)}
+        training["damping_sensitivity"] = _damping_sensitivity(config, model, train, test, rows.reference)
     retraining = None
     if config.mode == "static" and config.retrain_points > 0:
         retraining = _retraining_check(model, train, test, config, influences)
@@ -281,7 +299,7 @@ def run_fidelity(config: FidelityConfig) -> dict[str, Any]:
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
         },
-        "rows": rows,
+        "rows": rows.rows,
     }
 
 
@@ -312,6 +330,52 @@ def _minimise(
     lbfgs.step(closure)
 
 
+def _leave_one_out_change(model: nn.Module, train: Any, test: Any, i: int, config: FidelityConfig) -> float:
+    """The test-loss change after warm-start retraining without example ``i`` (from theta*)."""
+    import copy
+
+    n = train[1].shape[0]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[i] = False
+    net = copy.deepcopy(model)
+
+    def without_i() -> torch.Tensor:
+        penalty = sum((p**2).sum() for p in net.parameters())
+        losses = F.cross_entropy(net(train[0]), train[1], reduction="none")
+        objective: torch.Tensor = losses[keep].sum() / n + 0.5 * config.weight_decay * penalty
+        return objective
+
+    _minimise(net, without_i, config.retrain_iterations)
+    with torch.no_grad():
+        return float(F.cross_entropy(net(test[0]), test[1])) - float(F.cross_entropy(model(test[0]), test[1]))
+
+
+def _pbrf_change(model: nn.Module, train: Any, test: Any, i: int, config: FidelityConfig) -> float:
+    """The test-loss change at the proximal Bregman response function's minimum for removing ``i``."""
+    import copy
+
+    n = train[1].shape[0]
+    with torch.no_grad():
+        anchor_logits = model(train[0])
+    anchor_params = [p.detach().clone() for p in model.parameters()]
+    net = copy.deepcopy(model)
+
+    def bregman_response() -> torch.Tensor:
+        logits = net(train[0])
+        soft = torch.softmax(anchor_logits, dim=1)
+        divergence = (
+            torch.logsumexp(logits, 1) - torch.logsumexp(anchor_logits, 1) - (soft * (logits - anchor_logits)).sum(1)
+        ).mean()
+        removed = F.cross_entropy(logits[i : i + 1], train[1][i : i + 1]) / n
+        distance = sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor_params, strict=True))
+        response: torch.Tensor = divergence - removed + 0.5 * config.weight_decay * distance
+        return response
+
+    _minimise(net, bregman_response, config.retrain_iterations)
+    with torch.no_grad():
+        return float(F.cross_entropy(net(test[0]), test[1])) - float(F.cross_entropy(model(test[0]), test[1]))
+
+
 def _retraining_check(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -328,50 +392,13 @@ def _retraining_check(
     + (damping / 2) ||theta - theta*||^2 from theta*, D the Bregman divergence of softmax
     cross-entropy on the logits.
     """
-    import copy
-
     from scipy import stats
 
     n = train[1].shape[0]
     reference = next(iter(influences.values()))
     chosen = torch.argsort(reference.abs(), descending=True)[: config.retrain_points].tolist()
-    with torch.no_grad():
-        base_test = float(F.cross_entropy(model(test[0]), test[1]))
-        anchor_logits = model(train[0])
-    anchor_params = [p.detach().clone() for p in model.parameters()]
-    loo, pbrf = [], []
-    for i in chosen:
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[i] = False
-        leave_out = copy.deepcopy(model)
-
-        def without_i(net: nn.Module = leave_out, keep: torch.Tensor = keep) -> torch.Tensor:
-            penalty = sum((p**2).sum() for p in net.parameters())
-            losses = F.cross_entropy(net(train[0]), train[1], reduction="none")
-            return losses[keep].sum() / n + 0.5 * config.weight_decay * penalty
-
-        _minimise(leave_out, without_i, config.retrain_iterations)
-        with torch.no_grad():
-            loo.append(float(F.cross_entropy(leave_out(test[0]), test[1])) - base_test)
-
-        proximal = copy.deepcopy(model)
-
-        def bregman_response(net: nn.Module = proximal, i: int = i) -> torch.Tensor:
-            logits = net(train[0])
-            soft = torch.softmax(anchor_logits, dim=1)
-            divergence = (
-                torch.logsumexp(logits, 1)
-                - torch.logsumexp(anchor_logits, 1)
-                - (soft * (logits - anchor_logits)).sum(1)
-            ).mean()
-            removed = F.cross_entropy(logits[i : i + 1], train[1][i : i + 1]) / n
-            distance = sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchor_params, strict=True))
-            response: torch.Tensor = divergence - removed + 0.5 * config.weight_decay * distance
-            return response
-
-        _minimise(proximal, bregman_response, config.retrain_iterations)
-        with torch.no_grad():
-            pbrf.append(float(F.cross_entropy(proximal(test[0]), test[1])) - base_test)
+    loo = [_leave_one_out_change(model, train, test, i, config) for i in chosen]
+    pbrf = [_pbrf_change(model, train, test, i, config) for i in chosen]
     rows = []
     for label, influence in influences.items():
         predicted = (-influence[chosen] / n).detach().cpu().double().numpy()

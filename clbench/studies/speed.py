@@ -112,79 +112,109 @@ def _fused_step_parts(
     ]
 
 
-def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
-    """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
-    from clbench.backbones import CifarResNet18
-    from clbench.influence.estimators import MetaArgs, MetaEstimator
-    from clbench.influence.functional import gradient_by_name
-    from clbench.influence.lastlayer import classifier_influence
-    from clbench.influence.meta import one_step_meta_influence
-    from clbench.runner import resolve_device
-    from clbench.strategies.metasp import MetaSPArgs, fuse_influence, influence_weights
+@dataclass
+class _StepProblem:
+    """One model, optimizer, batch B and measurement sets V_old, V_new that every timed step shares."""
 
-    device = resolve_device(args.device)
+    model: Any
+    optimizer: torch.optim.Optimizer
+    batch: Batch
+    measurements: list[Batch]
+    precision: str
+    metasp_args: Any
+
+    def autocast(self) -> Any:
+        """The bench's autocast context (bf16 when asked for)."""
+        return torch.autocast(self.batch[0].device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def _step_problem(args: StepBenchArgs, device: torch.device) -> _StepProblem:
+    from clbench.backbones import CifarResNet18
+    from clbench.strategies.metasp import MetaSPArgs
+
     torch.manual_seed(args.seed)
     model = CifarResNet18(3, args.n_classes, nf=args.nf).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    n = args.new + args.memory
 
-    def images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def images(count: int) -> Batch:
         return torch.randn(count, 3, 32, 32, device=device), torch.randint(0, args.n_classes, (count,), device=device)
 
-    batch, v_old, v_new = images(n), images(args.val), images(args.val)
-    metasp_args = MetaSPArgs(pseudo_steps=args.pseudo_steps)
+    batch, v_old, v_new = images(args.new + args.memory), images(args.val), images(args.val)
+    return _StepProblem(
+        model, optimizer, batch, [v_old, v_new], args.precision, MetaSPArgs(pseudo_steps=args.pseudo_steps)
+    )
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
-    def er_step() -> None:
-        optimizer.zero_grad()
-        with autocast:
-            logits = model(batch[0]).float()
-        F.cross_entropy(logits, batch[1]).backward()
-        optimizer.step()
+def _er_step(p: _StepProblem) -> None:
+    p.optimizer.zero_grad()
+    with p.autocast():
+        logits = p.model(p.batch[0]).float()
+    F.cross_entropy(logits, p.batch[1]).backward()
+    p.optimizer.step()
 
-    def fused_step() -> None:
-        optimizer.zero_grad()
-        with autocast:
-            logits = model(batch[0]).float()
-        losses = F.cross_entropy(logits, batch[1], reduction="none")
-        gradient = gradient_by_name(losses.mean(), model)
-        low = args.precision == "bf16"
-        result = one_step_meta_influence(model, batch, [v_old, v_new], 0.1, gradient, low_precision=low)
-        (fuse_influence(result, metasp_args).weights * losses).sum().backward()
-        optimizer.step()
 
-    def lastlayer_step() -> None:
-        optimizer.zero_grad()
-        captured: list[torch.Tensor] = []
-        handle = model.classifier.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
-        with autocast:
-            logits = model(batch[0]).float()
-        handle.remove()
-        with autocast:
-            result = classifier_influence(model, (captured[0].detach().float(), batch[1]), [v_old, v_new], 0.1)
-        losses = F.cross_entropy(logits, batch[1], reduction="none")
-        (fuse_influence(result, metasp_args).weights * losses).sum().backward()
-        optimizer.step()
+def _fused_step(p: _StepProblem) -> None:
+    from clbench.influence.functional import gradient_by_name
+    from clbench.influence.meta import one_step_meta_influence
+    from clbench.strategies.metasp import fuse_influence
 
-    def metasp_step(influence_fn: InfluenceFn) -> Callable[[], None]:
-        def step() -> None:
-            fusion = influence_weights(model, batch, v_old, v_new, 0.1, metasp_args, influence_fn)
-            optimizer.zero_grad()
-            (fusion.weights * F.cross_entropy(model(batch[0]), batch[1], reduction="none")).sum().backward()
-            optimizer.step()
+    p.optimizer.zero_grad()
+    with p.autocast():
+        logits = p.model(p.batch[0]).float()
+    losses = F.cross_entropy(logits, p.batch[1], reduction="none")
+    gradient = gradient_by_name(losses.mean(), p.model)
+    low = p.precision == "bf16"
+    result = one_step_meta_influence(p.model, p.batch, p.measurements, 0.1, gradient, low_precision=low)
+    (fuse_influence(result, p.metasp_args).weights * losses).sum().backward()
+    p.optimizer.step()
 
-        return step
 
-    rows: list[dict[str, Any]] = []
-    methods: list[tuple[str, Callable[[], None]]] = [("er", er_step)]
+def _lastlayer_step(p: _StepProblem) -> None:
+    from clbench.influence.lastlayer import classifier_influence
+    from clbench.strategies.metasp import fuse_influence
+
+    p.optimizer.zero_grad()
+    captured: list[torch.Tensor] = []
+    handle = p.model.classifier.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
+    with p.autocast():
+        logits = p.model(p.batch[0]).float()
+    handle.remove()
+    with p.autocast():
+        result = classifier_influence(p.model, (captured[0].detach().float(), p.batch[1]), p.measurements, 0.1)
+    losses = F.cross_entropy(logits, p.batch[1], reduction="none")
+    (fuse_influence(result, p.metasp_args).weights * losses).sum().backward()
+    p.optimizer.step()
+
+
+def _two_pass_step(p: _StepProblem, influence_fn: InfluenceFn) -> Callable[[], None]:
+    from clbench.strategies.metasp import influence_weights
+
+    def step() -> None:
+        v_old, v_new = p.measurements
+        fusion = influence_weights(p.model, p.batch, v_old, v_new, 0.1, p.metasp_args, influence_fn)
+        p.optimizer.zero_grad()
+        (fusion.weights * F.cross_entropy(p.model(p.batch[0]), p.batch[1], reduction="none")).sum().backward()
+        p.optimizer.step()
+
+    return step
+
+
+def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
+    """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
+    from clbench.influence.estimators import MetaArgs, MetaEstimator
+    from clbench.runner import resolve_device
+
+    device = resolve_device(args.device)
+    p = _step_problem(args, device)
+    methods: list[tuple[str, Callable[[], None]]] = [("er", lambda: _er_step(p))]
     if args.pseudo_steps == 1:
-        methods += [("metasp_fused", fused_step), ("metasp_lastlayer", lastlayer_step)]
-        methods += _fused_step_parts(model, batch, [v_old, v_new], args.precision == "bf16")
+        methods += [("metasp_fused", lambda: _fused_step(p)), ("metasp_lastlayer", lambda: _lastlayer_step(p))]
+        methods += _fused_step_parts(p.model, p.batch, p.measurements, args.precision == "bf16")
     methods += [
-        ("metasp_two_pass", metasp_step(MetaEstimator(MetaArgs(steps=args.pseudo_steps)))),
-        ("metasp_double_backward", metasp_step(_double_backward(args.pseudo_steps))),
+        ("metasp_two_pass", _two_pass_step(p, MetaEstimator(MetaArgs(steps=args.pseudo_steps)))),
+        ("metasp_double_backward", _two_pass_step(p, _double_backward(args.pseudo_steps))),
     ]
+    rows: list[dict[str, Any]] = []
     for name, step in methods:
         ms, peak = _time(step, device, args.warmup, args.repeats)
         rows.append({"method": name, "ms_per_step": ms, "peak_mib": peak})
@@ -215,6 +245,37 @@ class IhvpBenchArgs:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
+Solver = Callable[[int], Callable[[], torch.Tensor]]
+"""An inverse-HVP solver by its iteration count: a thunk returning the flat (H + damping I)^-1 v."""
+
+
+def _ihvp_solvers(
+    args: IhvpBenchArgs, matvec: Any, params: Any, v: torch.Tensor, loss: Any
+) -> list[tuple[str, Solver]]:
+    """Clbench's CG and LiSSA, and dattri's CG when dattri is installed, on the same problem."""
+    from clbench.influence.hessian import flatten_params, ihvp_cg_fn, ihvp_lissa_fn, unflatten_params
+
+    def cg(k: int) -> Callable[[], torch.Tensor]:
+        return lambda: flatten_params(ihvp_cg_fn(matvec, args.damping, k, 1e-30)(unflatten_params(v, params)))
+
+    def lissa(k: int) -> Callable[[], torch.Tensor]:
+        solve = ihvp_lissa_fn(lambda _: matvec, args.damping, scale=2.0, depth=k)
+        return lambda: flatten_params(solve(unflatten_params(v, params)))
+
+    solvers: list[tuple[str, Solver]] = [("clbench cg", cg), ("clbench lissa", lissa)]
+    try:
+        from dattri.func.hessian import ihvp_cg
+    except ImportError:
+        return solvers
+    theta = flatten_params(params)
+
+    def dattri_cg(k: int) -> Callable[[], torch.Tensor]:
+        solve = ihvp_cg(lambda t: loss(unflatten_params(t, params)), max_iter=k, tol=1e-30, regularization=args.damping)
+        return lambda: solve((theta,), v)
+
+    return [*solvers, ("dattri ihvp_cg", dattri_cg)]
+
+
 def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
     """Clbench's inverse-HVP solvers vs dattri's (if installed), against the exact solve.
 
@@ -223,14 +284,7 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
     from torch import nn
 
     from clbench.influence.functional import per_example_loss_fn, trainable_params
-    from clbench.influence.hessian import (
-        flatten_params,
-        hvp_fn,
-        ihvp_cg_fn,
-        ihvp_exact_fn,
-        ihvp_lissa_fn,
-        unflatten_params,
-    )
+    from clbench.influence.hessian import flatten_params, hvp_fn, ihvp_exact_fn, unflatten_params
 
     torch.manual_seed(args.seed)
     model = nn.Sequential(nn.Linear(args.inputs, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 5)).double()
@@ -241,48 +295,13 @@ def bench_ihvp(args: IhvpBenchArgs) -> list[dict[str, Any]]:
     matvec = hvp_fn(loss_vec, params, (x, y))
     v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
     exact = flatten_params(ihvp_exact_fn(matvec, params, args.damping)(unflatten_params(v, params)))
-
-    def error(estimate: torch.Tensor) -> float:
-        return float((estimate.reshape(-1) - exact).norm() / exact.norm())
-
-    def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
-        tic = time.perf_counter()
-        value = fn()
-        return time.perf_counter() - tic, error(value)
-
-    solvers: list[tuple[str, Callable[[int], Callable[[], torch.Tensor]]]] = [
-        (
-            "clbench cg",
-            lambda k: lambda: flatten_params(ihvp_cg_fn(matvec, args.damping, k, 1e-30)(unflatten_params(v, params))),
-        ),
-        (
-            "clbench lissa",
-            lambda k: (
-                lambda: flatten_params(
-                    ihvp_lissa_fn(lambda _: matvec, args.damping, scale=2.0, depth=k)(unflatten_params(v, params))
-                )
-            ),
-        ),
-    ]
-    try:
-        from dattri.func.hessian import ihvp_cg
-
-        def flat_loss(theta: torch.Tensor) -> torch.Tensor:
-            return loss_vec(unflatten_params(theta, params), x, y).mean()
-
-        theta = flatten_params(params)
-        solvers += [
-            (
-                "dattri ihvp_cg",
-                lambda k: lambda: ihvp_cg(flat_loss, max_iter=k, tol=1e-30, regularization=args.damping)((theta,), v),
-            ),
-        ]
-    except ImportError:
-        pass
     rows = []
-    for name, make in solvers:
+    for name, make in _ihvp_solvers(args, matvec, params, v, lambda theta: loss_vec(theta, x, y).mean()):
         for k in args.iterations:
-            seconds, relative = timed(make(k))
+            tic = time.perf_counter()
+            estimate = make(k)()
+            seconds = time.perf_counter() - tic
+            relative = float((estimate.reshape(-1) - exact).norm() / exact.norm())
             rows.append({"solver": name, "iterations": k, "seconds": seconds, "relative_error": relative})
     return rows
 
@@ -363,6 +382,57 @@ class _IterationClock:
         return sorted(gaps)[len(gaps) // 2]
 
 
+def _loop_row(
+    args: LoopBenchArgs, benchmark: Any, device: torch.device, name: str, influence: str, data_path: str
+) -> dict[str, Any]:
+    """One strategy on one data path: median ms an iteration on tasks 1 and 2, seconds of one evaluation."""
+    from clbench.backbones import CifarResNet18
+    from clbench.config import TrainingConfig, from_mapping
+    from clbench.training.context import STRATEGIES, StrategyContext, build_strategy
+
+    settings = {
+        "epochs": 1,
+        "batch_size": args.batch_size,
+        "replay_batch_size": args.replay_batch_size,
+        "data_path": data_path,
+        "precision": args.precision if data_path == "device" else "fp32",
+        "channels_last": args.channels_last and data_path == "device",
+    }
+    training = from_mapping(TrainingConfig, settings, "bench loop")
+    torch.manual_seed(args.seed)
+    model = CifarResNet18(3, 10, nf=args.nf).to(device)
+    clock = _IterationClock(device)
+    entry = STRATEGIES.get(name)
+    strategy_args: dict[str, Any] = {"meta_epochs": 1, "influence": influence} if influence else {}
+    context = StrategyContext.for_training(
+        model,
+        training,
+        benchmark=benchmark,
+        device=device,
+        seed=args.seed,
+        buffer_size=args.buffer_size,
+        plugins=[clock.plugin],
+    )
+    strategy = build_strategy(entry, context, from_mapping(entry.args, strategy_args, f"strategy {name}"))
+    stream = benchmark.scenario.train_stream
+    strategy.train(stream[0], eval_streams=[])
+    first = clock.take_median()
+    strategy.train(stream[1], eval_streams=[])
+    second = clock.take_median()
+    strategy.eval(benchmark.scenario.test_stream[:1])  # warm-up of the eval path
+    _synchronize(clock.device)
+    tic = time.perf_counter()
+    strategy.eval(benchmark.scenario.test_stream)
+    _synchronize(clock.device)
+    return {
+        "strategy": f"{name} ({influence})" if influence else name,
+        "data_path": data_path,
+        "ms_per_iter_task1": first,
+        "ms_per_iter_task2": second,
+        "eval_s": time.perf_counter() - tic,
+    }
+
+
 def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     """Full training iterations and evaluation through the strategy template, per data path.
 
@@ -370,66 +440,17 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
     task 2 (with replay; MetaSP runs MetaSP steps there), and seconds to evaluate the whole
     test set once. Every iteration includes fetching its mini-batch.
     """
-    from clbench.backbones import CifarResNet18
-    from clbench.config import TrainingConfig, from_mapping
     from clbench.runner import resolve_device
-    from clbench.training.context import STRATEGIES, StrategyContext, build_strategy
 
     device = resolve_device(args.device)
     benchmark = _cifar_shaped(args)
-    rows: list[dict[str, Any]] = []
     variants = [
         (name, influence)
         for name in args.strategies
         for influence in (args.influences if name.startswith("metasp") else ("",))
     ]
-    for strategy_name, influence in variants:
-        for data_path in args.data_paths:
-            training = from_mapping(
-                TrainingConfig,
-                {
-                    "epochs": 1,
-                    "batch_size": args.batch_size,
-                    "replay_batch_size": args.replay_batch_size,
-                    "data_path": data_path,
-                    "precision": args.precision if data_path == "device" else "fp32",
-                    "channels_last": args.channels_last and data_path == "device",
-                },
-                "bench loop",
-            )
-            torch.manual_seed(args.seed)
-            model = CifarResNet18(3, 10, nf=args.nf).to(device)
-            clock = _IterationClock(device)
-            entry = STRATEGIES.get(strategy_name)
-            strategy_args: dict[str, Any] = {"meta_epochs": 1, "influence": influence} if influence else {}
-            context = StrategyContext.for_training(
-                model,
-                training,
-                benchmark=benchmark,
-                device=device,
-                seed=args.seed,
-                buffer_size=args.buffer_size,
-                plugins=[clock.plugin],
-            )
-            typed_args: Any = from_mapping(entry.args, strategy_args, f"strategy {strategy_name}")
-            strategy = build_strategy(entry, context, typed_args)
-            stream = benchmark.scenario.train_stream
-            strategy.train(stream[0], eval_streams=[])
-            first = clock.take_median()
-            strategy.train(stream[1], eval_streams=[])
-            second = clock.take_median()
-            strategy.eval(benchmark.scenario.test_stream[:1])  # warm-up of the eval path
-            _synchronize(clock.device)
-            tic = time.perf_counter()
-            strategy.eval(benchmark.scenario.test_stream)
-            _synchronize(clock.device)
-            rows.append(
-                {
-                    "strategy": f"{strategy_name} ({influence})" if influence else strategy_name,
-                    "data_path": data_path,
-                    "ms_per_iter_task1": first,
-                    "ms_per_iter_task2": second,
-                    "eval_s": time.perf_counter() - tic,
-                }
-            )
-    return rows
+    return [
+        _loop_row(args, benchmark, device, name, influence, data_path)
+        for name, influence in variants
+        for data_path in args.data_paths
+    ]

@@ -115,7 +115,7 @@ class MetaSPArgs:
                 f"valid choices with influence={self.influence}: 1"
             )
         entry = ESTIMATORS.get(self.influence)
-        typed = from_mapping(entry.args, raw, f"metasp influence_args (estimator {self.influence})")
+        typed: Any = from_mapping(entry.args, raw, f"metasp influence_args (estimator {self.influence})")
         object.__setattr__(self, "_estimator_args", typed)  # derived, not a field: the run id is unchanged
         if self.replay_forward == "separate" and self.fused_step != "graph":
             raise ConfigError(

@@ -356,3 +356,14 @@ def test_heatmaps_number_tasks_from_one_with_readable_annotations(results, monke
     assert [t.get_text() for t in axis.get_xticklabels()] == [str(k) for k in range(1, n + 1)]
     for text in axis.texts:  # dark text on the light (high) end of viridis
         assert (text.get_color() == "black") == (float(text.get_text()) >= 60)
+
+
+def test_a_protocol_without_the_reference_s_runs_names_it_instead_of_the_marks(results):
+    decayed = run_record("er", 500, 1231, 45.0)
+    decayed["config"]["training"]["weight_decay"] = 1e-4
+    decayed["run_id"] += "-wd"
+    write_json_atomic(results / "er_wd.json", decayed)
+    tables = build_report(results, reference="metasp_rehsel").tables
+    lone = next(t for t in tables if "weight decay" in t.protocol and t.setting == "class_il")
+    assert lone.notes[0] == "no t-tests: the reference strategy metasp_rehsel has no runs here"
+    assert not any(note.startswith("• reference") for note in lone.notes)
