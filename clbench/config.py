@@ -141,7 +141,7 @@ class TrainingConfig:
 
     Defaults follow the MetaSP paper's code base: plain SGD, lr 0.1, batch 32, replay
     mini-batch 32, 50 epochs per task; on clbench's fast path (device data path, bf16
-    autocast, channels-last), measured faster on CPU and GPU (README, "Speed").
+    autocast, channels-last), measured faster on CPU and GPU (docs/fast-path.md).
     """
 
     epochs: int = field(default=50, metadata=_help("training epochs per task"))

@@ -17,7 +17,7 @@ FP32_PASSES = {
     "hal": "anchor learning after each task and the anchors' stability gradient",
 }
 """Strategies some of whose passes run in fp32 on a bf16 run; every other strategy's passes
-are all low precision (GEM's memory passes since its revision 2). Listed in README, "The fast path"."""
+are all low precision (GEM's memory passes since its revision 2). Listed in docs/fast-path.md."""
 
 
 def _low_precision_flags(name):
