@@ -22,7 +22,14 @@ from clbench.errors import ResultsError
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "run_id", "config", "accuracy", "metrics", "evaluated_after_task")
 SETTINGS = ("class_il", "task_il")
-_OPTIONAL_IF_ABSENT = ("task_classes", "strategy_defaults", "started_at", "finished_at", "training_loss")
+_OPTIONAL_IF_ABSENT = (
+    "task_classes",
+    "strategy_defaults",
+    "started_at",
+    "finished_at",
+    "training_loss",
+    "buffer_purity",
+)
 """Keys that files of older versions may lack: a record read from such a file writes them back absent."""
 
 
@@ -43,6 +50,9 @@ class RunResult:
         extras: What the strategy's ``clbench_extras()`` returned.
         training_loss: Per task trained: its index, the mean and last training loss and a
             curve of up to 20 per-interval means (:mod:`clbench.loss_trace`).
+        buffer_purity: With label noise: per task, the examples the memory holds and the
+            share with a clean label (null for memories held as tensors;
+            :mod:`clbench.buffer_purity`); absent without label noise.
         strategy_defaults: The strategy's default arguments when it ran.
         started_at: ISO time the run started (UTC).
         finished_at: ISO time the run finished (UTC).
@@ -61,6 +71,7 @@ class RunResult:
     extras: dict[str, Any] = field(default_factory=dict)
     strategy_defaults: dict[str, Any] | None = None
     training_loss: list[dict[str, Any]] | None = None
+    buffer_purity: list[dict[str, Any]] | None = None
     started_at: str | None = None
     finished_at: str | None = None
     schema_version: int = SCHEMA_VERSION

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from clbench.backbones import BACKBONES
+from clbench.buffer_purity import BufferPurity
 from clbench.config import RunConfig, config_to_dict
 from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError
@@ -181,6 +182,7 @@ class _Run:
     collector: AccuracyCollector
     loggers: list[Any]
     loss_trace: LossTrace
+    purity: BufferPurity | None
 
 
 def _build(
@@ -204,6 +206,8 @@ def _build(
     model = backbone_entry.factory(run.backbone.args, benchmark.input_shape, benchmark.n_classes).to(device)
     collector = AccuracyCollector(benchmark.task_classes)
     loss_trace = LossTrace()
+    uses_buffer = bool(STRATEGIES.get(run.strategy.name).traits.get("uses_buffer", False))
+    purity = BufferPurity(benchmark.noisy_train) if benchmark.noisy_train is not None and uses_buffer else None
     logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
     training = run.trained_with
     context = StrategyContext.for_training(
@@ -213,9 +217,9 @@ def _build(
         device=device,
         seed=run.seed,
         buffer_size=run.buffer_size,
-        plugins=[collector, loss_trace],
+        plugins=[collector, loss_trace, *([purity] if purity else [])],
         evaluator=_make_evaluator(logger_objects),
-        uses_buffer=bool(STRATEGIES.get(run.strategy.name).traits.get("uses_buffer", False)),
+        uses_buffer=uses_buffer,
         strategy_name=run.strategy.name,
     )
     if training.lr_milestones:
@@ -228,7 +232,17 @@ def _build(
     entry = STRATEGIES.get(run.strategy.name)
     strategy = build_strategy(entry, context, run.strategy.args)
     jointly = bool(entry.traits.get("trains_jointly", False))
-    return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects, loss_trace)
+    return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects, loss_trace, purity)
+
+
+def _extras(strategy: Any) -> dict[str, Any]:
+    """What the strategy's and its plugins' ``clbench_extras()`` return, merged (the strategy's first)."""
+    extras: dict[str, Any] = {}
+    for owner in (strategy, *getattr(strategy, "plugins", [])):
+        extras_fn = getattr(owner, "clbench_extras", None)
+        if callable(extras_fn):
+            extras.update(extras_fn())
+    return extras
 
 
 def _evaluate(built: _Run, trace: _Trace, after_task: int, seen: list[int]) -> None:
@@ -302,7 +316,6 @@ def execute_run(
         close = getattr(logger, "close", None)
         if callable(close):
             close()
-    extras_fn = getattr(built.strategy, "clbench_extras", None)
     return RunResult(
         run_id=run.run_id,
         config=run.to_dict(),
@@ -313,8 +326,9 @@ def execute_run(
         train_seconds=trace.train_seconds,
         eval_seconds=trace.eval_seconds,
         environment=environment_info(built.device),
-        extras=extras_fn() if callable(extras_fn) else {},
+        extras=_extras(built.strategy),
         training_loss=built.loss_trace.tasks,
+        buffer_purity=built.purity.tasks if built.purity else None,
         strategy_defaults=config_to_dict(STRATEGIES.get(run.strategy.name).args()),
         started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

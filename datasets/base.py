@@ -8,6 +8,7 @@ Avalanche strategy runs on it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,8 @@ class Benchmark:
         n_classes: Total number of classes (the model's output size).
         input_shape: (C, H, W) of one input.
         class_names: Human names indexed by class id.
+        noisy_train: With ``label_noise``, which training examples (rows of the training
+            split) carry a corrupted label; None without label noise.
     """
 
     name: str
@@ -161,6 +164,7 @@ class Benchmark:
     n_classes: int
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
+    noisy_train: Any = None
 
     @property
     def n_tasks(self) -> int:
@@ -256,4 +260,13 @@ def load_benchmark(name: str, args: Any, context: DataContext) -> Benchmark:
     entry = BENCHMARKS.get(name)
     typed: Any = args if isinstance(args, entry.args) else from_mapping(entry.args, args, f"benchmark {name}")
     splits = entry.factory(typed, context)
-    return build_benchmark(name, splits, typed.n_tasks, typed.class_order, context.seed)
+    noise = getattr(typed, "label_noise", None)
+    if noise is None or noise.rate == 0:
+        return build_benchmark(name, splits, typed.n_tasks, typed.class_order, context.seed)
+    from clbench.datasets.label_noise import corrupt_labels
+
+    train = splits.train
+    labels, noisy = corrupt_labels(train.labels, len(train.class_names), noise, context.seed)
+    splits = dataclasses.replace(splits, train=dataclasses.replace(train, labels=labels))
+    benchmark = build_benchmark(name, splits, typed.n_tasks, typed.class_order, context.seed)
+    return dataclasses.replace(benchmark, noisy_train=noisy)

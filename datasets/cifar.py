@@ -7,6 +7,7 @@ from typing import Literal
 
 from clbench.config import OMIT_AT_DEFAULT
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageSplits, first_per_class
+from clbench.datasets.label_noise import NoisyLabelsArgs
 from clbench.datasets.sources import read_split_folder, read_torchvision_cifar
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -14,7 +15,7 @@ CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 
 
 @dataclass(frozen=True)
-class CifarArgs:
+class CifarArgs(NoisyLabelsArgs):
     """Arguments of the Split CIFAR benchmarks."""
 
     n_tasks: int = field(default=5, metadata={"help": "number of tasks; classes are split evenly"})

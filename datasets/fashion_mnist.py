@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits, first_per_class
+from clbench.datasets.label_noise import NoisyLabelsArgs
 from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
 
@@ -27,7 +28,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass(frozen=True)
-class FashionMnistArgs:
+class FashionMnistArgs(NoisyLabelsArgs):
     """Arguments of Split Fashion-MNIST."""
 
     n_tasks: int = field(default=5, metadata={"help": "number of tasks; classes are split evenly"})

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits
+from clbench.datasets.label_noise import NoisyLabelsArgs
 from clbench.datasets.sources import decode_files, list_image_folder, read_split_folder
 from clbench.errors import DataError
 
@@ -13,7 +14,7 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @dataclass(frozen=True)
-class MiniImageNetArgs:
+class MiniImageNetArgs(NoisyLabelsArgs):
     """Arguments of Split Mini-ImageNet.
 
     The folder is either split already (``path/train/<class>/*``, ``path/test/<class>/*``)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clbench.datasets.base import BENCHMARKS, ClassOrder, DataContext, ImageArrays, ImageSplits
+from clbench.datasets.label_noise import NoisyLabelsArgs
 
 
 @dataclass(frozen=True)
-class SyntheticArgs:
+class SyntheticArgs(NoisyLabelsArgs):
     """Arguments of the synthetic benchmark."""
 
     n_tasks: int = field(default=3, metadata={"help": "number of tasks; classes are split evenly"})

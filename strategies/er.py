@@ -13,6 +13,7 @@ from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
 from clbench.training.context import STRATEGIES, Recipe, StrategyContext
 from clbench.training.memory import DatasetMemory, ReplayMemory
+from clbench.training.purify import Purifier, PurifyArgs
 from clbench.training.tensor_buffer import StreamReservoir
 
 
@@ -38,9 +39,21 @@ class ERArgs:
             OMIT_AT_DEFAULT: True,
         },
     )
+    purify: PurifyArgs | None = field(
+        default=None,
+        metadata={
+            "help": "evict the memory's most harmful examples: {score: small_loss | <estimator>, every: 0 | n, "
+            "drop: f} (clbench.training.purify); memory_update after_task only",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
 
     def __post_init__(self) -> None:
-        """Raises: ConfigError: options that need another forward (checked with the grid, before any run)."""
+        """Raises: ConfigError: options that need another forward or memory (checked with the grid)."""
+        if self.purify is not None and self.memory_update != "after_task":
+            raise ConfigError(
+                "er: purify needs memory_update=after_task (a reservoir of the dataset); valid: after_task"
+            )
         if self.memory_update == "every_batch" and self.replay_forward != "separate":
             raise ConfigError("er: memory_update=every_batch needs replay_forward=separate; valid choices: separate")
         if self.replay_forward == "separate" and self.task_balanced:
@@ -53,6 +66,13 @@ class Reservoir(DatasetMemory, ReservoirSamplingBuffer):  # type: ignore[misc]
     0.6.0's ``ReplayPlugin`` still calls the deprecated ``update``; :class:`DatasetMemory`'s is its body
     without the wrapper, which warned three times a run.
     """
+
+    def evict(self, positions: list[int]) -> None:
+        """Remove the examples at ``positions``; the next update refills their slots (the purifier's eviction)."""
+        dropped = set(positions)
+        keep = [p for p in range(len(self.buffer)) if p not in dropped]
+        self.buffer = self.buffer.subset(keep)
+        self._buffer_weights = self._buffer_weights[keep]  # still sorted: a subset in order
 
 
 class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
@@ -116,9 +136,10 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
     from avalanche.training.supervised import Naive
 
     storage = Reservoir(ctx.buffer_size)
+    purifier = [Purifier(storage, args.purify)] if args.purify else []  # after the plugin that updates it
     if args.replay_forward == "separate":
         memory = StreamReservoir(ctx.buffer_size) if args.memory_update == "every_batch" else storage
-        return ctx.recipe(Naive, SeparateForwardReplay(memory, ctx.training.replay_batch_size))
+        return ctx.recipe(Naive, SeparateForwardReplay(memory, ctx.training.replay_batch_size), *purifier)
     replay = ReplayPlugin(
         mem_size=ctx.buffer_size,
         batch_size=ctx.training.batch_size,
@@ -126,4 +147,4 @@ def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
         task_balanced_dataloader=args.task_balanced,
         storage_policy=storage,
     )
-    return ctx.recipe(Naive, replay)
+    return ctx.recipe(Naive, replay, *purifier)

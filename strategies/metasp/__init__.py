@@ -43,6 +43,7 @@ from clbench.influence.lastlayer import classifier_influence, classifier_of
 from clbench.influence.meta import one_step_meta_influence
 from clbench.strategies.metasp.buffer import FeatureKind, InfluenceLedger, InfluenceWindow, MetaSPBuffer
 from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.purify import Purifier, PurifyArgs
 from clbench.training.step_template import StepTemplate
 
 
@@ -83,6 +84,14 @@ class MetaSPArgs:
             "help": "joint: B_new and B_old in one forward, one weighted mean (the paper's code); separate: "
             "forwarded apart, the sum of the two weighted means, the pseudo step on the sum of the two mean "
             "losses (the online replay literature's ER; influence: meta with one pseudo step only)",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
+    purify: PurifyArgs | None = field(
+        default=None,
+        metadata={
+            "help": "evict the buffer's most harmful examples after each task (or every n iterations): "
+            "{score: small_loss | <estimator>, every: 0 | n, drop: f} (clbench.training.purify)",
             OMIT_AT_DEFAULT: True,
         },
     )
@@ -478,8 +487,10 @@ def _build(
     storage = MetaSPBuffer(
         ctx.buffer_size, selection, ledger, seed=ctx.seed, features=features, influence_window=window
     )
+    purifier = [Purifier(storage, args.purify)] if args.purify else []  # after the buffer's update
     return ctx.recipe(
         MetaSP,
+        *purifier,
         args=args,
         storage=storage,
         ledger=ledger,

@@ -249,6 +249,7 @@ class MetaSPBuffer(DatasetMemory, ExemplarsBuffer):  # type: ignore[misc]
         self.keys: list[Key] = []
         self.labels: list[int] = []
         self._datasets: dict[int, Any] = {}
+        self._evicted = 0  # slots freed by a purifier since the last update, given to the next task
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -258,6 +259,12 @@ class MetaSPBuffer(DatasetMemory, ExemplarsBuffer):  # type: ignore[misc]
         self.max_size = new_size
         if len(self.keys) > new_size:
             self._rebuild(self._keep_old(new_size))
+
+    def evict(self, positions: list[int]) -> None:
+        """Remove the examples at ``positions`` (buffer order); the next update adds as many new ones."""
+        dropped = set(positions)
+        self._rebuild([key for p, key in enumerate(self.keys) if p not in dropped])
+        self._evicted += len(dropped)
 
     def _features(
         self, task: int, indices: npt.NDArray[np.int64], model: torch.nn.Module | None
@@ -322,7 +329,8 @@ class MetaSPBuffer(DatasetMemory, ExemplarsBuffer):  # type: ignore[misc]
         task = int(exp.current_experience)
         dataset = exp.dataset
         self._datasets[task] = dataset
-        new_slots = self.max_size // (task + 1)
+        new_slots = self.max_size // (task + 1) + self._evicted
+        self._evicted = 0
         new_labels = [int(y) for y in dataset.targets]
         available_new: dict[int, int] = {}
         for label in new_labels:

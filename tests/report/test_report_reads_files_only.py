@@ -14,14 +14,18 @@ RUNS = Path(__file__).resolve().parents[2] / "results" / "online_cifar10" / "run
 
 
 def _copy_runs(folder: Path, pattern: str, replay_forward: str | None = None) -> list[Path]:
-    """Copy committed runs; ``replay_forward`` keeps only ER runs with that forward (and MIR's memory update)."""
+    """Copy committed bf16 runs; ``replay_forward`` keeps only ER runs with that forward (and MIR's memory update)."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = sorted(RUNS.glob(pattern))
+    paths = [p for p in sorted(RUNS.glob(pattern)) if _precision(p) == "bf16"]
     if replay_forward is not None:
         wanted = {"replay_forward": replay_forward, "memory_update": "after_task"}
         defaults = {"replay_forward": "joint", "memory_update": "after_task"}
         paths = [p for p in paths if _er_args(p, defaults) == wanted]
     return [Path(shutil.copy(p, folder)) for p in paths]
+
+
+def _precision(path: Path) -> str:
+    return str(json.loads(path.read_text())["config"]["training"].get("precision"))
 
 
 def _er_args(path: Path, defaults: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""How clean a replay buffer is, per task, when the benchmark's training labels are noisy.
+
+With ``label_noise`` the benchmark knows which training examples carry a corrupted label
+(:attr:`clbench.datasets.base.Benchmark.noisy_train`). After each task (once the strategy
+and its plugins have updated their memories) :class:`BufferPurity` finds the memories that
+hold examples of the training split as an Avalanche dataset (ER's reservoir, the
+class-balanced buffers of MIR and GDumb, MetaSP's buffer, ...), resolves them to their rows
+and records the share of clean labels. Memories held as tensors (the per-batch stream
+reservoirs of DER, ER-ACE, SCR; GMED's and HAL's) cannot be traced to their rows: their
+purity is recorded as null.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from avalanche.core import SupervisedPlugin
+
+from clbench.data_path import resolve_rows
+from clbench.errors import DataError
+
+
+def _memories(strategy: Any) -> list[Any]:
+    """One memory per owner (the strategy, each plugin): its ``memory``, else ``storage``, else ``storage_policy``.
+
+    The first name wins because a plugin may hold its Avalanche storage policy and a
+    :class:`~clbench.training.memory.ReplayMemory` wrapping the same examples (MIR).
+    """
+    found = []
+    for owner in (strategy, *getattr(strategy, "plugins", [])):
+        memory = next(
+            (m for m in (getattr(owner, n, None) for n in ("memory", "storage", "storage_policy")) if m is not None),
+            None,
+        )
+        if memory is not None and all(memory is not seen for seen in found):  # a purifier shares its memory
+            found.append(memory)
+    return found
+
+
+def held_rows(strategy: Any) -> npt.NDArray[np.int64] | None:
+    """Rows of the training split that the strategy's memories hold; None if none is traceable to its rows."""
+    rows = []
+    for memory in _memories(strategy):
+        dataset = getattr(memory, "buffer", None)
+        if dataset is None or not hasattr(dataset, "__len__"):
+            continue
+        if len(dataset) == 0:
+            rows.append(np.zeros(0, dtype=np.int64))
+            continue
+        try:
+            rows.append(resolve_rows(dataset)[1])
+        except DataError:  # a memory of tensors: its examples cannot be traced to their rows
+            return None
+    return np.concatenate(rows) if rows else None
+
+
+class BufferPurity(SupervisedPlugin):  # type: ignore[misc]
+    """Records, after each task, how many examples the memory holds and the share with a clean label."""
+
+    def __init__(self, noisy: npt.NDArray[np.bool_]) -> None:
+        """Track purity against ``noisy`` (one flag per row of the training split)."""
+        super().__init__()
+        self.noisy = noisy
+        self.tasks: list[dict[str, Any]] = []
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Count the memory's clean labels now that every memory update of the task has run."""
+        rows = held_rows(strategy)
+        task = int(strategy.experience.current_experience)
+        if rows is None:
+            self.tasks.append({"task": task, "held": None, "purity": None})
+            return
+        purity = float(1.0 - self.noisy[rows].mean()) if len(rows) else None
+        self.tasks.append({"task": task, "held": len(rows), "purity": purity})
