@@ -3,7 +3,7 @@
 ``purify: {score: small_loss | <estimator>, every: 0 | n, drop: f}`` is an argument of the
 replay strategies that support it (ER, MetaSP, MetaSP+RehSel). After each task (``every:
 0``, the default) or every ``n`` training iterations, :class:`Purifier` scores every example
-the memory holds and evicts the ``drop`` share with the highest harm; the freed slots are
+the memory holds and evicts, in every class, the ``drop`` share with the highest harm; the freed slots are
 filled again by the memory's next update (the reservoir takes new examples into them;
 MetaSP's buffer adds that many more examples of the next task).
 
@@ -170,25 +170,36 @@ class Purifier(SupervisedPlugin):  # type: ignore[misc]
         """Purify once the task's memory update has run."""
         self.purify(strategy)
 
-    def harm(self, strategy: Any) -> torch.Tensor:
-        """The harm score of every held example (higher = evicted first)."""
+    def harm(self, strategy: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The harm score of every held example (higher = evicted first) and its given label."""
         x, y = held_examples(strategy, self.memory)
         if self.estimator is None:
-            return small_loss_harm(strategy.model, x, y)
+            return small_loss_harm(strategy.model, x, y), y
         lr = float(strategy.optimizer.param_groups[0]["lr"])
-        return cross_fold_harm(self.estimator, strategy.model, x, y, lr)
+        return cross_fold_harm(self.estimator, strategy.model, x, y, lr), y
 
     def purify(self, strategy: Any) -> None:
-        """Evict the ``drop`` share of the held examples with the highest harm."""
+        """Evict, in every class (by given label), the ``drop`` share of its held examples with the highest harm.
+
+        Per class, because a harm score also grows with forgetting: ranked over the whole
+        memory, the small loss would evict the oldest tasks' examples first.
+        """
         held = len(self.memory)
-        count = int(self.args.drop * held)
-        if count == 0 or held < 2:
+        if held < 2:
             return
         tic = time.perf_counter()
-        worst = torch.topk(self.harm(strategy), count).indices
-        self.memory.evict(sorted(int(p) for p in worst))
+        harm, labels = self.harm(strategy)
+        worst: list[int] = []
+        for label in labels.unique():
+            members = torch.nonzero(labels == label).flatten()
+            count = int(self.args.drop * len(members))
+            if count:
+                worst += members[torch.topk(harm[members], count).indices].tolist()
+        if not worst:
+            return
+        self.memory.evict(sorted(worst))
         task = int(strategy.experience.current_experience)
-        self.log.append({"task": task, "held": held, "evicted": count, "seconds": time.perf_counter() - tic})
+        self.log.append({"task": task, "held": held, "evicted": len(worst), "seconds": time.perf_counter() - tic})
 
     def clbench_extras(self) -> dict[str, Any]:
         """The purification log, for the run's ``extras``."""

@@ -96,12 +96,12 @@ def _strategy(model: nn.Module, memory: _ListMemory) -> SimpleNamespace:
 def test_each_score_evicts_the_flipped_labels_of_a_separable_problem(score):
     model, x, y, flipped = _separable()
     memory = _ListMemory(x, y)
-    purifier = Purifier(memory, PurifyArgs(score=score, drop=0.075))  # 3 of 40
+    purifier = Purifier(memory, PurifyArgs(score=score, drop=0.075))
     torch.manual_seed(0)
-    harm = purifier.harm(_strategy(model, memory))
+    harm, _ = purifier.harm(_strategy(model, memory))
     assert set(torch.topk(harm, 3).indices.tolist()) == flipped
-    purifier.purify(_strategy(model, memory))
-    assert len(memory) == 37 and purifier.log[0] | {"seconds": 0} == {"task": 1, "held": 40, "evicted": 3, "seconds": 0}
+    purifier.purify(_strategy(model, memory))  # 40 x 0.075 overall, but 20 x 0.075 = 1 a class
+    assert len(memory) == 38 and purifier.log[0] | {"seconds": 0} == {"task": 1, "held": 40, "evicted": 2, "seconds": 0}
 
 
 def test_small_loss_is_the_per_example_loss_and_leaves_the_model_s_mode():
@@ -169,5 +169,17 @@ def test_a_purifying_run_logs_each_purification_and_a_cleaner_memory(tmp_path):
     )
     assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     (result,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
-    assert [(e["task"], e["held"], e["evicted"]) for e in result["extras"]["purify"]] == [(t, 24, 6) for t in range(3)]
-    assert [t["held"] for t in result["buffer_purity"]] == [18, 18, 18]
+    log = result["extras"]["purify"]
+    assert [(e["task"], e["held"]) for e in log] == [(t, 24) for t in range(3)] and all(e["evicted"] for e in log)
+    assert [t["held"] for t in result["buffer_purity"]] == [24 - e["evicted"] for e in log]
+
+
+def test_eviction_is_per_class_so_a_forgotten_class_is_not_emptied():
+    model = _LinearNet()
+    with torch.no_grad():  # predicts class 1 everywhere: every class-0 example has a larger loss
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([-3.0, 3.0]))
+    x, y = torch.randn(20, 2), torch.arange(20) % 2
+    memory = _ListMemory(x, y)
+    Purifier(memory, PurifyArgs(drop=0.5)).purify(_strategy(model, memory))
+    assert sorted(int(label) for _, label in memory.buffer) == [0] * 5 + [1] * 5
