@@ -15,8 +15,8 @@ import pandas as pd
 from clbench.errors import ClbenchError
 from clbench.report.collect import Collection, collect
 from clbench.report.published import PublishedTable, compare_published, load_published, published_markdown
-from clbench.report.stats import aggregate, cost, paired_tests
-from clbench.report.tables import Table, build_tables, cost_markdown, to_latex, to_markdown
+from clbench.report.stats import aggregate, cost, paired_tests, purity
+from clbench.report.tables import Table, build_tables, cost_markdown, purity_markdown, to_latex, to_markdown
 
 FORMATS = ("md", "tex", "csv")
 DEFAULT_REFERENCES = ("metasp_rehsel", "metasp")
@@ -105,6 +105,9 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
         sections = [to_markdown(t) for t in report.tables]
         if not report.cost.empty and report.collection is not None:
             sections.append(cost_markdown(report.cost, report.collection.protocols))
+        purities = purity(report.collection.runs) if report.collection is not None else pd.DataFrame()
+        if not purities.empty and report.collection is not None:
+            sections.append(purity_markdown(purities, report.collection.protocols))
         if report.published_table is not None and report.collection is not None:
             sections.append(published_markdown(report.published, report.published_table, report.collection.protocols))
         path.write_text("\n".join(sections))
@@ -121,6 +124,9 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
             ("ttests", report.tests),
             ("cost", report.cost),
         ]
+        purities = purity(report.collection.runs) if report.collection is not None else pd.DataFrame()
+        if not purities.empty:
+            frames.append(("purity", purities))
         if report.published_table is not None:
             frames.append(("published", report.published))
         for name, frame in frames:

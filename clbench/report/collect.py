@@ -193,6 +193,7 @@ def _rows(
         "extras": run.extras,
         "train_seconds": float(sum(run.train_seconds)),
         "eval_seconds": float(sum(run.eval_seconds)),
+        "buffer_purity": [t["purity"] for t in run.buffer_purity] if run.buffer_purity else None,
     }
     metric_rows = [
         {**base, "setting": setting, "metric": metric, "value": float(value)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import pandas as pd
 from scipy import stats
@@ -35,6 +36,27 @@ def cost(runs: pd.DataFrame) -> pd.DataFrame:
         train_max=("train_seconds", "max"),
         eval_median=("eval_seconds", "median"),
     ).reset_index()
+
+
+def purity(runs: pd.DataFrame) -> pd.DataFrame:
+    """The memory's share of clean labels after each task (runs with label noise), by protocol, strategy, M.
+
+    Columns ``after_task_<k>``: "mean±std" in percent over the seeds that recorded it
+    ("–" where the memory is held as tensors and cannot be traced to its examples).
+    """
+    if "buffer_purity" not in runs or runs["buffer_purity"].isna().all():
+        return pd.DataFrame()
+    rows = []
+    keys = ["protocol", "benchmark", "strategy", "buffer_size"]
+    for key, group in runs[runs["buffer_purity"].notna()].groupby(keys, sort=True):
+        curves = list(group["buffer_purity"])
+        row: dict[str, Any] = dict(zip(keys, key, strict=True)) | {"runs": len(curves)}
+        for task in range(max(len(c) for c in curves)):
+            values = [100 * c[task] for c in curves if task < len(c) and c[task] is not None]
+            spread = f"±{pd.Series(values).std():.1f}" if len(values) > 1 else ""
+            row[f"after_task_{task}"] = f"{sum(values) / len(values):.1f}{spread}" if values else "–"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:

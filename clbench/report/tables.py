@@ -255,3 +255,14 @@ def cost_markdown(cost: pd.DataFrame, protocols: dict[str, str]) -> str:
         parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
         parts += [cost_rows_markdown(rows), ""]
     return "\n".join(parts)
+
+
+def purity_markdown(purity: pd.DataFrame, protocols: dict[str, str]) -> str:
+    """The buffer-purity section of ``report.md``: one table per protocol, clean labels after each task."""
+    parts = ["## Buffer purity (% clean labels in the memory after each task: mean±std over seeds)", ""]
+    for pid, rows in purity.groupby("protocol", sort=True):
+        parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
+        shown = rows.drop(columns=["protocol", "benchmark"]).rename(columns={"buffer_size": "M"})
+        shown = shown.rename(columns=lambda c: c.replace("after_task_", "task ") if c.startswith("after_task_") else c)
+        parts += [shown.to_markdown(index=False), ""]
+    return "\n".join(parts)

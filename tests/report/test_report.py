@@ -367,3 +367,23 @@ def test_a_protocol_without_the_reference_s_runs_names_it_instead_of_the_marks(r
     lone = next(t for t in tables if "weight decay" in t.protocol and t.setting == "class_il")
     assert lone.notes[0] == "no t-tests: the reference strategy metasp_rehsel has no runs here"
     assert not any(note.startswith("• reference") for note in lone.notes)
+
+
+def test_buffer_purity_gets_its_section_and_csv(tmp_path):
+    from clbench.report import write_report
+
+    folder = tmp_path / "runs"
+    for seed, purities in ((1231, [0.6, 0.8]), (1232, [0.8, 0.6])):
+        record = run_record("er", 500, seed, 40.0)
+        record["buffer_purity"] = [{"task": t, "held": 500, "purity": p} for t, p in enumerate(purities)]
+        write_json_atomic(folder / f"er{seed}.json", record)
+        tensors = run_record("der", 500, seed, 41.0)
+        tensors["buffer_purity"] = [{"task": t, "held": None, "purity": None} for t in range(2)]
+        write_json_atomic(folder / f"der{seed}.json", tensors)
+    write_report(build_report(folder, reference="er"), tmp_path / "r", formats=("md", "csv"), figures=False)
+    text = (tmp_path / "r" / "report.md").read_text().split("## Buffer purity")[1]
+    er_line = next(line for line in text.splitlines() if line.startswith("| er "))
+    assert "70.0±14.1" in er_line
+    der_line = next(line for line in text.splitlines() if line.startswith("| der "))
+    assert der_line.count("–") == 2
+    assert (tmp_path / "r" / "purity.csv").is_file()
