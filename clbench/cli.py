@@ -80,6 +80,12 @@ def _add_influence_studies(commands: Commands) -> None:
     fidelity.add_argument("config", help="fidelity YAML (see experiments/influence/fidelity.yaml)")
     _add_overrides(fidelity)
     fidelity.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
+    debug = commands.add_parser(
+        "influence-debug", help="HYDRA's data debugging: remove the most harmful noisy labels, retrain, test"
+    )
+    debug.add_argument("config", help="YAML (see experiments/influence/fmnist_debugging.yaml)")
+    _add_overrides(debug)
+    debug.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
     agreement = commands.add_parser(
         "influence-agreement", help="meta_lastlayer vs exact meta influence at the checkpoints of a MetaSP run"
     )
@@ -266,6 +272,18 @@ def _cmd_influence_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_influence_debug(ns: argparse.Namespace) -> int:
+    from clbench.studies.data_debugging import load_debug_config, run_debugging, to_markdown, write_debugging
+
+    config = load_debug_config(ns.config, ns.overrides)
+    result = run_debugging(config)
+    out = Path(ns.out) if ns.out else Path("runs") / "influence" / config.name
+    write_debugging(result, out)
+    print(to_markdown(result))
+    print(f"written to {out}")
+    return 0
+
+
 def _cmd_compare(ns: argparse.Namespace) -> int:
     from clbench.report.compare import compare_setting
 
@@ -383,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_report(ns)
         if ns.command == "influence-bench":
             return _cmd_influence_bench(ns)
+        if ns.command == "influence-debug":
+            return _cmd_influence_debug(ns)
         if ns.command == "compare":
             return _cmd_compare(ns)
         if ns.command == "influence-agreement":

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -142,6 +144,69 @@ def trajectory_influence_autograd(
         (d_eps,) = torch.autograd.grad(test_loss, eps)
     del start_params
     return d_eps.detach()
+
+
+def impulse_response(steps: int, lr: float, momentum: float, weight_decay: float) -> torch.Tensor:
+    """h[k]: d theta after k updates of a unit source injected into the momentum (fast recurrence).
+
+    Without the Hessian term the recurrence is the same scalar linear system in every
+    coordinate, so a source s at update t reaches theta_T as h[T - t] s (h[1] = -lr).
+    """
+    h = torch.zeros(steps + 1, dtype=torch.float64)
+    d_momentum, d_theta = 1.0, -lr
+    for k in range(1, steps + 1):
+        if k > 1:
+            d_momentum = momentum * d_momentum + weight_decay * d_theta
+            d_theta = d_theta - lr * d_momentum
+        h[k] = d_theta
+    return h
+
+
+def _replay(
+    model: nn.Module, train: Batch, lr: float, args: HydraArgs, visit: Callable[[int, Params, torch.Tensor], None]
+) -> tuple[Params, int]:
+    """The SGD run :func:`train_with_hypergradients` follows, calling ``visit(t, theta_t, batch)`` before update t."""
+    loss_vec = per_example_loss_fn(model)
+    x, y = train
+    generator = torch.Generator().manual_seed(args.seed)
+    params = trainable_params(model)
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+    step = 0
+    for _ in range(args.epochs):
+        order = torch.randperm(y.shape[0], generator=generator).to(y.device)
+        for start in range(0, y.shape[0], args.batch_size):
+            index = order[start : start + args.batch_size]
+            visit(step, params, index)
+            g = grad(lambda p, index=index: loss_vec(p, x[index], y[index]).mean())(params)
+            velocity = {k: args.momentum * velocity[k] + g[k] + args.weight_decay * params[k] for k in params}
+            params = {k: params[k] - lr * velocity[k] for k in params}
+            step += 1
+    return params, step
+
+
+def fast_trajectory_influence(model: nn.Module, train: Batch, lr: float, args: HydraArgs, measurement: Batch) -> Any:
+    """HYDRA's fast influence (no Hessian term) in O(N + P) memory: two passes over the same run.
+
+    Equals ``trajectory_influence(model, train_with_hypergradients(...), measurement)`` with
+    ``hessian_aware=False`` (tested), without the N tangents of the parameters' size: the
+    first pass finds theta_T and the measurement gradient g there, the second replays the
+    run and adds, at each update t, h[T - t] / |B_t| times every batch example's directional
+    derivative of its loss along g (one JVP a step; :func:`impulse_response`).
+    """
+    loss_vec = per_example_loss_fn(model)
+    x, y = train
+    with batchnorm_stats_frozen(model):
+        final, steps = _replay(model, train, lr, args, lambda t, p, index: None)
+        g = grad(lambda p: loss_vec(p, *measurement).mean())(final)
+        h = impulse_response(steps, lr, args.momentum, args.weight_decay)
+        influence = torch.zeros(y.shape[0], dtype=x.dtype, device=y.device)
+
+        def accumulate(t: int, params: Params, index: torch.Tensor) -> None:
+            _, directional = jvp(lambda p: loss_vec(p, x[index], y[index]), (params,), (g,))
+            influence.index_add_(0, index, directional.detach() * float(h[steps - t]) / len(index))
+
+        _replay(model, train, lr, args, accumulate)
+    return influence
 
 
 class HydraEstimator(Estimator):

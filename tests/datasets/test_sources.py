@@ -12,6 +12,7 @@ from clbench.datasets.base import DataContext, load_benchmark
 from clbench.datasets.cifar import CIFAR10_CLASSES, CIFAR10_STATS
 from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
+from idx_files import write_idx
 
 CLASSES = list(CIFAR10_CLASSES)
 
@@ -117,23 +118,13 @@ def test_miniimagenet_too_few_images_a_class(tmp_path):
         load_benchmark("split_miniimagenet", {"n_tasks": 1}, DataContext(tmp_path, 1))
 
 
-def _write_idx(path, array, compress=True):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(str(path) + ".gz", "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
 def _fashion_fixture(folder, per_class=3):
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", per_class), ("t10k", 1)):
         labels = np.repeat(np.arange(10), n)
         images = np.stack([np.full((28, 28), 20 * label, np.uint8) for label in labels])
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
 
 
 def test_fashion_mnist_reads_idx_files(tmp_path):
@@ -147,7 +138,7 @@ def test_fashion_mnist_reads_idx_files(tmp_path):
 
 def test_idx_reader_round_trip_and_corruption(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    _write_idx(tmp_path / "plain", array, compress=False)
+    write_idx(tmp_path / "plain", array, compress=False)
     assert np.array_equal(read_idx(tmp_path / "plain"), array)
     truncated = tmp_path / "trunc"
     truncated.write_bytes((tmp_path / "plain").read_bytes()[:-3])

@@ -54,3 +54,22 @@ def test_estimator_does_not_train_the_model_and_contribution_sign():
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
     torch.testing.assert_close(hydra_contribution(influence), -influence / 12)
+
+
+def test_two_pass_fast_influence_equals_the_fast_recurrence():
+    from clbench.influence.hydra import fast_trajectory_influence
+
+    model, train, test = _problem()
+    fast = HydraArgs(hessian_aware=False, epochs=3, batch_size=5, momentum=0.9, weight_decay=0.01)
+    want = trajectory_influence(model, train_with_hypergradients(model, train, 0.2, fast), test)
+    got = fast_trajectory_influence(model, train, 0.2, fast, test)
+    assert want.abs().max() > 1e-4
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_impulse_response_of_plain_sgd_is_minus_lr_forever():
+    from clbench.influence.hydra import impulse_response
+
+    assert impulse_response(4, 0.1, 0.0, 0.0)[1:].tolist() == pytest.approx([-0.1] * 4)
+    decayed = impulse_response(3, 0.1, 0.0, 0.5)  # each step shrinks theta by lr * wd
+    assert decayed[1:].tolist() == pytest.approx([-0.1, -0.1 * 0.95, -0.1 * 0.95**2])

@@ -1,0 +1,239 @@
+"""HYDRA's data debugging (Chen et al., AAAI 2021, Table 3 / appendix Table 4), at a size a CPU affords.
+
+r % of the training labels are permuted (HYDRA's setting; :mod:`clbench.datasets.label_noise`).
+A LeNet-5 (ReLU) is trained on the noisy set with SGD while HYDRA's fast hypergradients (no
+Hessian term; :func:`clbench.influence.hydra.fast_trajectory_influence`, two passes over the
+run instead of one parameter-sized tangent per example) follow every training example; each
+criterion then scores every training example's harm to the loss of a clean validation set
+(positive = removing it should help), the r % most harmful are removed, the network is
+retrained from the same initialisation on the rest, and its test accuracy is reported, with
+the share of the removed examples that were mislabelled.
+
+Criteria: ``none`` (no filtering), ``hydra_fast`` (the trajectory influence), ``cg``
+(influence functions at the end of training, (H + damping I)^-1 by conjugate gradients),
+``identity`` (gradient alignment at the end), ``small_loss`` (the loss at the end, the
+noisy-label literature's criterion).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clbench.config import config_to_dict, from_mapping, load_yaml
+
+PUBLISHED = {
+    # HYDRA Table 3 (80 %) and appendix Table 4 (50 %), Fashion-MNIST, LeNet-5, final test accuracy (%).
+    0.8: {"none": 78.52, "cg": 63.20, "hydra_fast": 86.72},
+    0.5: {"none": 87.44, "cg": 76.70, "hydra_fast": 87.28},
+}
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """One data-debugging experiment (HYDRA's settings where they fit; sizes scaled for a CPU)."""
+
+    name: str = field(default="fmnist_debugging", metadata={"help": "output folder name"})
+    data_path: str = field(default="/usr/share/datasets/fashion-mnist", metadata={"help": "Fashion-MNIST IDX files"})
+    n_train: int = field(default=2000, metadata={"help": "training examples (balanced; HYDRA: 50,000)"})
+    n_val: int = field(default=1000, metadata={"help": "clean validation examples (HYDRA: 10,000)"})
+    n_test: int = field(default=10000, metadata={"help": "test examples"})
+    noise_rate: float = field(default=0.8, metadata={"help": "share of permuted training labels, removed again"})
+    epochs: int = field(default=20, metadata={"help": "training epochs (HYDRA: 20)"})
+    batch_size: int = field(default=64, metadata={"help": "mini-batch (HYDRA: 64)"})
+    lr: float = field(default=0.01, metadata={"help": "constant learning rate (HYDRA: 0.01, halved on plateaus)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (HYDRA: 0.9)"})
+    weight_decay: float = field(default=2e-5, metadata={"help": "SGD weight decay (HYDRA: 2e-5)"})
+    cg_damping: float = field(default=0.01, metadata={"help": "damping of the influence functions' (H + dI)^-1"})
+    cg_iterations: int = field(default=30, metadata={"help": "conjugate-gradient iterations at most"})
+    criteria: tuple[str, ...] = field(
+        default=("none", "hydra_fast", "cg", "identity", "small_loss"), metadata={"help": "what decides the removal"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the subset, the noise, the init and the batch order"})
+
+
+def lenet5() -> nn.Module:
+    """LeNet-5 with ReLU (61,706 parameters on 28 x 28 inputs)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )  # fmt: skip
+
+
+def _balanced(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    per_class = count // 10
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
+
+
+def load_splits(config: DebugConfig) -> dict[str, Any]:
+    """Balanced train and validation subsets of the training file, the first test images, the noisy labels."""
+    from clbench.datasets.fashion_mnist import read_idx_pair
+    from clbench.datasets.label_noise import LabelNoise, corrupt_labels
+
+    def tensors(arrays: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(arrays.images[rows]).float().permute(0, 3, 1, 2) / 255.0
+        return (x - 0.2860) / 0.3530, torch.from_numpy(arrays.labels[rows])
+
+    pool, test = read_idx_pair(config.data_path, "train"), read_idx_pair(config.data_path, "t10k")
+    rng = np.random.default_rng(config.seed)
+    chosen = _balanced(pool.labels, config.n_train + config.n_val, rng)
+    rng.shuffle(chosen)
+    train_rows, val_rows = chosen[: config.n_train], chosen[config.n_train :]
+    x, clean = tensors(pool, train_rows)
+    noisy, mask = corrupt_labels(clean.numpy(), 10, LabelNoise("permute", config.noise_rate), config.seed)
+    return {
+        "train": (x, torch.from_numpy(noisy)),
+        "noisy": torch.from_numpy(mask),
+        "val": tensors(pool, val_rows),
+        "test": tensors(test, np.arange(config.n_test)),
+    }
+
+
+def train_plainly(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], config: DebugConfig) -> nn.Module:
+    """SGD as the tracked run trains (same batch order rule), on ``train``."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    x, y = train
+    for _ in range(config.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), config.batch_size):
+            index = order[start : start + config.batch_size]
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    return model
+
+
+def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Test accuracy in percent."""
+    with torch.no_grad():
+        predicted = torch.cat([model(xs).argmax(1) for xs in data[0].split(1000)])
+    return float(100 * (predicted == data[1]).float().mean())
+
+
+def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -> dict[str, tuple[Any, float]]:
+    """Each criterion's harm of every training example (positive = remove first) and its seconds.
+
+    ``model`` holds the initial weights; it is trained on the noisy set along the way (HYDRA
+    follows that run from the start, the other criteria score at its end).
+    """
+    from clbench.influence.estimators import make_estimator
+    from clbench.influence.hydra import HydraArgs, fast_trajectory_influence
+
+    train, val = splits["train"], splits["val"]
+    scores: dict[str, tuple[Any, float]] = {}
+    if "hydra_fast" in config.criteria:
+        tic = time.perf_counter()
+        hydra = HydraArgs(
+            hessian_aware=False,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+        )
+        scores["hydra_fast"] = (
+            fast_trajectory_influence(model, train, config.lr, hydra, val),
+            time.perf_counter() - tic,
+        )
+    train_plainly(model, train, config)
+    estimators = (("cg", {"damping": config.cg_damping, "max_iter": config.cg_iterations}), ("identity", {}))
+    for name, options in estimators:
+        if name in config.criteria:
+            tic = time.perf_counter()
+            result = make_estimator(name, options)(model, train, [val], config.lr)
+            scores[name] = (result.influence[0], time.perf_counter() - tic)
+    tic = time.perf_counter()
+    with torch.no_grad():
+        scores["small_loss"] = (F.cross_entropy(model(train[0]), train[1], reduction="none"), time.perf_counter() - tic)
+    return scores
+
+
+def run_debugging(config: DebugConfig) -> dict[str, Any]:
+    """Train on noisy labels, score, remove the r % most harmful by each criterion, retrain, test."""
+    splits = load_splits(config)
+    torch.manual_seed(config.seed)
+    model = lenet5()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = harm_scores(config, model, splits)
+    noisy_model_accuracy = accuracy(model, splits["test"])
+    n, removed = len(splits["train"][1]), round(config.noise_rate * len(splits["train"][1]))
+    rows = []
+    for criterion in config.criteria:
+        keep = torch.arange(n)
+        precision, seconds = None, 0.0
+        if criterion != "none":
+            harm, seconds = scores[criterion]
+            dropped = torch.topk(harm.detach().float(), removed).indices
+            precision = float(100 * splits["noisy"][dropped].float().mean())
+            keep = torch.from_numpy(np.setdiff1d(np.arange(n), dropped.numpy()))
+        retrained = lenet5()
+        retrained.load_state_dict(initial)
+        train_plainly(retrained, (splits["train"][0][keep], splits["train"][1][keep]), config)
+        published = PUBLISHED.get(config.noise_rate, {}).get(criterion)
+        rows.append(
+            {
+                "criterion": criterion,
+                "removed_noisy_pct": precision,
+                "test_accuracy": accuracy(retrained, splits["test"]),
+                "published": published,
+                "score_seconds": seconds,
+            }
+        )
+    return {
+        "config": config_to_dict(config),
+        "noisy_share": float(splits["noisy"].float().mean()),
+        "tracked_run_test_accuracy": noisy_model_accuracy,
+        "rows": rows,
+    }
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The result as a table with the paper's values beside."""
+    import pandas as pd
+
+    config = result["config"]
+    head = (
+        f"Fashion-MNIST, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % permuted "
+        f"labels (rate {config['noise_rate']}), {config['n_val']} clean validation, {config['n_test']} test; "
+        f"LeNet-5 (ReLU), SGD lr {config['lr']} momentum {config['momentum']} wd {config['weight_decay']}, "
+        f"batch {config['batch_size']}, {config['epochs']} epochs, seed {config['seed']}. "
+        f"The tracked run's own test accuracy: {result['tracked_run_test_accuracy']:.2f} %."
+    )
+    table = pd.DataFrame(result["rows"]).to_markdown(index=False, floatfmt=".2f")
+    return f"{head}\n\n{table}\n"
+
+
+def load_debug_config(path: str, overrides: list[str]) -> DebugConfig:
+    """The YAML config with ``--set`` overrides applied, validated.
+
+    Raises:
+        ConfigError: The file is missing, or a key or value is invalid.
+    """
+    from clbench.config import apply_overrides
+    from clbench.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} not found")
+    raw = apply_overrides(load_yaml(file.read_text()) or {}, overrides)
+    return from_mapping(DebugConfig, raw, "influence-debug")
+
+
+def write_debugging(result: dict[str, Any], out: Path) -> None:
+    """``result.json`` and ``report.md`` in ``out`` (atomic writes)."""
+    from clbench.results import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "result.json", result)
+    (out / "report.md").write_text(to_markdown(result))
