@@ -1,18 +1,15 @@
 """Loaders on small image-folder and IDX fixtures the tests create."""
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
+from idx_files import write_idx
 from PIL import Image
 
 from clbench.datasets.base import DataContext, load_benchmark
 from clbench.datasets.cifar import CIFAR10_CLASSES, CIFAR10_STATS
 from clbench.datasets.sources import read_idx
 from clbench.errors import DataError
-from idx_files import write_idx
 
 CLASSES = list(CIFAR10_CLASSES)
 
