@@ -28,7 +28,7 @@ def _memories(strategy: Any) -> list[Any]:
     The first name wins because a plugin may hold its Avalanche storage policy and a
     :class:`~clbench.training.memory.ReplayMemory` wrapping the same examples (MIR).
     """
-    found = []
+    found: list[Any] = []
     for owner in (strategy, *getattr(strategy, "plugins", [])):
         memory = next(
             (m for m in (getattr(owner, n, None) for n in ("memory", "storage", "storage_policy")) if m is not None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
@@ -72,7 +73,8 @@ class Reservoir(DatasetMemory, ReservoirSamplingBuffer):  # type: ignore[misc]
         dropped = set(positions)
         keep = [p for p in range(len(self.buffer)) if p not in dropped]
         self.buffer = self.buffer.subset(keep)
-        self._buffer_weights = self._buffer_weights[keep]  # still sorted: a subset in order
+        weights: torch.Tensor = self._buffer_weights  # type: ignore[has-type]
+        self._buffer_weights = weights[keep]  # still sorted: a subset in order
 
 
 class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]

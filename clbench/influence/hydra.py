@@ -202,7 +202,7 @@ def fast_trajectory_influence(model: nn.Module, train: Batch, lr: float, args: H
         influence = torch.zeros(y.shape[0], dtype=x.dtype, device=y.device)
 
         def accumulate(t: int, params: Params, index: torch.Tensor) -> None:
-            _, directional = jvp(lambda p: loss_vec(p, x[index], y[index]), (params,), (g,))
+            directional = jvp(lambda p: loss_vec(p, x[index], y[index]), (params,), (g,))[1]
             influence.index_add_(0, index, directional.detach() * float(h[steps - t]) / len(index))
 
         _replay(model, train, lr, args, accumulate)

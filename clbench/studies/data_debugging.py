@@ -147,7 +147,10 @@ def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -
             time.perf_counter() - tic,
         )
     train_plainly(model, train, config)
-    estimators = (("cg", {"damping": config.cg_damping, "max_iter": config.cg_iterations}), ("identity", {}))
+    estimators: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("cg", {"damping": config.cg_damping, "max_iter": config.cg_iterations}),
+        ("identity", {}),
+    )
     for name, options in estimators:
         if name in config.criteria:
             tic = time.perf_counter()
