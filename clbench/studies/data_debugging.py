@@ -17,10 +17,11 @@ noisy-label literature's criterion).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,6 +54,13 @@ class DebugConfig:
     weight_decay: float = field(default=2e-5, metadata={"help": "SGD weight decay (HYDRA: 2e-5)"})
     cg_damping: float = field(default=0.01, metadata={"help": "damping of the influence functions' (H + dI)^-1"})
     cg_iterations: int = field(default=30, metadata={"help": "conjugate-gradient iterations at most"})
+    retrain: Literal["epochs", "steps"] = field(
+        default="epochs",
+        metadata={
+            "help": "retrain on what is kept for the same epochs (HYDRA) or the same number of updates as the "
+            "tracked run (more epochs over the smaller set)"
+        },
+    )
     criteria: tuple[str, ...] = field(
         default=("none", "hydra_fast", "cg", "identity", "small_loss"), metadata={"help": "what decides the removal"}
     )
@@ -97,14 +105,16 @@ def load_splits(config: DebugConfig) -> dict[str, Any]:
     }
 
 
-def train_plainly(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], config: DebugConfig) -> nn.Module:
-    """SGD as the tracked run trains (same batch order rule), on ``train``."""
+def train_plainly(
+    model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], config: DebugConfig, epochs: int | None = None
+) -> nn.Module:
+    """SGD as the tracked run trains (same batch order rule), on ``train``, for ``epochs`` (default the config's)."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
     x, y = train
-    for _ in range(config.epochs):
+    for _ in range(config.epochs if epochs is None else epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), config.batch_size):
             index = order[start : start + config.batch_size]
@@ -182,7 +192,8 @@ def run_debugging(config: DebugConfig) -> dict[str, Any]:
             keep = torch.from_numpy(np.setdiff1d(np.arange(n), dropped.numpy()))
         retrained = lenet5()
         retrained.load_state_dict(initial)
-        train_plainly(retrained, (splits["train"][0][keep], splits["train"][1][keep]), config)
+        epochs = config.epochs if config.retrain == "epochs" else math.ceil(config.epochs * n / len(keep))
+        train_plainly(retrained, (splits["train"][0][keep], splits["train"][1][keep]), config, epochs)
         published = PUBLISHED.get(config.noise_rate, {}).get(criterion)
         rows.append(
             {
@@ -210,7 +221,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Fashion-MNIST, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % permuted "
         f"labels (rate {config['noise_rate']}), {config['n_val']} clean validation, {config['n_test']} test; "
         f"LeNet-5 (ReLU), SGD lr {config['lr']} momentum {config['momentum']} wd {config['weight_decay']}, "
-        f"batch {config['batch_size']}, {config['epochs']} epochs, seed {config['seed']}. "
+        f"batch {config['batch_size']}, {config['epochs']} epochs (retrained for the same "
+        f"{'number of updates' if config.get('retrain') == 'steps' else 'epochs'}), seed {config['seed']}. "
         f"The tracked run's own test accuracy: {result['tracked_run_test_accuracy']:.2f} %."
     )
     table = pd.DataFrame(result["rows"]).to_markdown(index=False, floatfmt=".2f")
