@@ -225,10 +225,17 @@ def _end_of_grid(summary: Any, runs: list[Any], out: Path) -> int:
             print(f"  failed: {run_id}: {message}", file=sys.stderr)
         return 1
     if missing:
-        names = ", ".join(run.run_id for run in missing)
+        from clbench.claims import STALE_AFTER_SECONDS, read_claim
+
+        held = []
+        for run in missing:
+            info = read_claim(out / f"{run.run_id}.lock")
+            holder = f" ({info.describe()}, heartbeat {info.heartbeat_age:.0f} s ago)" if info else ""
+            held.append(f"{run.run_id}{holder}")
         print(
-            f"clbench: the grid ended without {len(missing)} result(s), claimed by another process: {names}; "
-            "re-run when they are done, or delete a claim (<run-id>.lock) left by a machine that died",
+            f"clbench: the grid ended without {len(missing)} result(s), claimed by another process: "
+            f"{', '.join(held)}; re-run when they are done (a claim whose heartbeat is older than "
+            f"{STALE_AFTER_SECONDS / 60:.0f} min is taken over by the next run)",
             file=sys.stderr,
         )
         return 1

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from clbench.claims import release, try_claim
+from clbench.claims import heartbeat, release, try_claim
 from clbench.config import ExperimentConfig, RunConfig
 from clbench.datasets.base import Benchmark, DataContext, load_benchmark
 from clbench.errors import ClbenchError
@@ -92,20 +92,33 @@ def execute_and_write(
     if not try_claim(lock):
         return CLAIMED
     try:
-        if result_status(output_dir / f"{run.run_id}.json") == "finished":
-            return CLAIMED  # another process finished it since the grid was listed
-        try:
-            result = execute_run(run, root, loggers, output_dir / "logs", progress, benchmark)
-        except ClbenchError:
-            raise
-        except Exception as exc:  # one crashing run must not stop the grid
-            (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
-            return f"{exc.__class__.__name__}: {exc}"
-        write_json_atomic(output_dir / f"{run.run_id}.json", result.to_json())
-        (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
-        return None
+        with heartbeat(lock):
+            return _run_claimed(run, output_dir, root, loggers, progress, benchmark)
     finally:
         release(lock)
+
+
+def _run_claimed(
+    run: RunConfig,
+    output_dir: Path,
+    root: Path,
+    loggers: tuple[str, ...],
+    progress: TrainingProgress | None,
+    benchmark: Benchmark | None,
+) -> str | None:
+    """The body of :func:`execute_and_write` once the run is claimed."""
+    if result_status(output_dir / f"{run.run_id}.json") == "finished":
+        return CLAIMED  # another process finished it since the grid was listed
+    try:
+        result = execute_run(run, root, loggers, output_dir / "logs", progress, benchmark)
+    except ClbenchError:
+        raise
+    except Exception as exc:  # one crashing run must not stop the grid
+        (output_dir / f"{run.run_id}.error.txt").write_text(traceback.format_exc())
+        return f"{exc.__class__.__name__}: {exc}"
+    write_json_atomic(output_dir / f"{run.run_id}.json", result.to_json())
+    (output_dir / f"{run.run_id}.error.txt").unlink(missing_ok=True)
+    return None
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

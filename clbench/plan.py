@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clbench.claims import is_claimed
+from clbench.claims import is_claimed, read_claim
 from clbench.config import RunConfig, config_digest
 from clbench.errors import ResultsError
 from clbench.results import read_result, result_status
@@ -32,6 +32,7 @@ class PlannedRun:
     seconds: float | None
     finished_seeds: int
     running_for: float | None = None
+    holder: str | None = None
 
 
 def _seedless(plain: Mapping[str, Any]) -> str:
@@ -61,14 +62,16 @@ def _status(run: RunConfig, out: Path) -> str:
     return status
 
 
-def _claimed_for(out: Path, run: RunConfig, status: str) -> float | None:
-    """Seconds since a running run was claimed (its lock file's time)."""
+def _claim_of(out: Path, run: RunConfig, status: str) -> tuple[float | None, str | None]:
+    """A running run's seconds since it was claimed and who holds it (host, pid, heartbeat age)."""
     if status != "running":
-        return None
-    try:
-        return max(0.0, time.time() - (out / f"{run.run_id}.lock").stat().st_mtime)
-    except FileNotFoundError:
-        return None  # it ended while we looked
+        return None, None
+    info = read_claim(out / f"{run.run_id}.lock")
+    if info is None:
+        return None, None  # it ended while we looked
+    lock_time = time.time() - info.heartbeat_age
+    running_for = max(0.0, time.time() - (info.started if info.started is not None else lock_time))
+    return running_for, f"held by {info.describe()}, heartbeat {info.heartbeat_age:.0f} s ago"
 
 
 def plan_grid(runs: Sequence[RunConfig], out: Path) -> list[PlannedRun]:
@@ -79,7 +82,7 @@ def plan_grid(runs: Sequence[RunConfig], out: Path) -> list[PlannedRun]:
         status = _status(run, out)
         basis = by_seedless.get(_seedless(run.to_dict()), [])
         seconds = by_run.get(run.run_id) if status == "finished" else (statistics.median(basis) if basis else None)
-        plan.append(PlannedRun(run.run_id, status, seconds, len(basis), _claimed_for(out, run, status)))
+        plan.append(PlannedRun(run.run_id, status, seconds, len(basis), *_claim_of(out, run, status)))
     return plan
 
 
@@ -98,7 +101,7 @@ def plan_lines(plan: Sequence[PlannedRun]) -> list[str]:
         else:
             cost = f"~{_duration(item.seconds)} (median of {item.finished_seeds} finished seed(s))"
         if item.running_for is not None:
-            cost = f"for {_duration(item.running_for)}; {cost}"
+            cost = f"for {_duration(item.running_for)} ({item.holder}); {cost}"
         lines.append(f"{item.run_id}  {item.status:8s}  {cost}".rstrip())
     return [*lines, _summary(plan)]
 

@@ -72,3 +72,61 @@ def test_a_claim_of_another_host_ends_the_grid_incomplete_and_non_zero(tmp_path,
     assert "1 run(s) finished, 1 skipped, 0 failed" in printed.out
     assert "final accuracy of the grid's finished runs:" in printed.out and "next: clbench report" in printed.out
     assert f"the grid ended without 1 result(s), claimed by another process: {first}" in printed.err
+
+
+def test_a_claim_whose_heartbeat_stopped_is_taken_over_from_any_host(tmp_path):
+    import os
+    import time
+
+    from clbench.claims import STALE_AFTER_SECONDS, is_claimed
+
+    lock = tmp_path / "run.lock"
+    lock.write_text("a-compute-node-that-died 4242 1700000000\n")
+    assert is_claimed(lock) and not try_claim(lock)  # a fresh heartbeat of another host: left alone
+    old = time.time() - STALE_AFTER_SECONDS - 5
+    os.utime(lock, (old, old))
+    assert not is_claimed(lock)
+    assert try_claim(lock)  # taken over: it stayed forever before
+    release(lock)
+
+
+def test_the_heartbeat_keeps_a_running_claim_fresh(tmp_path):
+    import os
+    import time
+
+    from clbench.claims import heartbeat, read_claim
+
+    lock = tmp_path / "run.lock"
+    assert try_claim(lock)
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    with heartbeat(lock, every=0.05):
+        time.sleep(0.3)
+    info = read_claim(lock)
+    assert info is not None and info.heartbeat_age < 5 and info.pid == os.getpid()
+    release(lock)
+
+
+def test_a_claim_in_the_older_two_field_form_is_still_read(tmp_path):
+    import socket
+
+    from clbench.claims import read_claim
+
+    lock = tmp_path / "run.lock"
+    lock.write_text(f"{socket.gethostname()} 4242\n")
+    info = read_claim(lock)
+    assert (info.host, info.pid, info.started) == (socket.gethostname(), 4242, None)
+
+
+def test_the_incomplete_grid_names_the_holder_and_its_heartbeat(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(GRID.replace("[1, 2, 3, 4, 5, 6]", "[1]"))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--dry-run"]) == 0
+    (run_id,) = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
+    out.mkdir()
+    (out / f"{run_id}.lock").write_text("node7 4242 1700000000\n")
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--dry-run"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert f"{run_id}  running   for" in line and "(held by node7 pid 4242, heartbeat " in line
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"]) == 1
+    assert f"{run_id} (node7 pid 4242, heartbeat " in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """``clbench run --dry-run``: each run's status, and the time left estimated from finished seeds."""
 
 import json
-import os
+import re
 import time
 
 from tiny_configs import TWO_SEED_GRID
@@ -42,13 +42,16 @@ def test_another_strategy_is_never_the_estimate_and_a_live_claim_is_running(tmp_
     overrides = ["seeds=[1, 2, 3]", "strategies=[finetune, er]", "buffer_sizes=[8]"]
     runs = expand_grid(load_experiment(config, overrides))
     running = next(run for run in runs if run.strategy.name == "finetune" and run.seed == 3)
-    assert try_claim(out / f"{running.run_id}.lock")
-    claimed = time.time() - 600
-    os.utime(out / f"{running.run_id}.lock", (claimed, claimed))
+    lock = out / f"{running.run_id}.lock"
+    assert try_claim(lock)
+    host, pid, _ = lock.read_text().split()
+    lock.write_text(f"{host} {pid} {time.time() - 600:.0f}\n")  # claimed ten minutes ago, heartbeat now
     plan = {(run.strategy.name, run.seed): item for run, item in zip(runs, plan_grid(runs, out), strict=True)}
     assert plan["finetune", 3].status == "running"
     assert 600 <= plan["finetune", 3].running_for < 660
-    assert plan_lines([plan["finetune", 3]])[0].endswith("running   for 10 min; ~15 min (median of 2 finished seed(s))")
+    line = plan_lines([plan["finetune", 3]])[0]
+    assert re.search(rf"running   for 10 min \(held by {host} pid {pid}, heartbeat \d+ s ago\); ~15 min", line)
+    assert line.endswith("(median of 2 finished seed(s))")
     assert all(plan["er", seed].seconds is None for seed in (1, 2, 3))
 
 

@@ -60,6 +60,7 @@ def test_grid_writes_one_file_per_run_with_both_matrices(grid_run):
                 "task_balanced": False,
                 "replay_forward": "joint",
                 "memory_update": "after_task",
+                "purify": None,
             }
 
 
