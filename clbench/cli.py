@@ -191,12 +191,27 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
         print("\n".join(plan_lines(plan_grid(expand_grid(experiment), out))))
         return 0
+    _check_writable(out)
     summary = _launch(ns, experiment, out)
     print(
         f"{len(summary.finished)} run(s) finished, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; results in {out}"
     )
     return _end_of_grid(summary, expand_grid(experiment), out)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail in one line, before any run, when ``--out`` cannot be written (read-only, full, not allowed)."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".clbench-probe."):
+            pass
+    except OSError as exc:
+        raise ClbenchError(
+            f"--out {str(out)!r} cannot be written ({exc.strerror or exc}); valid choices: a folder you can write to"
+        ) from None
 
 
 def _launch(ns: argparse.Namespace, experiment: Any, out: Path) -> Any:

@@ -130,10 +130,21 @@ def _current_umask() -> int:
     return mask
 
 
+_WRITE_HINT = "free space there or choose another folder (--out); runs already written are kept"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``text`` so that readers see either the old file or the complete new one.
+
+    Raises:
+        ResultsError: The file cannot be written (a full disk, a read-only folder): one line
+            naming it; no temporary file is left behind.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}; {_WRITE_HINT}") from None
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -142,6 +153,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         # mkstemp creates 0600; results are shared, so give the file the umask's mode as open() would.
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}; {_WRITE_HINT}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

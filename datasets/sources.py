@@ -11,6 +11,8 @@ import gzip
 import hashlib
 import os
 import struct
+import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,16 +90,43 @@ def decode_files(
     """
     cache = _cache_file(files, size, cache_dir) if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        with np.load(cache) as stored:
-            return ImageArrays(stored["images"], stored["labels"], tuple(class_names))
+        stored = _read_cache(cache, len(files))
+        if stored is not None:
+            return ImageArrays(*stored, tuple(class_names))
     images = np.stack([_decode(path, size) for path, _ in files]) if files else np.zeros((0, 1, 1, 3), np.uint8)
     labels = np.asarray([label for _, label in files], dtype=np.int64)
     if cache is not None:
+        _write_cache(cache, images, labels)
+    return ImageArrays(images, labels, tuple(class_names))
+
+
+def _read_cache(cache: Path, count: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]] | None:
+    """The cached arrays, or None (the file removed) when it is corrupt or holds another number of images."""
+    try:
+        with np.load(cache) as stored:
+            images, labels = stored["images"], stored["labels"]
+        if len(images) == len(labels) == count:
+            return images, labels
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    print(f"clbench: decode cache {cache} is corrupt; decoding the images again", file=sys.stderr)
+    cache.unlink(missing_ok=True)
+    return None
+
+
+def _write_cache(cache: Path, images: npt.NDArray[np.uint8], labels: npt.NDArray[np.int64]) -> None:
+    """Cache the decoded arrays; on a full disk or a read-only folder say so and go on without it."""
+    partial = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+    try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(partial, images=images, labels=labels)
         os.replace(partial, cache)
-    return ImageArrays(images, labels, tuple(class_names))
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(
+            f"clbench: cannot write the decode cache {cache} ({exc.strerror or exc}); going on without it",
+            file=sys.stderr,
+        )
 
 
 def check_classes(folder: Path, found: Sequence[str], expected: int | Sequence[str], what: str) -> None:

@@ -6,6 +6,7 @@ import re
 import stat
 from pathlib import Path
 
+import pytest
 from tiny_configs import TWO_SEED_GRID
 
 from clbench.cli import main
@@ -117,3 +118,46 @@ def test_a_plugin_reading_the_budget_without_declaring_a_buffer_is_a_one_line_er
     error = capsys.readouterr().err
     assert "forgot_its_buffer reads ctx.buffer_size but is registered without uses_buffer=True" in error
     assert not list((tmp_path / "out").glob("*.json"))
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line_before_any_run(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(TWO_SEED_GRID)
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", "/proc/clbench-out", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clbench: error: --out '/proc/clbench-out' cannot be written (") and err.count("\n") == 1
+
+
+def test_a_full_disk_on_a_result_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from clbench.errors import ResultsError
+    from clbench.results import write_text_atomic
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("clbench.results.os.replace", full)
+    with pytest.raises(ResultsError, match=r"cannot write .*r\.json: No space left on device; free space"):
+        write_text_atomic(tmp_path / "r.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_decode_cache_is_rebuilt(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from clbench.datasets.sources import _cache_file, decode_files
+
+    files = []
+    for label in range(2):
+        path = tmp_path / f"{label}.png"
+        Image.fromarray(np.full((4, 4, 3), 100 * label, np.uint8)).save(path)
+        files.append((path, label))
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    _cache_file(files, None, cache_dir).write_bytes(b"not an npz")
+    arrays = decode_files(files, ["a", "b"], None, cache_dir)
+    assert arrays.labels.tolist() == [0, 1] and int(arrays.images[1].mean()) == 100
+    assert "is corrupt; decoding the images again" in capsys.readouterr().err
+    assert decode_files(files, ["a", "b"], None, cache_dir).labels.tolist() == [0, 1]  # the rebuilt cache reads
+    assert not list(cache_dir.glob("*.tmp.npz"))
