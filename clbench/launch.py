@@ -252,18 +252,48 @@ class _Launch:
 
 
 def _run_in_pool(todo: list[RunConfig], launch: _Launch, jobs: int, plugin_files: tuple[str, ...]) -> None:
-    """``jobs`` spawned worker processes, CPU threads shared out between them."""
+    """``jobs`` spawned worker processes, CPU threads shared out between them.
+
+    A worker that dies (killed, out of memory) breaks a process pool: every run it had not
+    finished fails with it, the healthy workers' included. Those runs are queued again in a
+    fresh pool, once; a run whose pool breaks a second time is failed, and the grid goes on.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    attempts: dict[str, int] = {}
+    pending = todo
+    while pending:
+        broken = _pool_round(pending, launch, jobs, (plugin_files, threads))
+        pending = []
+        for run in broken:
+            if result_status(launch.output_dir / f"{run.run_id}.json") == "finished":
+                launch.settle(run.run_id, None)  # it was written before its pool broke
+                continue
+            attempts[run.run_id] = attempts.get(run.run_id, 0) + 1
+            if attempts[run.run_id] > 1:
+                launch.settle(run.run_id, "its worker process died twice (killed, or out of memory?)")
+            else:
+                pending.append(run)
+        if broken:
+            launch.echo(f"clbench: a worker process died; {len(pending)} unfinished run(s) queued again")
+
+
+def _pool_round(todo: list[RunConfig], launch: _Launch, jobs: int, init: tuple[Any, ...]) -> list[RunConfig]:
+    """Run ``todo`` in one process pool; the runs that did not end because the pool broke."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(jobs, context, _init_worker, (plugin_files, threads))
+    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _init_worker, init)
     payloads = _payloads(todo, launch.root, launch.loggers, launch.output_dir)
+    broken: list[RunConfig] = []
     try:
-        futures = [pool.submit(_worker, payload) for payload in payloads]
+        futures = {pool.submit(_worker, payload): run for payload, run in zip(payloads, todo, strict=True)}
         for future in as_completed(futures):
-            run_id, failure, user_error = future.result()
+            try:
+                run_id, failure, user_error = future.result()
+            except BrokenProcessPool:
+                broken.append(futures[future])
+                continue
             if user_error is not None:
                 raise ClbenchError(user_error)
             launch.settle(run_id, failure)
@@ -272,7 +302,11 @@ def _run_in_pool(todo: list[RunConfig], launch: _Launch, jobs: int, plugin_files
         # grid; finished results stay (atomic writes), claims of the killed runs go stale.
         _terminate(pool)
         raise
-    pool.shutdown()
+    if broken:
+        _terminate(pool)  # a broken pool's shutdown can wait on its dead worker for minutes
+    else:
+        pool.shutdown()
+    return broken
 
 
 def _run_inline(todo: list[RunConfig], launch: _Launch) -> None:

@@ -85,3 +85,24 @@ def test_kill_9_of_the_parent_ends_its_workers(tmp_path):
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.5)
     assert not [w for w in workers if _alive(w)]
+
+
+def test_a_killed_worker_is_reported_its_runs_queued_again_and_the_grid_ends_complete(tmp_path):
+    short = GRID.replace("seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]", "seeds: [1, 2, 3]")
+    (tmp_path / "c.yaml").write_text(short.replace("epochs: 20", "epochs: 8"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "clbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(out)]
+    process = subprocess.Popen(
+        [*command, "--jobs", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not list(out.glob("*.lock")) and time.time() < deadline:
+        time.sleep(0.2)
+    workers = _workers_of(process.pid)
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    output, _ = process.communicate(timeout=300)
+    assert "a worker process died;" in output and "queued again" in output
+    assert "Traceback" not in output
+    assert process.returncode == 0, output
+    assert sorted(p.name.split("-s")[1][0] for p in out.glob("*.json")) == ["1", "2", "3"]
