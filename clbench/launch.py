@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 import traceback
@@ -378,7 +379,12 @@ def submit_grid(
     if not todo:
         return summary
     slurm = experiment.slurm
-    executor = submitit.AutoExecutor(folder=output_dir / "submitit", cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=output_dir / "submitit", cluster=cluster)
+    except RuntimeError as exc:  # no srun / sbatch on this machine
+        raise ClbenchError(
+            f"--launcher {cluster}: {exc}; valid choices here: --launcher inline (or --jobs N), local"
+        ) from None
     parameters: dict[str, Any] = {
         "timeout_min": slurm.timeout_min,
         "gpus_per_node": slurm.gpus_per_task,
@@ -394,18 +400,46 @@ def submit_grid(
         parameters["gpus_per_node"] = min(slurm.gpus_per_task, torch.cuda.device_count())
     executor.update_parameters(**parameters)
     payloads = _payloads(todo, root, experiment.loggers, output_dir)
-    jobs = executor.map_array(_remote_run, payloads, [plugin_files] * len(payloads))
+    try:
+        jobs = executor.map_array(_remote_run, payloads, [plugin_files] * len(payloads))
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as exc:
+        raise ClbenchError(_submission_failure(str(exc))) from None
     echo(f"submitted {len(jobs)} run(s) to {cluster}: job {jobs[0].job_id.split('_')[0]}")
     for run, job in zip(todo, jobs, strict=True):
         try:
             run_id, failure, user_error = job.result()
-        except Exception as exc:  # the task itself died (time limit, node failure, ...)
-            summary.failed[run.run_id] = f"job {job.job_id}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        except Exception as exc:  # the task itself died (time limit, node failure, cancelled, ...)
+            summary.failed[run.run_id] = f"job {job.job_id}: {job_failure(exc)}"
             continue
         if user_error is not None:
             raise ClbenchError(user_error)
         settle(summary, run_id, failure, output_dir, None)
     return summary
+
+
+def _submission_failure(stderr: str) -> str:
+    """One line for a job array sbatch refused, naming Slurm's reason and the settings to change."""
+    reasons = [line.strip() for line in stderr.splitlines() if "error" in line.lower()] or [stderr.strip()]
+    reason = reasons[0] if reasons else "no reason given"  # sbatch's first error line is the specific one
+    if "partition" in reason.lower():
+        hint = "name one of the cluster's partitions (sinfo -s): --set slurm.partition=NAME"
+    elif any(word in reason.lower() for word in ("gres", "gpu")):
+        hint = "this cluster may have no GPUs: --set slurm.gpus_per_task=0"
+    else:
+        hint = "check the slurm.* settings (partition, gpus_per_task, cpus_per_task, mem_gb, timeout_min)"
+    return f"sbatch refused the job array: {reason}; {hint}"
+
+
+def job_failure(exc: BaseException) -> str:
+    """A submitted run that ended without its result, in one line (cancelled, timed out, died)."""
+    text = str(exc)
+    state = re.search(r"state: ([^)]*)\)", text)
+    if state and state.group(1).startswith("CANCELLED"):
+        return f"cancelled (Slurm state {state.group(1)}); run the same command again to submit it again"
+    if state:
+        return f"ended without a result (Slurm state {state.group(1)}); its log is under <out>/submitit/"
+    first = text.splitlines()[0] if text else ""
+    return f"{exc.__class__.__name__}: {first}"
 
 
 __all__ = ["CLAIMED", "execute_and_write", "run_grid", "submit_grid"]

@@ -248,3 +248,56 @@ def test_an_inline_run_reports_every_step_and_a_running_loss_to_its_progress(tmp
     assert recorder.epochs == 2 and recorder.totals == [10, 10]  # 2 tasks x 80 examples / batch 8
     assert recorder.steps == 20 and len(recorder.losses) == 20 // LOSS_EVERY
     assert all(loss > 0 for loss in recorder.losses)
+
+
+def test_a_cancelled_or_dead_slurm_task_is_named_in_one_line():
+    from submitit.core.utils import UncompletedJobError
+
+    from clbench.launch import job_failure
+
+    cancelled = UncompletedJobError(
+        "Job 42_3 (task: 0) with path /x/42_3_0_result.pkl\nhas not produced any output (state: CANCELLED by 0)"
+    )
+    assert job_failure(cancelled) == (
+        "cancelled (Slurm state CANCELLED by 0); run the same command again to submit it again"
+    )
+    timeout = UncompletedJobError("Job 42_4 (task: 0) with path /x\nhas not produced any output (state: TIMEOUT)")
+    assert job_failure(timeout).startswith("ended without a result (Slurm state TIMEOUT)")
+
+
+def test_a_job_array_that_sbatch_refuses_is_one_line_naming_the_setting(tmp_path, monkeypatch, capsys):
+    import submitit
+    from submitit.core.utils import FailedJobError
+
+    class Refusing:
+        """An executor whose sbatch refuses the array (no Slurm needed)."""
+
+        def __init__(self, folder, cluster):
+            pass
+
+        def update_parameters(self, **parameters):
+            pass
+
+        def map_array(self, *args):
+            raise FailedJobError(
+                "sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed"
+            )
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Refusing)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(GRID))
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after a slow-bf16 warning on CPUs without native bf16
+    assert "Traceback" not in err and last.startswith("clbench: error: sbatch refused the job array: ")
+    assert "sbatch: error: invalid partition specified: gpu; name one of" in last
+    assert last.endswith("--set slurm.partition=NAME")
+
+
+def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(GRID))
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("clbench: error: --launcher slurm: ")
+    assert last.endswith("valid choices here: --launcher inline (or --jobs N), local")
