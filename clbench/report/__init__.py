@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from clbench.errors import ClbenchError
-from clbench.report.collect import Collection, collect
+from clbench.report.collect import Collection, collect, reference_by_protocol
 from clbench.report.published import PublishedTable, compare_published, load_published, published_markdown
 from clbench.report.stats import aggregate, cost, paired_tests, purity
 from clbench.report.tables import Table, build_tables, cost_markdown, purity_markdown, to_latex, to_markdown
@@ -79,9 +79,12 @@ def build_report(results_dir: str | Path, reference: str | None = None, publishe
     strategies = set(metrics["strategy"])
     chosen = _choose_reference(strategies, reference) if strategies else None
     summary = aggregate(metrics) if not metrics.empty else pd.DataFrame()
-    tests = paired_tests(metrics, chosen) if chosen else paired_tests(metrics.iloc[0:0], "")
+    per_protocol = reference_by_protocol(collection.runs, chosen) if chosen else {}
+    tests = paired_tests(metrics, per_protocol) if chosen else paired_tests(metrics.iloc[0:0], "")
     tables = (
-        build_tables(summary, tests, collection.protocols, chosen, collection.arguments) if not summary.empty else []
+        build_tables(summary, tests, collection.protocols, chosen, collection.arguments, per_protocol)
+        if not summary.empty
+        else []
     )
     costs = cost(collection.runs) if not collection.runs.empty else pd.DataFrame()
     table = load_published(published) if published is not None else None

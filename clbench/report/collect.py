@@ -186,6 +186,7 @@ def _rows(
         **base,
         "strategy_name": run.strategy_name,
         "arguments": arguments,
+        "strategy_revision": run.strategy_revision,
         "file": str(path),
         "evaluated_after_task": run.evaluated_after_task,
         "class_il": run.accuracy["class_il"],
@@ -202,6 +203,32 @@ def _rows(
         if (value := run.metrics[setting].get(metric)) is not None
     ]
     return run_row, metric_rows
+
+
+def _same_strategy(a: tuple[str, int, dict[str, Any]], b: tuple[str, int, dict[str, Any]]) -> bool:
+    """Same name and revision, and equal on every argument both records know (newer files know more options)."""
+    return a[0] == b[0] and a[1] == b[1] and all(a[2][k] == b[2][k] for k in set(a[2]) & set(b[2]))
+
+
+def reference_by_protocol(runs: pd.DataFrame, reference: str) -> dict[str, str]:
+    """The reference strategy's label in each protocol where it ran.
+
+    A label names only the arguments that vary among a protocol's runs of that strategy, so
+    the same strategy can be ``er(replay_forward=separate)`` in one protocol and ``er`` in
+    another; the reference is found by what it is (name, revision, arguments).
+    """
+    if runs.empty:
+        return {}
+
+    def identity(row: Any) -> tuple[str, int, dict[str, Any]]:
+        return (row.strategy_name, int(row.strategy_revision), dict(row.arguments))
+
+    wanted = [identity(row) for row in runs[runs["strategy"] == reference].itertuples()]
+    labels: dict[str, str] = {}
+    for row in runs.itertuples():
+        if str(row.protocol) not in labels and any(_same_strategy(identity(row), w) for w in wanted):
+            labels[str(row.protocol)] = str(row.strategy)
+    return labels
 
 
 def collect(results_dir: Path) -> Collection:

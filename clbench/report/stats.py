@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -59,8 +60,11 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
+def paired_tests(metrics: pd.DataFrame, reference: str | Mapping[str, str]) -> pd.DataFrame:
     """Paired t-tests (``scipy.stats.ttest_rel``) of ``reference`` against every other strategy.
+
+    ``reference`` is a strategy label, or each protocol's label of the reference
+    (:func:`clbench.report.collect.reference_by_protocol`).
 
     Seeds are matched by value within each protocol, setting, buffer size and metric.
     ``significant`` is true where the reference is better (higher) at the 95% level,
@@ -71,10 +75,11 @@ def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
     for (protocol, benchmark, setting, buffer_size, metric), block in metrics.groupby(
         ["protocol", "benchmark", "setting", "buffer_size", "metric"], sort=True
     ):
-        ref = block[block["strategy"] == reference].set_index("seed")["value"]
+        label = reference.get(str(protocol), "") if isinstance(reference, Mapping) else reference
+        ref = block[block["strategy"] == label].set_index("seed")["value"]
         if ref.empty:
             continue
-        for strategy, other_block in block[block["strategy"] != reference].groupby("strategy"):
+        for strategy, other_block in block[block["strategy"] != label].groupby("strategy"):
             other = other_block.set_index("seed")["value"]
             seeds = sorted(set(ref.index) & set(other.index))
             t_stat = p_value = math.nan
@@ -90,7 +95,7 @@ def paired_tests(metrics: pd.DataFrame, reference: str) -> pd.DataFrame:
                     "setting": setting,
                     "buffer_size": buffer_size,
                     "metric": metric,
-                    "reference": reference,
+                    "reference": label,
                     "strategy": strategy,
                     "n_pairs": len(seeds),
                     "t": t_stat,

@@ -85,15 +85,15 @@ def _best_marks(mean: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return best
 
 
-def _test_notes(block: pd.DataFrame, block_tests: pd.DataFrame, reference: str | None) -> list[str]:
-    """What the marks mean, naming the reference, or why a table has no t-tests."""
+def _test_notes(block: pd.DataFrame, block_tests: pd.DataFrame, reference: str | None, here: str | None) -> list[str]:
+    """What the marks mean, naming the reference (``here``: its label in this table), or why there are no t-tests."""
     if reference is None:
         return ["no t-tests: no reference strategy (name one with --reference)"]
-    if reference not in set(block["strategy"]):
+    if here is None or here not in set(block["strategy"]):
         return [f"no t-tests: the reference strategy {reference} has no runs here"]
+    named = here if here == reference else f"{here} (= {reference})"
     notes = [
-        f"• reference {reference} significantly better, ◦ significantly worse "
-        "(paired t-test over matched seeds, p < 0.05)"
+        f"• reference {named} significantly better, ◦ significantly worse (paired t-test over matched seeds, p < 0.05)"
     ]
     # named with M: a strategy may have paired seeds at one memory size and not at another
     untested = sorted({(t.strategy, int(t.buffer_size)) for t in block_tests.itertuples() if t.n_pairs < 2})
@@ -125,11 +125,13 @@ def build_tables(
     protocols: dict[str, str],
     reference: str | None,
     arguments: dict[str, dict[str, str]] | None = None,
+    reference_labels: dict[str, str] | None = None,
 ) -> list[Table]:
     """One :class:`Table` per protocol and setting.
 
     ``arguments`` (protocol id -> strategy -> arguments other than the defaults) becomes a
-    note, so a row such as Joint trained for more epochs says so.
+    note, so a row such as Joint trained for more epochs says so. ``reference_labels`` gives
+    the reference's label in each protocol (default: ``reference`` itself everywhere).
     """
     tables = []
     for (protocol, benchmark, setting), block in summary.groupby(["protocol", "benchmark", "setting"], sort=True):
@@ -141,7 +143,8 @@ def build_tables(
         order = sorted(bufferless["strategy"].unique()) + sorted(buffered["strategy"].unique())
         frames = _cell_frames(block, order, columns, buffers)
         block_tests = tests[(tests["protocol"] == protocol) & (tests["setting"] == setting)]
-        notes = _test_notes(block, block_tests, reference) + _seed_notes(block)
+        here = reference_labels.get(str(protocol)) if reference_labels is not None else reference
+        notes = _test_notes(block, block_tests, reference, here) + _seed_notes(block)
         changed = (arguments or {}).get(str(protocol), {})
         shown = [f"{strategy} ({changed[strategy]})" for strategy in order if strategy in changed]
         if shown:

@@ -387,3 +387,25 @@ def test_buffer_purity_gets_its_section_and_csv(tmp_path):
     der_line = next(line for line in text.splitlines() if line.startswith("| der "))
     assert der_line.count("–") == 2
     assert (tmp_path / "r" / "purity.csv").is_file()
+
+
+SEPARATE = {"replay_forward": "separate"}
+
+
+def test_the_reference_is_found_by_what_it_is_in_a_protocol_that_labels_it_otherwise(tmp_path):
+    folder = tmp_path / "runs"
+    values = [(40.0, 30.0, 45.0), (42.0, 31.0, 46.0), (41.0, 29.0, 47.5)]
+    for seed, (separate, joint, other) in zip(SEEDS, values, strict=True):
+        write_json_atomic(folder / f"a{seed}.json", run_record("er", 500, seed, separate, args=SEPARATE))
+        write_json_atomic(
+            folder / f"b{seed}.json", run_record("er", 500, seed, joint, args={"replay_forward": "joint"})
+        )
+        for name, value in (("er", separate), ("er_ace", other)):  # another protocol: one ER only, labelled "er"
+            record = run_record(name, 500, seed, value, args=SEPARATE if name == "er" else {})
+            record["config"]["training"]["weight_decay"] = 1e-4
+            record["run_id"] += "-wd"
+            write_json_atomic(folder / f"{name}{seed}-wd.json", record)
+    report = build_report(folder, reference="er(replay_forward=separate)")
+    decayed = next(t for t in report.tables if "weight decay" in t.protocol and t.setting == "class_il")
+    assert decayed.notes[0].startswith("• reference er (= er(replay_forward=separate)) significantly better")
+    assert decayed.reference_worse.loc["er_ace", (500, "Ainf")]  # paired over the three seeds: er_ace is ahead
