@@ -178,11 +178,12 @@ def _cmd_list(kind: str | None, show_args: bool) -> int:
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     from clbench.config import load_experiment
-    from clbench.grid import expand_grid, output_dir_for
 
     if ns.jobs < 1:
         raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
-    experiment = load_experiment(ns.config, ns.overrides)
+    experiment = load_experiment(ns.config, ns.overrides)  # before torch is imported: a bad file fails at once
+    from clbench.grid import expand_grid, output_dir_for
+
     out = output_dir_for(experiment, ns.out)
     if out.exists() and not out.is_dir():
         raise ClbenchError(f"--out {str(out)!r} is a file; valid choices: a folder, new or existing")

@@ -161,3 +161,18 @@ def test_a_corrupt_decode_cache_is_rebuilt(tmp_path, capsys):
     assert "is corrupt; decoding the images again" in capsys.readouterr().err
     assert decode_files(files, ["a", "b"], None, cache_dir).labels.tolist() == [0, 1]  # the rebuilt cache reads
     assert not list(cache_dir.glob("*.tmp.npz"))
+
+
+def test_a_bad_config_fails_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text("name: x\n")
+    script = (
+        "import sys\nfrom clbench.cli import main\n"
+        f"code = main(['run', {str(tmp_path / 'bad.yaml')!r}])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "False"]
+    assert "missing required key 'benchmarks'" in done.stderr
