@@ -102,7 +102,12 @@ def _known_defaults(runs: list[RunResult]) -> dict[tuple[str, int], dict[str, An
 def effective_arguments(runs: list[RunResult]) -> list[dict[str, Any]]:
     """Each run's strategy arguments, those it left out at their default filled in (:func:`_effective_arguments`)."""
     defaults = _known_defaults(runs)
-    return [_effective_arguments(run, defaults) for run in runs]
+    # A strategy's own training setting (``training.<key>``) that another run has defaults to the protocol's value.
+    own = {key for run in runs for key in run.strategy_args if key.startswith("training.")}
+    return [
+        {**{key: run.config["training"].get(key.removeprefix("training.")) for key in own}, **args}
+        for run, args in ((run, _effective_arguments(run, defaults)) for run in runs)
+    ]
 
 
 def _effective_arguments(run: RunResult, defaults: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:

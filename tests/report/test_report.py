@@ -409,3 +409,15 @@ def test_the_reference_is_found_by_what_it_is_in_a_protocol_that_labels_it_other
     decayed = next(t for t in report.tables if "weight decay" in t.protocol and t.setting == "class_il")
     assert decayed.notes[0].startswith("• reference er (= er(replay_forward=separate)) significantly better")
     assert decayed.reference_worse.loc["er_ace", (500, "Ainf")]  # paired over the three seeds: er_ace is ahead
+
+
+def test_a_strategy_without_its_own_lr_is_labelled_with_the_protocol_s(tmp_path):
+    folder = tmp_path / "runs"
+    for seed in SEEDS:
+        write_json_atomic(folder / f"plain{seed}.json", run_record("icarl", 200, seed, 35.0))
+        own = run_record("icarl", 200, seed, 36.0)
+        own["config"]["strategy"]["training"] = {"lr": 0.01}
+        own["run_id"] += "-lr"
+        write_json_atomic(folder / f"own{seed}.json", own)
+    labels = set(build_report(folder, reference="icarl(training.lr=0.1)").metrics["strategy"])
+    assert labels == {"icarl(training.lr=0.01)", "icarl(training.lr=0.1)"}  # was training.lr=None
