@@ -39,6 +39,7 @@ from torch.func import functional_call, grad, vmap
 from clbench.errors import ConfigError
 from clbench.influence.functional import Params, trainable_params
 from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.modes import evaluation_mode
 
 FISHER_CHUNK = 64
 """Examples per vmapped per-example-gradient chunk (memory: chunk × parameters × 4 bytes)."""
@@ -114,15 +115,13 @@ class OnlineEWC(SupervisedPlugin):  # type: ignore[misc]
     def task_fisher(strategy: Any) -> Params:
         """Mean weighted per-example Fisher over the experience's training examples (no augmentation)."""
         model, dataset = strategy.model, strategy.experience.dataset
-        was_training = model.training
-        model.eval()
         total: Params = {}
-        for start in range(0, len(dataset), FISHER_CHUNK):
-            indices = list(range(start, min(start + FISHER_CHUNK, len(dataset))))
-            x, y = strategy.fetch_examples(dataset, indices, augment=False)
-            chunk = weighted_fisher_diagonal(model, x, y)
-            total = chunk if not total else {n: total[n] + chunk[n] for n in chunk}
-        model.train(was_training)
+        with evaluation_mode(model):
+            for start in range(0, len(dataset), FISHER_CHUNK):
+                indices = list(range(start, min(start + FISHER_CHUNK, len(dataset))))
+                x, y = strategy.fetch_examples(dataset, indices, augment=False)
+                chunk = weighted_fisher_diagonal(model, x, y)
+                total = chunk if not total else {n: total[n] + chunk[n] for n in chunk}
         return {name: value / len(dataset) for name, value in total.items()}
 
 

@@ -55,6 +55,7 @@ from clbench.influence.functional import (
     tree_axpy,
 )
 from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.modes import evaluation_mode
 from clbench.training.step_template import StepTemplate
 from clbench.training.tensor_buffer import TensorReservoirBuffer
 
@@ -85,16 +86,14 @@ def learn_anchor(
     anchor = torch.rand((1, *shape), device=mean_features.device, requires_grad=True)
     optimizer = torch.optim.SGD([anchor], lr=lr)
     target = torch.tensor([label], device=mean_features.device)
-    was_training = model.training
-    model.eval()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss_future = F.cross_entropy(functional_call(model, finetuned, (anchor,), strict=False), target)
-        loss_now = F.cross_entropy(model(anchor), target)
-        closeness = ((model.features(anchor) - mean_features) ** 2).sum()  # type: ignore[operator]
-        (-(loss_future - loss_now - feature_weight * closeness)).backward()
-        optimizer.step()
-    model.train(was_training)
+    with evaluation_mode(model):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss_future = F.cross_entropy(functional_call(model, finetuned, (anchor,), strict=False), target)
+            loss_now = F.cross_entropy(model(anchor), target)
+            closeness = ((model.features(anchor) - mean_features) ** 2).sum()  # type: ignore[operator]
+            (-(loss_future - loss_now - feature_weight * closeness)).backward()
+            optimizer.step()
     model.zero_grad(set_to_none=True)
     return anchor.detach()[0]
 

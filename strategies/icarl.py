@@ -37,6 +37,7 @@ from torch import nn
 
 from clbench.data_path import strategy_autocast
 from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.modes import evaluation_mode
 from clbench.training.ncm import NearestMeanReplay, features_of
 from clbench.training.tensor_buffer import StreamReservoir, TensorStore
 
@@ -102,10 +103,8 @@ class HerdingMemory(TensorStore):
                     for i in range(0, len(indices), FETCH_CHUNK)
                 ]
             )
-            was_training = strategy.model.training
-            strategy.model.eval()
-            chosen = herding_order(features_of(strategy, x), quota).to(x.device)
-            strategy.model.train(was_training)
+            with evaluation_mode(strategy.model):
+                chosen = herding_order(features_of(strategy, x), quota).to(x.device)
             parts_x.append(x[chosen].detach())
             parts_y.append(torch.full((len(chosen),), c, dtype=torch.long, device=x.device))
         self.x = torch.cat(parts_x)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from clbench.data_path import strategy_autocast
+from clbench.training.modes import evaluation_mode
 from clbench.training.step_template import StepTemplate
 from clbench.training.tensor_buffer import StreamReservoir, TensorStore
 
@@ -41,10 +42,8 @@ def features_of(strategy: Any, x: torch.Tensor) -> torch.Tensor:
 def class_means(strategy: Any, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     """(n_classes, D) normalised class means of ``x``'s features in evaluation mode; NaN rows for absent classes."""
     model = strategy.model
-    was_training = model.training
-    model.eval()
-    features = features_of(strategy, x.to(strategy.device))
-    model.train(was_training)
+    with evaluation_mode(model):
+        features = features_of(strategy, x.to(strategy.device))
     y = y.to(features.device)
     means = torch.full((n_classes, features.shape[1]), float("nan"), device=features.device)
     for c in y.unique().tolist():

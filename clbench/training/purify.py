@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
 from clbench.errors import ConfigError
+from clbench.training.modes import evaluation_mode
 
 SMALL_LOSS = "small_loss"
 
@@ -104,26 +105,15 @@ def held_examples(strategy: Any, memory: EvictableMemory) -> tuple[torch.Tensor,
 
 def small_loss_harm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each example's loss under ``model`` in evaluation mode (running statistics untouched)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        losses = torch.cat(
-            [
-                F.cross_entropy(model(xs).float(), ys, reduction="none")
-                for xs, ys in zip(x.split(256), y.split(256), strict=True)
-            ]
-        )
-    model.train(was_training)
-    return losses
+    with evaluation_mode(model), torch.no_grad():
+        chunks = zip(x.split(256), y.split(256), strict=True)
+        return torch.cat([F.cross_entropy(model(xs).float(), ys, reduction="none") for xs, ys in chunks])
 
 
 def _agreeing(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Positions whose given label is the model's prediction (evaluation mode): the clean-looking ones."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluation_mode(model), torch.no_grad():
         predicted = torch.cat([model(xs).argmax(1) for xs in x.split(256)])
-    model.train(was_training)
     return torch.nonzero(predicted == y).flatten()
 
 

@@ -34,6 +34,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 
 from clbench.registry import Registry
 from clbench.training.memory import DatasetMemory
+from clbench.training.modes import evaluation_mode
 
 FeatureKind = Literal["pixels", "penultimate"]
 InfluenceWindow = Literal["task", "all"]
@@ -273,11 +274,8 @@ class MetaSPBuffer(DatasetMemory, ExemplarsBuffer):  # type: ignore[misc]
         inputs = torch.stack([dataset[int(i)][0] for i in indices])
         if self.feature_kind == "penultimate" and model is not None:
             device = next(model.parameters()).device
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
+            with evaluation_mode(model), torch.no_grad():
                 parts = [model.features(chunk.to(device)).cpu() for chunk in inputs.split(256)]  # type: ignore[operator]
-            model.train(was_training)
             inputs = torch.cat(parts)
         return inputs.flatten(1).numpy().astype(np.float32)
 
