@@ -83,7 +83,7 @@ def _add_influence_studies(commands: Commands) -> None:
     debug = commands.add_parser(
         "influence-debug", help="HYDRA's data debugging: remove the most harmful noisy labels, retrain, test"
     )
-    debug.add_argument("config", help="YAML (see experiments/influence/fmnist_debugging.yaml)")
+    debug.add_argument("config", help="YAML (see experiments/influence/debugging/fmnist.yaml)")
     _add_overrides(debug)
     debug.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
     agreement = commands.add_parser(

@@ -42,3 +42,14 @@ def test_influence_debug_removes_retrains_and_finds_the_noisy_labels(tmp_path, c
     assert all(0 <= row["test_accuracy"] <= 100 for row in rows.values())
     assert rows["none"]["published"] == 87.44  # HYDRA's appendix Table 4, no filtering at 50 %
     assert "| hydra_fast" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_shipped_debugging_configs_validate():
+    from pathlib import Path
+
+    from clbench.studies.data_debugging import load_debug_config
+
+    configs = sorted((Path(__file__).parents[2] / "experiments" / "influence" / "debugging").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert load_debug_config(str(path), []).noise_rate > 0
