@@ -25,8 +25,8 @@ def _as_from_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start(tmp_path, until="*.json"):
-    """Start the grid; return once a file matching ``until`` is in its output (a finished run, by default)."""
+def _start(tmp_path, until="*.json", count=1):
+    """Start the grid; return once ``count`` files match ``until`` in its output (a finished run, by default)."""
     (tmp_path / "c.yaml").write_text(GRID)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "clbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(out)]
@@ -34,9 +34,9 @@ def _start(tmp_path, until="*.json"):
         [*command, "--jobs", "2", "--no-progress"], start_new_session=True, preexec_fn=_as_from_a_terminal
     )
     deadline = time.time() + 300
-    while not list(out.glob(until)) and time.time() < deadline:
+    while len(list(out.glob(until))) < count and time.time() < deadline:
         time.sleep(0.5)
-    assert list(out.glob(until)), f"no {until} in the output"
+    assert len(list(out.glob(until))) >= count, f"fewer than {count} {until} in the output"
     return process, out
 
 
@@ -76,7 +76,7 @@ def test_ctrl_c_stops_the_workers_promptly_and_keeps_finished_results(tmp_path):
 
 
 def test_kill_9_of_the_parent_ends_its_workers(tmp_path):
-    process, _ = _start(tmp_path, until="*.lock")  # a worker has claimed a run
+    process, _ = _start(tmp_path, until="*.lock", count=2)  # both workers are up and running a run
     workers = _workers_of(process.pid)
     assert workers
     process.kill()

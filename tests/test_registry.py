@@ -50,7 +50,7 @@ def test_strategy_args_reject_unknown_keys():
     from clbench.errors import ConfigError
     from clbench.training import STRATEGIES
 
-    expected = "unknown key 'mem'; valid keys: memory_update, replay_forward, task_balanced"
+    expected = "unknown key 'mem'; valid keys: memory_update, purify, replay_forward, task_balanced"
     with pytest.raises(ConfigError, match=expected):
         from_mapping(STRATEGIES.get("er").args, {"mem": 3}, "strategy er")
 
