@@ -89,7 +89,7 @@ def test_kill_9_of_the_parent_ends_its_workers(tmp_path):
 
 def test_a_killed_worker_is_reported_its_runs_queued_again_and_the_grid_ends_complete(tmp_path):
     short = GRID.replace("seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]", "seeds: [1, 2, 3]")
-    (tmp_path / "c.yaml").write_text(short.replace("epochs: 20", "epochs: 8"))
+    (tmp_path / "c.yaml").write_text(short.replace("epochs: 20", "epochs: 4"))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "clbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(out)]
     process = subprocess.Popen(

@@ -34,7 +34,8 @@ def _er_args(path: Path, defaults: dict[str, str]) -> dict[str, str]:
 
 
 def test_clbench_report_imports_no_torch(tmp_path):
-    _copy_runs(tmp_path / "runs", "split_cifar10-*-s123[12]-*.json")
+    for strategy in ("finetune", "er", "mir", "der"):  # rows with and without a buffer, figures included
+        _copy_runs(tmp_path / "runs", f"split_cifar10-{strategy}-*-s123[12]-*.json")
     script = (
         "import sys\nfrom clbench.cli import main\n"
         f"code = main(['report', {str(tmp_path / 'runs')!r}, '--reference', 'finetune',"
