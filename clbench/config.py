@@ -548,11 +548,11 @@ def experiment_from_mapping(raw: Any, where: str = "config") -> ExperimentConfig
     return config
 
 
-def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read, override and validate an experiment YAML file.
+def read_yaml_file(path: str | Path) -> Any:
+    """The parsed YAML of a config file (None for an empty one).
 
     Raises:
-        ConfigError: The file is missing, is not YAML, or does not validate.
+        ConfigError: The path is a folder or missing, or the file is not UTF-8 or not YAML.
     """
     file = Path(path)
     if file.is_dir():
@@ -562,17 +562,26 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     if not file.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = load_yaml(file.read_text(encoding="utf-8"))
+        return load_yaml(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{line}") from None
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML file.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or does not validate.
+    """
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides)
-    return experiment_from_mapping(raw, where=file.name)
+    return experiment_from_mapping(raw, where=Path(path).name)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

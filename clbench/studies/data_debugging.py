@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.config import config_to_dict, from_mapping, load_yaml
+from clbench.config import config_to_dict, from_mapping
 
 PUBLISHED = {
     # HYDRA Table 3 (80 %) and appendix Table 4 (50 %), Fashion-MNIST, LeNet-5, final test accuracy (%).
@@ -233,15 +233,11 @@ def load_debug_config(path: str, overrides: list[str]) -> DebugConfig:
     """The YAML config with ``--set`` overrides applied, validated.
 
     Raises:
-        ConfigError: The file is missing, or a key or value is invalid.
+        ConfigError: The file is missing or not YAML, or a key or value is invalid.
     """
-    from clbench.config import apply_overrides
-    from clbench.errors import ConfigError
+    from clbench.config import apply_overrides, read_yaml_file
 
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {path!r} not found")
-    raw = apply_overrides(load_yaml(file.read_text()) or {}, overrides)
+    raw = apply_overrides(read_yaml_file(path) or {}, overrides)
     return from_mapping(DebugConfig, raw, "influence-debug")
 
 

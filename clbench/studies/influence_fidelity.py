@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clbench.config import ComponentSpec, config_to_dict, from_mapping, load_yaml
-from clbench.errors import ConfigError
+from clbench.config import ComponentSpec, config_to_dict, from_mapping
 from clbench.influence.estimators import make_estimator
 
 
@@ -493,16 +492,13 @@ def _reference_notes(result: dict[str, Any]) -> str:
 
 def load_fidelity_config(path: str | Path, overrides: list[str] | None = None) -> FidelityConfig:
     """Read and validate a fidelity-benchmark YAML file."""
-    from clbench.config import apply_overrides
+    from clbench.config import apply_overrides, read_yaml_file
 
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    raw = apply_overrides(load_yaml(file.read_text()) or {}, overrides or [])
+    raw = apply_overrides(read_yaml_file(path) or {}, overrides or [])
     raw["estimators"] = [{"name": e} if isinstance(e, str) else e for e in raw.get("estimators", [])]
     if isinstance(raw.get("reference"), str):
         raw["reference"] = {"name": raw["reference"]}
-    return from_mapping(FidelityConfig, raw, file.name)
+    return from_mapping(FidelityConfig, raw, Path(path).name)
 
 
 def write_fidelity(result: dict[str, Any], out: Path) -> list[Path]:

@@ -53,3 +53,9 @@ def test_shipped_debugging_configs_validate():
     assert configs
     for path in configs:
         assert load_debug_config(str(path), []).noise_rate > 0
+
+
+def test_a_study_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    assert main(["influence-debug", str(tmp_path / "bad.yaml")]) == 2
+    assert "bad.yaml' is not valid YAML at line" in capsys.readouterr().err
