@@ -38,8 +38,9 @@ class ClaimInfo:
     heartbeat_age: float
 
     def describe(self) -> str:
-        """``host pid``, for messages (``an unreadable claim`` if the file does not say)."""
-        return f"{self.host} pid {self.pid}" if self.host else "an unreadable claim"
+        """``host pid N, heartbeat S s ago``, for messages (``an unreadable claim`` if the file names no owner)."""
+        owner = f"{self.host} pid {self.pid}" if self.host else "an unreadable claim"
+        return f"{owner}, heartbeat {self.heartbeat_age:.0f} s ago"
 
 
 def read_claim(lock: Path) -> ClaimInfo | None:

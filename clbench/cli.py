@@ -246,7 +246,7 @@ def _end_of_grid(summary: Any, runs: list[Any], out: Path) -> int:
         held = []
         for run in missing:
             info = read_claim(out / f"{run.run_id}.lock")
-            holder = f" ({info.describe()}, heartbeat {info.heartbeat_age:.0f} s ago)" if info else ""
+            holder = f" ({info.describe()})" if info else ""
             held.append(f"{run.run_id}{holder}")
         print(
             f"clbench: the grid ended without {len(missing)} result(s), claimed by another process: "
@@ -283,28 +283,27 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_influence_bench(ns: argparse.Namespace) -> int:
-    from clbench.studies.influence_fidelity import load_fidelity_config, run_fidelity, to_markdown, write_fidelity
-
-    config = load_fidelity_config(ns.config, ns.overrides)
-    result = run_fidelity(config)
+def _run_study(ns: argparse.Namespace, load: Any, run: Any, write: Any, to_markdown: Any) -> int:
+    """A study command: its config read with ``--set``, run, written to ``--out`` (default runs/influence/<name>)."""
+    config = load(ns.config, ns.overrides)
+    result = run(config)
     out = Path(ns.out) if ns.out else Path("runs") / "influence" / config.name
-    write_fidelity(result, out)
+    write(result, out)
     print(to_markdown(result))
     print(f"written to {out}")
     return 0
+
+
+def _cmd_influence_bench(ns: argparse.Namespace) -> int:
+    from clbench.studies import influence_fidelity as study
+
+    return _run_study(ns, study.load_fidelity_config, study.run_fidelity, study.write_fidelity, study.to_markdown)
 
 
 def _cmd_influence_debug(ns: argparse.Namespace) -> int:
-    from clbench.studies.data_debugging import load_debug_config, run_debugging, to_markdown, write_debugging
+    from clbench.studies import data_debugging as study
 
-    config = load_debug_config(ns.config, ns.overrides)
-    result = run_debugging(config)
-    out = Path(ns.out) if ns.out else Path("runs") / "influence" / config.name
-    write_debugging(result, out)
-    print(to_markdown(result))
-    print(f"written to {out}")
-    return 0
+    return _run_study(ns, study.load_debug_config, study.run_debugging, study.write_debugging, study.to_markdown)
 
 
 def _cmd_compare(ns: argparse.Namespace) -> int:

@@ -71,7 +71,7 @@ def _claim_of(out: Path, run: RunConfig, status: str) -> tuple[float | None, str
         return None, None  # it ended while we looked
     lock_time = time.time() - info.heartbeat_age
     running_for = max(0.0, time.time() - (info.started if info.started is not None else lock_time))
-    return running_for, f"held by {info.describe()}, heartbeat {info.heartbeat_age:.0f} s ago"
+    return running_for, f"held by {info.describe()}"
 
 
 def plan_grid(runs: Sequence[RunConfig], out: Path) -> list[PlannedRun]:

@@ -206,7 +206,8 @@ def _build(
     model = backbone_entry.factory(run.backbone.args, benchmark.input_shape, benchmark.n_classes).to(device)
     collector = AccuracyCollector(benchmark.task_classes)
     loss_trace = LossTrace()
-    uses_buffer = bool(STRATEGIES.get(run.strategy.name).traits.get("uses_buffer", False))
+    entry = STRATEGIES.get(run.strategy.name)
+    uses_buffer = bool(entry.traits.get("uses_buffer", False))
     purity = BufferPurity(benchmark.noisy_train) if benchmark.noisy_train is not None and uses_buffer else None
     logger_objects = [LOGGERS.get(name).factory(log_dir or Path("logs"), run.run_id) for name in loggers]
     training = run.trained_with
@@ -229,7 +230,6 @@ def _build(
         context.plugins.append(LRSchedulerPlugin(schedule, reset_scheduler=True, reset_lr=True))
     if progress is not None:
         context.plugins.append(_progress_plugin(progress))
-    entry = STRATEGIES.get(run.strategy.name)
     strategy = build_strategy(entry, context, run.strategy.args)
     jointly = bool(entry.traits.get("trains_jointly", False))
     return _Run(run, device, benchmark, strategy, jointly, collector, logger_objects, loss_trace, purity)

@@ -37,12 +37,10 @@ from torch import nn
 
 from clbench.data_path import strategy_autocast
 from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.memory import fetch_all
 from clbench.training.modes import evaluation_mode
 from clbench.training.ncm import NearestMeanReplay, features_of
 from clbench.training.tensor_buffer import StreamReservoir, TensorStore
-
-FETCH_CHUNK = 512
-"""Examples fetched at once while herding a class."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +95,7 @@ class HerdingMemory(TensorStore):
         parts_x, parts_y = [self.x[keep]] if len(self) else [], [self.y[keep]]
         for c in new_classes:
             indices = torch.nonzero(targets == c).flatten().tolist()
-            x = torch.cat(
-                [
-                    strategy.fetch_examples(dataset, indices[i : i + FETCH_CHUNK], augment=False)[0]
-                    for i in range(0, len(indices), FETCH_CHUNK)
-                ]
-            )
+            x = fetch_all(strategy, dataset, indices)[0]
             with evaluation_mode(strategy.model):
                 chosen = herding_order(features_of(strategy, x), quota).to(x.device)
             parts_x.append(x[chosen].detach())

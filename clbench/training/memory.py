@@ -12,6 +12,7 @@ GSS's memory is the exception: it is updated with every incoming batch by its ow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -35,6 +36,19 @@ class ReplayMemory(Protocol):
     def update(self, strategy: Any) -> None:
         """Take in ``strategy.experience``, the experience just learned."""
         ...
+
+
+FETCH_CHUNK = 512
+"""Examples read through a strategy's data path at once by :func:`fetch_all`."""
+
+
+def fetch_all(strategy: Any, dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dataset[indices]`` un-augmented on the strategy's device, read :data:`FETCH_CHUNK` at a time."""
+    parts = [
+        strategy.fetch_examples(dataset, indices[start : start + FETCH_CHUNK], augment=False)
+        for start in range(0, len(indices), FETCH_CHUNK)
+    ]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def draw_from_dataset(strategy: Any, dataset: Any, size: int, count: int, augment: bool) -> Drawn:

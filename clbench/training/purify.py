@@ -36,12 +36,10 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
 from clbench.errors import ConfigError
+from clbench.training.memory import fetch_all
 from clbench.training.modes import evaluation_mode
 
 SMALL_LOSS = "small_loss"
-
-FETCH_CHUNK = 512
-"""Examples read from the memory at once when scoring it."""
 
 
 @dataclass(frozen=True)
@@ -95,26 +93,23 @@ class EvictableMemory(Protocol):
 
 def held_examples(strategy: Any, memory: EvictableMemory) -> tuple[torch.Tensor, torch.Tensor]:
     """Every example the memory holds, un-augmented, on the strategy's device, in buffer order."""
-    positions = list(range(len(memory)))
-    parts = [
-        strategy.fetch_examples(memory.buffer, positions[start : start + FETCH_CHUNK], augment=False)
-        for start in range(0, len(positions), FETCH_CHUNK)
-    ]
-    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+    return fetch_all(strategy, memory.buffer, list(range(len(memory))))
+
+
+def _evaluation_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s fp32 outputs on ``x`` in evaluation mode (running statistics untouched), 256 at a time."""
+    with evaluation_mode(model), torch.no_grad():
+        return torch.cat([model(xs).float() for xs in x.split(256)])
 
 
 def small_loss_harm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each example's loss under ``model`` in evaluation mode (running statistics untouched)."""
-    with evaluation_mode(model), torch.no_grad():
-        chunks = zip(x.split(256), y.split(256), strict=True)
-        return torch.cat([F.cross_entropy(model(xs).float(), ys, reduction="none") for xs, ys in chunks])
+    return F.cross_entropy(_evaluation_logits(model, x), y, reduction="none")
 
 
 def _agreeing(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Positions whose given label is the model's prediction (evaluation mode): the clean-looking ones."""
-    with evaluation_mode(model), torch.no_grad():
-        predicted = torch.cat([model(xs).argmax(1) for xs in x.split(256)])
-    return torch.nonzero(predicted == y).flatten()
+    return torch.nonzero(_evaluation_logits(model, x).argmax(1) == y).flatten()
 
 
 def cross_fold_harm(
