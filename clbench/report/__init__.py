@@ -35,6 +35,8 @@ class Report:
         skipped: Files that could not be read.
         collection: The loaded runs (for figures).
         cost: Seconds of training and evaluation per run, by protocol/strategy/buffer.
+        purity: Clean labels in the memory after each task, by protocol/strategy/buffer
+            (empty without label noise).
         published: clbench beside each published value (empty without a published table).
         published_table: The published values compared (None without one).
     """
@@ -47,6 +49,7 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     collection: Collection | None = None
     cost: pd.DataFrame = field(default_factory=pd.DataFrame)
+    purity: pd.DataFrame = field(default_factory=pd.DataFrame)
     published: pd.DataFrame = field(default_factory=pd.DataFrame)
     published_table: PublishedTable | None = None
 
@@ -89,7 +92,20 @@ def build_report(results_dir: str | Path, reference: str | None = None, publishe
     costs = cost(collection.runs) if not collection.runs.empty else pd.DataFrame()
     table = load_published(published) if published is not None else None
     beside = compare_published(collection.runs, metrics, table) if table is not None else pd.DataFrame()
-    return Report(metrics, summary, tests, tables, chosen, collection.skipped, collection, costs, beside, table)
+    purities = purity(collection.runs) if not collection.runs.empty else pd.DataFrame()
+    return Report(
+        metrics,
+        summary,
+        tests,
+        tables,
+        chosen,
+        skipped=collection.skipped,
+        collection=collection,
+        cost=costs,
+        purity=purities,
+        published=beside,
+        published_table=table,
+    )
 
 
 def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, figures: bool = True) -> list[Path]:
@@ -108,9 +124,8 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
         sections = [to_markdown(t) for t in report.tables]
         if not report.cost.empty and report.collection is not None:
             sections.append(cost_markdown(report.cost, report.collection.protocols))
-        purities = purity(report.collection.runs) if report.collection is not None else pd.DataFrame()
-        if not purities.empty and report.collection is not None:
-            sections.append(purity_markdown(purities, report.collection.protocols))
+        if not report.purity.empty and report.collection is not None:
+            sections.append(purity_markdown(report.purity, report.collection.protocols))
         if report.published_table is not None and report.collection is not None:
             sections.append(published_markdown(report.published, report.published_table, report.collection.protocols))
         path.write_text("\n".join(sections))
@@ -127,9 +142,8 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
             ("ttests", report.tests),
             ("cost", report.cost),
         ]
-        purities = purity(report.collection.runs) if report.collection is not None else pd.DataFrame()
-        if not purities.empty:
-            frames.append(("purity", purities))
+        if not report.purity.empty:
+            frames.append(("purity", report.purity))
         if report.published_table is not None:
             frames.append(("published", report.published))
         for name, frame in frames:

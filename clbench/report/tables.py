@@ -10,6 +10,7 @@ better (paired t-test, 95%), a ◦ those where it is significantly worse.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -251,21 +252,29 @@ def cost_rows_markdown(rows: pd.DataFrame) -> str:
     return text
 
 
+def _per_protocol_section(title: str, frame: pd.DataFrame, protocols: dict[str, str], rows_markdown: Any) -> str:
+    """A section of ``report.md``: ``title``, then one table a protocol, headed by its description."""
+    parts = [title, ""]
+    for pid, rows in frame.groupby("protocol", sort=True):
+        parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
+        parts += [rows_markdown(rows), ""]
+    return "\n".join(parts)
+
+
 def cost_markdown(cost: pd.DataFrame, protocols: dict[str, str]) -> str:
     """The cost section of ``report.md``: one table per protocol, seconds per run."""
-    parts = ["## Cost (seconds per run: median [min-max] over seeds)", ""]
-    for pid, rows in cost.groupby("protocol", sort=True):
-        parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
-        parts += [cost_rows_markdown(rows), ""]
-    return "\n".join(parts)
+    title = "## Cost (seconds per run: median [min-max] over seeds)"
+    return _per_protocol_section(title, cost, protocols, cost_rows_markdown)
+
+
+def _purity_rows_markdown(rows: pd.DataFrame) -> str:
+    shown = rows.drop(columns=["protocol", "benchmark"]).rename(columns={"buffer_size": "M"})
+    shown = shown.rename(columns=lambda c: c.replace("after_task_", "task ") if c.startswith("after_task_") else c)
+    text: str = shown.to_markdown(index=False)
+    return text
 
 
 def purity_markdown(purity: pd.DataFrame, protocols: dict[str, str]) -> str:
     """The buffer-purity section of ``report.md``: one table per protocol, clean labels after each task."""
-    parts = ["## Buffer purity (% clean labels in the memory after each task: mean±std over seeds)", ""]
-    for pid, rows in purity.groupby("protocol", sort=True):
-        parts += [f"### {rows['benchmark'].iloc[0]} — protocol {pid}", "", protocols.get(str(pid), ""), ""]
-        shown = rows.drop(columns=["protocol", "benchmark"]).rename(columns={"buffer_size": "M"})
-        shown = shown.rename(columns=lambda c: c.replace("after_task_", "task ") if c.startswith("after_task_") else c)
-        parts += [shown.to_markdown(index=False), ""]
-    return "\n".join(parts)
+    title = "## Buffer purity (% clean labels in the memory after each task: mean±std over seeds)"
+    return _per_protocol_section(title, purity, protocols, _purity_rows_markdown)
