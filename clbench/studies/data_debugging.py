@@ -172,6 +172,18 @@ def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -
     return scores
 
 
+def _retrained_accuracy(
+    config: DebugConfig, splits: dict[str, Any], initial: dict[str, torch.Tensor], keep: torch.Tensor
+) -> float:
+    """Test accuracy after training from ``initial`` on the kept examples (epochs or updates as configured)."""
+    n = len(splits["train"][1])
+    retrained = lenet5()
+    retrained.load_state_dict(initial)
+    epochs = config.epochs if config.retrain == "epochs" else math.ceil(config.epochs * n / len(keep))
+    train_plainly(retrained, (splits["train"][0][keep], splits["train"][1][keep]), config, epochs)
+    return accuracy(retrained, splits["test"])
+
+
 def run_debugging(config: DebugConfig) -> dict[str, Any]:
     """Train on noisy labels, score, remove the r % most harmful by each criterion, retrain, test."""
     splits = load_splits(config)
@@ -183,24 +195,20 @@ def run_debugging(config: DebugConfig) -> dict[str, Any]:
     n, removed = len(splits["train"][1]), round(config.noise_rate * len(splits["train"][1]))
     rows = []
     for criterion in config.criteria:
-        keep = torch.arange(n)
-        precision, seconds = None, 0.0
+        # No filtering retrains the tracked run itself (same start, data, order): its accuracy is the tracked one.
+        precision, seconds, test_accuracy = None, 0.0, noisy_model_accuracy
         if criterion != "none":
             harm, seconds = scores[criterion]
             dropped = torch.topk(harm.detach().float(), removed).indices
             precision = float(100 * splits["noisy"][dropped].float().mean())
             keep = torch.from_numpy(np.setdiff1d(np.arange(n), dropped.numpy()))
-        retrained = lenet5()
-        retrained.load_state_dict(initial)
-        epochs = config.epochs if config.retrain == "epochs" else math.ceil(config.epochs * n / len(keep))
-        train_plainly(retrained, (splits["train"][0][keep], splits["train"][1][keep]), config, epochs)
-        published = PUBLISHED.get(config.noise_rate, {}).get(criterion)
+            test_accuracy = _retrained_accuracy(config, splits, initial, keep)
         rows.append(
             {
                 "criterion": criterion,
                 "removed_noisy_pct": precision,
-                "test_accuracy": accuracy(retrained, splits["test"]),
-                "published": published,
+                "test_accuracy": test_accuracy,
+                "published": PUBLISHED.get(config.noise_rate, {}).get(criterion),
                 "score_seconds": seconds,
             }
         )
