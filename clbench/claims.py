@@ -60,10 +60,8 @@ def read_claim(lock: Path) -> ClaimInfo | None:
     return ClaimInfo(host, pid, started, age)
 
 
-def _is_stale(lock: Path) -> bool:
-    info = read_claim(lock)
-    if info is None:
-        return False
+def _stale(info: ClaimInfo) -> bool:
+    """No heartbeat for :data:`STALE_AFTER_SECONDS`, or a dead owner on this host."""
     if info.heartbeat_age > STALE_AFTER_SECONDS:
         return True
     if info.host != socket.gethostname() or info.pid is None:
@@ -77,15 +75,21 @@ def _is_stale(lock: Path) -> bool:
     return False
 
 
+def _is_stale(lock: Path) -> bool:
+    info = read_claim(lock)
+    return info is not None and _stale(info)
+
+
 def held_by_another_local_process(lock: Path) -> bool:
     """Whether a live process of this host other than this one holds ``lock`` (its run will end here)."""
     info = read_claim(lock)
-    return info is not None and info.host == socket.gethostname() and info.pid != os.getpid() and not _is_stale(lock)
+    return info is not None and info.host == socket.gethostname() and info.pid != os.getpid() and not _stale(info)
 
 
 def is_claimed(lock: Path) -> bool:
     """Whether a live claim (this host's live process, or another host's fresh heartbeat) holds ``lock``."""
-    return lock.is_file() and not _is_stale(lock)
+    info = read_claim(lock) if lock.is_file() else None
+    return info is not None and not _stale(info)
 
 
 def try_claim(lock: Path) -> bool:
