@@ -103,6 +103,9 @@ def _add_bench(commands: Commands) -> None:
     )
     _add_overrides(loop)
     _add_overrides(kinds.add_parser("ihvp", help="clbench's inverse-HVP solvers vs dattri's (if installed)"))
+    _add_overrides(
+        kinds.add_parser("eval", help="the evaluation forward's speed by images forwarded at once (eval_chunk)")
+    )
     every = kinds.add_parser(
         "all", help="step, loop, eval and ihvp benches plus a reduced grid, in one dated report (run it on a GPU)"
     )
@@ -347,9 +350,11 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 
     from clbench.config import from_mapping, parse_override
     from clbench.studies.speed import (
+        EvalBenchArgs,
         IhvpBenchArgs,
         LoopBenchArgs,
         StepBenchArgs,
+        bench_eval,
         bench_ihvp,
         bench_loop,
         bench_step,
@@ -368,6 +373,19 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         ihvp_args = from_mapping(IhvpBenchArgs, raw, "bench ihvp")
         print(f"clbench bench ihvp: {ihvp_args} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
         print(pd.DataFrame(bench_ihvp(ihvp_args)).to_markdown(index=False, floatfmt=".3g"))
+        return 0
+    if ns.bench == "eval":
+        import pandas as pd
+
+        from clbench.runner import resolve_device
+
+        eval_args = from_mapping(EvalBenchArgs, raw, "bench eval")
+        eval_device = resolve_device(eval_args.device)
+        print(
+            f"clbench bench eval: {eval_args} on {_device_name(eval_args.device)} (torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads)"
+        )
+        print(pd.DataFrame(bench_eval(eval_args, eval_device)).to_markdown(index=False, floatfmt=".3g"))
         return 0
     if ns.bench == "loop":
         import pandas as pd

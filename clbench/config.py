@@ -165,6 +165,16 @@ class TrainingConfig:
             MEASUREMENT_ONLY: True,
         },
     )
+    eval_chunk: int | None = field(
+        default=None,
+        metadata={
+            "help": "images forwarded at once in evaluation (default: eval_batch_size). In eval mode each image's "
+            "output is its own, so only the speed changes: choose it with `clbench bench eval` (a CPU's forward "
+            "slows at large batches)",
+            OMIT_AT_DEFAULT: True,
+            MEASUREMENT_ONLY: True,
+        },
+    )
     iterations: int = field(
         default=1,
         metadata={
@@ -206,6 +216,7 @@ class TrainingConfig:
             ("replay_batch_size", 1, self.replay_batch_size),
             ("eval_batch_size", 1, self.eval_batch_size),
             ("iterations", 1, self.iterations),
+            ("eval_chunk", 1, self.eval_chunk if self.eval_chunk is not None else 1),
             ("num_workers", 0, self.num_workers),
         ):
             if value < low:

@@ -137,15 +137,16 @@ def test_strategy_revisions_enter_the_run_id_and_revision_one_ids_never_change()
     assert er.run_id.endswith(digest)
 
 
-def test_evaluating_seen_tasks_only_keeps_the_run_id_and_the_report_protocol():
+@pytest.mark.parametrize(("setting", "value"), [("eval_tasks", "seen"), ("eval_chunk", 100)])
+def test_measurement_only_settings_keep_the_run_id_and_the_report_protocol(setting, value):
     from clbench.grid import expand_grid
     from clbench.report.collect import protocol_id, protocol_of
 
     (run,) = expand_grid(experiment_from_mapping(BASE | {"seeds": [1], "strategies": ["er"]}))
-    seen = dataclasses.replace(run, training=dataclasses.replace(run.training, eval_tasks="seen"))
+    seen = dataclasses.replace(run, training=dataclasses.replace(run.training, **{setting: value}))
     assert seen.run_id == run.run_id
-    assert seen.to_dict()["training"]["eval_tasks"] == "seen"  # the result file says how it was evaluated
-    assert "eval_tasks" not in run.to_dict()["training"]  # files written before the setting keep their ids
+    assert seen.to_dict()["training"][setting] == value  # the result file says how it was evaluated
+    assert setting not in run.to_dict()["training"]  # files written before the setting keep their ids
     assert protocol_id(protocol_of(seen.to_dict())) == protocol_id(protocol_of(run.to_dict()))
     longer = dataclasses.replace(run, training=dataclasses.replace(run.training, epochs=2))
     assert protocol_id(protocol_of(longer.to_dict())) != protocol_id(protocol_of(run.to_dict()))
@@ -186,6 +187,7 @@ def test_fast_settings_follow_the_data_path():
             "training.eval_tasks: 'seen' needs data_path 'device'; valid with 'avalanche': 'all'",
         ),
         ("training.eval_tasks=some", "'some'"),
+        ("training.eval_chunk=0", "training.eval_chunk: must be at least 1, got 0"),
     ],
 )
 def test_training_values_are_range_checked_before_any_run(tmp_path, capsys, override, message):

@@ -23,9 +23,11 @@ import torch
 
 from clbench.errors import ClbenchError
 from clbench.studies.speed import (
+    EvalBenchArgs,
     IhvpBenchArgs,
     LoopBenchArgs,
     StepBenchArgs,
+    bench_eval,
     bench_ihvp,
     bench_loop,
     bench_step,
@@ -86,6 +88,10 @@ def _loop_table(args: LoopBenchArgs) -> str:
     return _markdown(bench_loop(args))
 
 
+def _eval_table(args: EvalBenchArgs, device: torch.device) -> str:
+    return _markdown(bench_eval(args, device))
+
+
 def _step_table(args: StepBenchArgs, header: str) -> str:
     return format_rows(bench_step(args), header)
 
@@ -121,6 +127,17 @@ def _step_sections(preset: BenchPreset, device: str) -> list[tuple[str, Callable
         )
         header = f"ResNet-18 nf={args.nf}, {args.new} new + {args.memory} memory, |V|={args.val}, median ms"
         sections.append((f"Step: ER vs MetaSP, {precision}", functools.partial(_step_table, args, header)))
+    return sections
+
+
+def _eval_sections(preset: BenchPreset, device: torch.device) -> list[tuple[str, Callable[[], str]]]:
+    sections: list[tuple[str, Callable[[], str]]] = []
+    for precision, channels_last in (("fp32", False), ("bf16", True)):
+        args = EvalBenchArgs(
+            nf=preset.nf, images=min(preset.test_images, 2000), precision=precision, channels_last=channels_last
+        )
+        title = f"Eval: images forwarded at once, {precision}{' + channels-last' if channels_last else ''}"
+        sections.append((title, functools.partial(_eval_table, args, device)))
     return sections
 
 
@@ -161,6 +178,7 @@ def run_bench_all(
     sections: list[tuple[str, Callable[[], str]]] = [
         *_step_sections(preset, str(device)),
         *_loop_sections(preset, str(device)),
+        *_eval_sections(preset, device),
         ("Inverse-HVP solvers", lambda: _markdown(bench_ihvp(IhvpBenchArgs()))),
         ("Reduced grid", lambda: _grid_section(preset, out / "grid", jobs, data_root)),
     ]

@@ -454,3 +454,62 @@ def bench_loop(args: LoopBenchArgs) -> list[dict[str, Any]]:
         for name, influence in variants
         for data_path in args.data_paths
     ]
+
+
+@dataclass(frozen=True)
+class EvalBenchArgs:
+    """Arguments of ``clbench bench eval``."""
+
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    nf: int = field(default=20, metadata={"help": "ResNet-18 width (64 full, 20 reduced)"})
+    chunks: tuple[int, ...] = field(
+        default=(50, 100, 250, 500, 1000), metadata={"help": "images forwarded at once (training.eval_chunk)"}
+    )
+    images: int = field(default=2000, metadata={"help": "32x32 test images forwarded per timing"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 or bf16 (autocast)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format"})
+    repeats: int = field(default=3, metadata={"help": "timings per chunk size (the median is kept)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def __post_init__(self) -> None:
+        """Raises: ClbenchError: a precision other than fp32 / bf16, or a chunk size below 1."""
+        from clbench.errors import ClbenchError
+
+        if self.precision not in ("fp32", "bf16"):
+            raise ClbenchError(f"bench eval: precision {self.precision!r}; valid choices: fp32, bf16")
+        if not self.chunks or min(self.chunks) < 1 or self.images < 1:
+            raise ClbenchError(f"bench eval: chunks {list(self.chunks)} and images {self.images} must be at least 1")
+
+
+def bench_eval(args: EvalBenchArgs, device: torch.device) -> list[dict[str, Any]]:
+    """Seconds per 10,000 images of the evaluation forward (eval mode, no grad) at each chunk size.
+
+    The figure ``training.eval_chunk`` is chosen by: on a CPU the convolutions of a large batch
+    run slower per image than those of a few hundred.
+    """
+    from clbench.backbones import CifarResNet18
+
+    torch.manual_seed(args.seed)
+    model = CifarResNet18(3, 10, nf=args.nf).to(device).eval()
+    images = torch.randn(args.images, 3, 32, 32, device=device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def forward_all(chunk: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad(), autocast:
+                for part in images.split(chunk):
+                    model(part)
+
+        return run
+
+    rows = []
+    for chunk in args.chunks:
+        ms, _ = _time(forward_all(chunk), device, warmup=1, repeats=args.repeats)
+        rows.append({"eval_chunk": chunk, "s_per_10k_images": ms / 1000 * 10000 / args.images})
+    fastest = min(row["s_per_10k_images"] for row in rows)
+    for row in rows:
+        row["vs_fastest"] = row["s_per_10k_images"] / fastest
+    return rows

@@ -222,7 +222,7 @@ class StrategyContext:
             "criterion": self.criterion,
             "train_mb_size": self.training.batch_size,
             "train_epochs": self.training.epochs if train_epochs is None else train_epochs,
-            "eval_mb_size": self.training.eval_batch_size,
+            "eval_mb_size": self.training.eval_chunk or self.training.eval_batch_size,
             "device": self.device,
             "plugins": [*extra_plugins, *self.plugins],
             "evaluator": self.evaluator,
