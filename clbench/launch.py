@@ -29,6 +29,7 @@ from clbench.errors import ClbenchError
 from clbench.grid import GridSummary, prepare_grid, run_from_dict
 from clbench.results import result_status, write_json_atomic
 from clbench.runner import TrainingProgress, execute_run
+from clbench.slurm import check_resources, in_squeue, read_nodes, wait_for_jobs
 from clbench.training.context import STRATEGIES
 
 CLAIMED = "claimed or finished by another process"
@@ -379,6 +380,9 @@ def submit_grid(
     if not todo:
         return summary
     slurm = experiment.slurm
+    nodes = read_nodes() if cluster == "slurm" else None
+    if nodes:
+        check_resources(slurm, nodes)
     try:
         executor = submitit.AutoExecutor(folder=output_dir / "submitit", cluster=cluster)
     except RuntimeError as exc:  # no srun / sbatch on this machine
@@ -405,7 +409,17 @@ def submit_grid(
     except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as exc:
         raise ClbenchError(_submission_failure(str(exc))) from None
     echo(f"submitted {len(jobs)} run(s) to {cluster}: job {jobs[0].job_id.split('_')[0]}")
+    on_slurm = cluster == "slurm"
+    vanished = wait_for_jobs(
+        jobs, echo, poll_seconds=5.0 if on_slurm else 0.5, in_queue=in_squeue if on_slurm else None
+    )
     for run, job in zip(todo, jobs, strict=True):
+        if job.job_id in vanished:
+            summary.failed[run.run_id] = (
+                f"job {job.job_id}: left Slurm's queue without a record (cancelled before it started); "
+                "run the same command again to submit it again"
+            )
+            continue
         try:
             run_id, failure, user_error = job.result()
         except Exception as exc:  # the task itself died (time limit, node failure, cancelled, ...)
