@@ -7,7 +7,6 @@ exits with status 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -141,41 +140,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _describe_args(args_type: type) -> list[str]:
-    lines = []
-    for f in dataclasses.fields(args_type):
-        default: Any = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        )
-        lines.append(f"      {f.name} = {default!r}  {f.metadata.get('help', '')}")
-    return lines
-
-
 def _cmd_list(kind: str | None, show_args: bool) -> int:
-    from clbench.backbones import BACKBONES
-    from clbench.datasets.base import BENCHMARKS
-    from clbench.influence.estimators import ESTIMATORS
-    from clbench.loggers import LOGGERS
-    from clbench.training.context import STRATEGIES
+    from clbench.registry_manifest import list_lines, load_manifest
 
-    registries: dict[str, Any] = {
-        "strategies": STRATEGIES,
-        "benchmarks": BENCHMARKS,
-        "backbones": BACKBONES,
-        "loggers": LOGGERS,
-        "estimators": ESTIMATORS,
-    }
-    for name, registry in registries.items():
-        if kind is not None and kind != name:
-            continue
-        print(f"{name}:")
-        for entry in registry:
-            print(f"  {entry.name:22s} {entry.help}")
-            if show_args:
-                for line in _describe_args(entry.args):
-                    print(line)
+    print("\n".join(list_lines(load_manifest(), kind, show_args)))
     return 0
 
 
@@ -185,6 +153,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     if ns.jobs < 1:
         raise ClbenchError(f"invalid --jobs {ns.jobs}; it must be a positive number of processes")
     experiment = load_experiment(ns.config, ns.overrides)  # before torch is imported: a bad file fails at once
+    from clbench.registry_manifest import check_components, load_manifest
+
+    check_components(load_manifest(), experiment)  # names and argument keys, still without torch when cached
     from clbench.grid import expand_grid, output_dir_for
 
     out = output_dir_for(experiment, ns.out)
