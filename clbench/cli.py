@@ -85,6 +85,12 @@ def _add_influence_studies(commands: Commands) -> None:
     debug.add_argument("config", help="YAML (see experiments/influence/debugging/fmnist.yaml)")
     _add_overrides(debug)
     debug.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
+    cluster = commands.add_parser(
+        "influence-cluster", help="HYDRA's clustering: split each label's examples by contribution signs (Table 4)"
+    )
+    cluster.add_argument("config", help="YAML (see experiments/influence/debugging/fmnist_clustering.yaml)")
+    _add_overrides(cluster)
+    cluster.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
     agreement = commands.add_parser(
         "influence-agreement", help="meta_lastlayer vs exact meta influence at the checkpoints of a MetaSP run"
     )
@@ -280,6 +286,13 @@ def _cmd_influence_debug(ns: argparse.Namespace) -> int:
     return _run_study(ns, study.load_debug_config, study.run_debugging, study.write_debugging, study.to_markdown)
 
 
+def _cmd_influence_cluster(ns: argparse.Namespace) -> int:
+    from clbench.studies import data_clustering as study
+    from clbench.studies.data_debugging import load_debug_config
+
+    return _run_study(ns, load_debug_config, study.run_clustering, study.write_clustering, study.to_markdown)
+
+
 def _cmd_compare(ns: argparse.Namespace) -> int:
     from clbench.report.compare import compare_setting
 
@@ -414,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_influence_bench(ns)
         if ns.command == "influence-debug":
             return _cmd_influence_debug(ns)
+        if ns.command == "influence-cluster":
+            return _cmd_influence_cluster(ns)
         if ns.command == "compare":
             return _cmd_compare(ns)
         if ns.command == "influence-agreement":

@@ -209,6 +209,41 @@ def fast_trajectory_influence(model: nn.Module, train: Batch, lr: float, args: H
     return influence
 
 
+def fast_trajectory_influence_per_point(
+    model: nn.Module, train: Batch, lr: float, args: HydraArgs, points: Batch
+) -> torch.Tensor:
+    """(N, K) HYDRA fast influence of every training example on each of K measurement points' losses.
+
+    Column k equals :func:`fast_trajectory_influence` with the single point k as the
+    measurement (tested). One replay accumulates, per training example, the run's weighted
+    sum of its gradients ``v_i = sum_t h[T - t] / |B_t| grad l_i(theta_t)`` (HYDRA's fast
+    tangent, an (N, P) matrix: small training sets only), then ``influence = V G^T`` with G
+    the K points' loss gradients at theta_T.
+    """
+    loss_vec = per_example_loss_fn(model)
+    x, y = train
+    with batchnorm_stats_frozen(model):
+        final, steps = _replay(model, train, lr, args, lambda t, p, index: None)
+        h = impulse_response(steps, lr, args.momentum, args.weight_decay)
+        names = list(final)
+        tangents = torch.zeros(y.shape[0], sum(final[k].numel() for k in names), dtype=x.dtype, device=y.device)
+
+        def one_gradient(params: Params, xi: torch.Tensor, yi: torch.Tensor) -> Params:
+            return grad(lambda p: loss_vec(p, xi[None], yi[None]).sum())(params)  # type: ignore[no-any-return]
+
+        def flat_gradients(params: Params, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+            grads = vmap(one_gradient, in_dims=(None, 0, 0))(params, xs, ys)
+            return torch.cat([grads[k].reshape(xs.shape[0], -1) for k in names], dim=1)
+
+        def accumulate(t: int, params: Params, index: torch.Tensor) -> None:
+            weight = float(h[steps - t]) / len(index)
+            tangents.index_add_(0, index, weight * flat_gradients(params, x[index], y[index]).detach())
+
+        _replay(model, train, lr, args, accumulate)
+        point_gradients = flat_gradients(final, *points).detach()
+    return tangents @ point_gradients.T
+
+
 class HydraEstimator(Estimator):
     """Influence along a training run from the model's current weights (HYDRA)."""
 

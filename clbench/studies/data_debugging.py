@@ -47,6 +47,13 @@ class DebugConfig:
     n_val: int = field(default=1000, metadata={"help": "clean validation examples (HYDRA: 10,000)"})
     n_test: int = field(default=10000, metadata={"help": "test examples"})
     noise_rate: float = field(default=0.8, metadata={"help": "share of permuted training labels, removed again"})
+    noise_kind: Literal["permute", "symmetric"] = field(
+        default="permute",
+        metadata={"help": "permute (HYDRA's Table 3) or symmetric (uniformly wrong labels: its Table 4 clustering)"},
+    )
+    cluster_points: int = field(
+        default=100, metadata={"help": "validation points of each contribution vector (clustering; HYDRA: 1,000)"}
+    )
     epochs: int = field(default=20, metadata={"help": "training epochs (HYDRA: 20)"})
     batch_size: int = field(default=64, metadata={"help": "mini-batch (HYDRA: 64)"})
     lr: float = field(default=0.01, metadata={"help": "constant learning rate (HYDRA: 0.01, halved on plateaus)"})
@@ -96,7 +103,7 @@ def load_splits(config: DebugConfig) -> dict[str, Any]:
     rng.shuffle(chosen)
     train_rows, val_rows = chosen[: config.n_train], chosen[config.n_train :]
     x, clean = tensors(pool, train_rows)
-    noisy, mask = corrupt_labels(clean.numpy(), 10, LabelNoise("permute", config.noise_rate), config.seed)
+    noisy, mask = corrupt_labels(clean.numpy(), 10, LabelNoise(config.noise_kind, config.noise_rate), config.seed)
     return {
         "train": (x, torch.from_numpy(noisy)),
         "noisy": torch.from_numpy(mask),
@@ -220,14 +227,19 @@ def run_debugging(config: DebugConfig) -> dict[str, Any]:
     }
 
 
+def _noise_words(config: dict[str, Any]) -> str:
+    return "permuted" if config.get("noise_kind", "permute") == "permute" else "uniformly wrong"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The result as a table with the paper's values beside."""
     import pandas as pd
 
     config = result["config"]
     head = (
-        f"Fashion-MNIST, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % permuted "
-        f"labels (rate {config['noise_rate']}), {config['n_val']} clean validation, {config['n_test']} test; "
+        f"Fashion-MNIST, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % "
+        f"{_noise_words(config)} labels (rate {config['noise_rate']}), {config['n_val']} clean validation, "
+        f"{config['n_test']} test; "
         f"LeNet-5 (ReLU), SGD lr {config['lr']} momentum {config['momentum']} wd {config['weight_decay']}, "
         f"batch {config['batch_size']}, {config['epochs']} epochs (retrained for the same "
         f"{'number of updates' if config.get('retrain') == 'steps' else 'epochs'}), seed {config['seed']}. "

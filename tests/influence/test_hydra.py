@@ -73,3 +73,18 @@ def test_impulse_response_of_plain_sgd_is_minus_lr_forever():
     assert impulse_response(4, 0.1, 0.0, 0.0)[1:].tolist() == pytest.approx([-0.1] * 4)
     decayed = impulse_response(3, 0.1, 0.0, 0.5)  # each step shrinks theta by lr * wd
     assert decayed[1:].tolist() == pytest.approx([-0.1, -0.1 * 0.95, -0.1 * 0.95**2])
+
+
+def test_per_point_fast_influence_is_the_fast_influence_on_each_point_alone():
+    from clbench.influence.hydra import fast_trajectory_influence, fast_trajectory_influence_per_point
+
+    model, train, test = _problem()
+    fast = HydraArgs(hessian_aware=False, epochs=2, batch_size=5, momentum=0.9, weight_decay=0.01)
+    got = fast_trajectory_influence_per_point(model, train, 0.2, fast, test)
+    assert got.shape == (12, 6)
+    for k in range(6):
+        alone = fast_trajectory_influence(model, train, 0.2, fast, (test[0][k : k + 1], test[1][k : k + 1]))
+        assert alone.abs().max() > 1e-4
+        torch.testing.assert_close(got[:, k], alone, rtol=1e-9, atol=1e-12)
+    # the mean over the points is the influence on their mean loss
+    torch.testing.assert_close(got.mean(1), fast_trajectory_influence(model, train, 0.2, fast, test))

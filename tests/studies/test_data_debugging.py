@@ -1,6 +1,7 @@
 """HYDRA's data debugging at toy size: every criterion removes, retrains and reports, and finds noise."""
 
 import numpy as np
+import pytest
 from idx_files import write_idx
 
 from clbench.cli import main
@@ -59,3 +60,44 @@ def test_a_study_config_that_is_not_yaml_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     assert main(["influence-debug", str(tmp_path / "bad.yaml")]) == 2
     assert "bad.yaml' is not valid YAML at line" in capsys.readouterr().err
+
+
+def _toy_data(tmp_path):
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for prefix, per_class, seed in (("train", 40, 0), ("t10k", 10, 1)):
+        images, labels = _patterns(data, per_class, seed)
+        write_idx(data / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(data / f"{prefix}-labels-idx1-ubyte", labels)
+    return data
+
+
+def test_influence_cluster_separates_the_mislabelled_half_of_each_label(tmp_path):
+    import json
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: toy\ndata_path: {_toy_data(tmp_path)}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
+        "noise_kind: symmetric\ncluster_points: 30\nepochs: 15\nlr: 0.05\ncg_iterations: 5\n"
+        "criteria: [hydra_fast, cg, identity]\n"
+    )
+    assert main(["influence-cluster", str(config), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == ["hydra_fast", "cg", "identity"]
+    assert 0.4 < result["noisy_share"] < 0.6
+    # on these easy patterns the clean examples agree with the validation points, the wrong ones do not
+    assert rows["hydra_fast"]["jaccard_clean"] > 60 and rows["hydra_fast"]["jaccard_mislabelled"] > 60
+    assert rows["cg"]["published_clean"] == 41.26  # HYDRA Table 4, influence functions on Fashion-MNIST
+
+
+def test_jaccard_matches_each_cluster_to_the_part_it_overlaps_best():
+    from clbench.studies.data_clustering import cluster_overlap
+
+    noisy = np.array([False] * 6 + [True] * 6)
+    perfect = np.vstack([np.tile([1.0, -1.0], (6, 1)), np.tile([-1.0, 1.0], (6, 1))])
+    assert cluster_overlap(perfect, np.zeros(12, dtype=int), noisy, seed=0) == (100.0, 100.0)
+    one_off = perfect.copy()
+    one_off[0] = [-1.0, 1.0]  # a clean example that looks mislabelled
+    clean, wrong = cluster_overlap(one_off, np.zeros(12, dtype=int), noisy, seed=0)
+    assert (clean, wrong) == pytest.approx((100 * 5 / 6, 100 * 6 / 7))
