@@ -284,6 +284,7 @@ def test_a_job_array_that_sbatch_refuses_is_one_line_naming_the_setting(tmp_path
             )
 
     monkeypatch.setattr(submitit, "AutoExecutor", Refusing)
+    monkeypatch.setattr("clbench.launch.read_nodes", lambda: None)  # no sinfo to check against (a real one may answer)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(GRID))
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--launcher", "slurm"]) == 2
     err = capsys.readouterr().err
