@@ -311,8 +311,33 @@ def _pool_round(todo: list[RunConfig], launch: _Launch, jobs: int, init: tuple[A
     return broken
 
 
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (``kill``, Slurm's ``scancel``) unwinds like Ctrl-C: the claim is released, no temporary file is left.
+
+    Python's default for SIGTERM ends the process at once, leaving the run's claim for
+    others to wait out. Only the main thread may set a handler; elsewhere nothing changes.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_inline(todo: list[RunConfig], launch: _Launch) -> None:
     """One run after the other in this process, each benchmark built once for its seed."""
+    with _sigterm_unwinds():
+        _run_inline_loop(todo, launch)
+
+
+def _run_inline_loop(todo: list[RunConfig], launch: _Launch) -> None:
     from tqdm import tqdm
 
     cache: dict[tuple[str, str, int], Benchmark] = {}

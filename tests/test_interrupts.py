@@ -106,3 +106,19 @@ def test_a_killed_worker_is_reported_its_runs_queued_again_and_the_grid_ends_com
     assert "Traceback" not in output
     assert process.returncode == 0, output
     assert sorted(p.name.split("-s")[1][0] for p in out.glob("*.json")) == ["1", "2", "3"]
+
+
+def test_sigterm_of_an_inline_grid_releases_its_claim(tmp_path):
+    # `kill` or Slurm's scancel: Python's default ended the process at once and left the claim.
+    (tmp_path / "c.yaml").write_text(GRID)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "clbench.cli", "run", str(tmp_path / "c.yaml"), "--out", str(out)]
+    process = subprocess.Popen([*command, "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(out.glob("*.lock")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(out.glob("*.lock")), "no run was claimed"
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not list(out.glob("*.lock")) and not list(out.glob(".*.tmp"))
+    assert all(is_finished(p) for p in out.glob("*.json"))
