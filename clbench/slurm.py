@@ -137,14 +137,14 @@ class _Watch:
         if job.done():
             return "done"
         state = str(job.state).split(" ")[0]
-        if state == "UNKNOWN" and self.in_queue is not None and self._gone(job.job_id):
+        if state == "UNKNOWN" and self.in_queue is not None and self._gone(job.job_id, self.in_queue):
             self.vanished.add(job.job_id)
             return "done"
         return "pending" if state in PENDING_STATES else "running"
 
-    def _gone(self, job_id: str) -> bool:
+    def _gone(self, job_id: str, in_queue: Callable[[str], bool]) -> bool:
         since = self.unknown_since.setdefault(job_id, self.clock())
-        return self.clock() - since > VANISHED_AFTER_SECONDS and not self.in_queue(job_id)
+        return self.clock() - since > VANISHED_AFTER_SECONDS and not in_queue(job_id)
 
 
 def wait_for_jobs(
