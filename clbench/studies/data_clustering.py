@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from clbench.config import config_to_dict
-from clbench.studies.data_debugging import DebugConfig, lenet5, load_splits, train_plainly
+from clbench.studies.data_debugging import (
+    DebugConfig,
+    end_of_training_estimators,
+    hydra_args,
+    lenet5,
+    load_splits,
+    train_plainly,
+)
 
 PUBLISHED = {
     # HYDRA Table 4, Fashion-MNIST: mean Jaccard index (%) of the clean and of the randomly labelled part.
@@ -37,7 +44,7 @@ METHODS = ("hydra_fast", "cg", "identity")
 def contributions(config: DebugConfig, splits: dict[str, Any]) -> dict[str, tuple[torch.Tensor, float]]:
     """(N, K) influence of every training example on each validation point, by method, and its seconds."""
     from clbench.influence.estimators import make_estimator
-    from clbench.influence.hydra import HydraArgs, fast_trajectory_influence_per_point
+    from clbench.influence.hydra import fast_trajectory_influence_per_point
 
     train = splits["train"]
     points = (splits["val"][0][: config.cluster_points], splits["val"][1][: config.cluster_points])
@@ -46,22 +53,13 @@ def contributions(config: DebugConfig, splits: dict[str, Any]) -> dict[str, tupl
     found: dict[str, tuple[torch.Tensor, float]] = {}
     if "hydra_fast" in config.criteria:
         tic = time.perf_counter()
-        hydra = HydraArgs(
-            hessian_aware=False,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            seed=config.seed,
-        )
         found["hydra_fast"] = (
-            fast_trajectory_influence_per_point(model, train, config.lr, hydra, points),
+            fast_trajectory_influence_per_point(model, train, config.lr, hydra_args(config), points),
             time.perf_counter() - tic,
         )
     train_plainly(model, train, config)
     singles = [(points[0][k : k + 1], points[1][k : k + 1]) for k in range(len(points[1]))]
-    options = {"cg": {"damping": config.cg_damping, "max_iter": config.cg_iterations}, "identity": {}}
-    for name, estimator_options in options.items():
+    for name, estimator_options in end_of_training_estimators(config).items():
         if name in config.criteria:
             tic = time.perf_counter()
             result = make_estimator(name, estimator_options)(model, train, singles, config.lr)

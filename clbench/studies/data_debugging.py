@@ -138,6 +138,25 @@ def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> float
     return float(100 * (predicted == data[1]).float().mean())
 
 
+def hydra_args(config: DebugConfig) -> Any:
+    """HYDRA's fast recurrence following the study's training run (the same SGD settings and batch order)."""
+    from clbench.influence.hydra import HydraArgs
+
+    return HydraArgs(
+        hessian_aware=False,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+    )
+
+
+def end_of_training_estimators(config: DebugConfig) -> dict[str, dict[str, Any]]:
+    """The estimators scored at the end of training, with their options: influence functions and alignment."""
+    return {"cg": {"damping": config.cg_damping, "max_iter": config.cg_iterations}, "identity": {}}
+
+
 def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -> dict[str, tuple[Any, float]]:
     """Each criterion's harm of every training example (positive = remove first) and its seconds.
 
@@ -145,30 +164,18 @@ def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -
     follows that run from the start, the other criteria score at its end).
     """
     from clbench.influence.estimators import make_estimator
-    from clbench.influence.hydra import HydraArgs, fast_trajectory_influence
+    from clbench.influence.hydra import fast_trajectory_influence
 
     train, val = splits["train"], splits["val"]
     scores: dict[str, tuple[Any, float]] = {}
     if "hydra_fast" in config.criteria:
         tic = time.perf_counter()
-        hydra = HydraArgs(
-            hessian_aware=False,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            seed=config.seed,
-        )
         scores["hydra_fast"] = (
-            fast_trajectory_influence(model, train, config.lr, hydra, val),
+            fast_trajectory_influence(model, train, config.lr, hydra_args(config), val),
             time.perf_counter() - tic,
         )
     train_plainly(model, train, config)
-    estimators: tuple[tuple[str, dict[str, Any]], ...] = (
-        ("cg", {"damping": config.cg_damping, "max_iter": config.cg_iterations}),
-        ("identity", {}),
-    )
-    for name, options in estimators:
+    for name, options in end_of_training_estimators(config).items():
         if name in config.criteria:
             tic = time.perf_counter()
             result = make_estimator(name, options)(model, train, [val], config.lr)

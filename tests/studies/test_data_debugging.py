@@ -19,15 +19,9 @@ def _patterns(folder, per_class, seed):
 
 
 def test_influence_debug_removes_retrains_and_finds_the_noisy_labels(tmp_path, capsys):
-    data = tmp_path / "fmnist"
-    data.mkdir()
-    for prefix, per_class, seed in (("train", 40, 0), ("t10k", 10, 1)):
-        images, labels = _patterns(data, per_class, seed)
-        write_idx(data / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(data / f"{prefix}-labels-idx1-ubyte", labels)
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"name: toy\ndata_path: {data}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
+        f"name: toy\ndata_path: {_toy_data(tmp_path)}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
         "epochs: 15\nlr: 0.05\ncg_iterations: 5\n"
     )
     assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
