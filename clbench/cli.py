@@ -91,6 +91,13 @@ def _add_influence_studies(commands: Commands) -> None:
     cluster.add_argument("config", help="YAML (see experiments/influence/debugging/fmnist_clustering.yaml)")
     _add_overrides(cluster)
     cluster.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
+    trajectory = commands.add_parser(
+        "influence-trajectory",
+        help="HYDRA's fidelity along training: fast hypergradients and influence functions vs Hessian-aware (Figs 4-5)",
+    )
+    trajectory.add_argument("config", help="YAML (see experiments/influence/hydra_trajectory.yaml)")
+    _add_overrides(trajectory)
+    trajectory.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
     agreement = commands.add_parser(
         "influence-agreement", help="meta_lastlayer vs exact meta influence at the checkpoints of a MetaSP run"
     )
@@ -293,6 +300,12 @@ def _cmd_influence_cluster(ns: argparse.Namespace) -> int:
     return _run_study(ns, load_debug_config, study.run_clustering, study.write_clustering, study.to_markdown)
 
 
+def _cmd_influence_trajectory(ns: argparse.Namespace) -> int:
+    from clbench.studies import hydra_trajectory as study
+
+    return _run_study(ns, study.load_trajectory_config, study.run_trajectory, study.write_trajectory, study.to_markdown)
+
+
 def _cmd_compare(ns: argparse.Namespace) -> int:
     from clbench.report.compare import compare_setting
 
@@ -429,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_influence_debug(ns)
         if ns.command == "influence-cluster":
             return _cmd_influence_cluster(ns)
+        if ns.command == "influence-trajectory":
+            return _cmd_influence_trajectory(ns)
         if ns.command == "compare":
             return _cmd_compare(ns)
         if ns.command == "influence-agreement":

@@ -244,6 +244,136 @@ def fast_trajectory_influence_per_point(
     return tangents @ point_gradients.T
 
 
+@dataclass
+class SgdRecord:
+    """An SGD run with momentum as the reverse pass reads it (one entry a update).
+
+    Attributes:
+        params: theta_0 .. theta_T: theta_t is the start of update t, theta_T the end of the run.
+        batches: the training indices of update t.
+        lrs: the learning rate of update t (a schedule may change it).
+        momentum: SGD momentum mu.
+        weight_decay: SGD weight decay lam.
+    """
+
+    params: list[Params] = field(default_factory=list)
+    batches: list[torch.Tensor] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+def record_sgd(
+    model: nn.Module, train: Batch, args: HydraArgs, lr: float | Callable[[int, Params], float]
+) -> SgdRecord:
+    """Train functionally from the model's weights as :func:`train_with_hypergradients` does, recording the run.
+
+    ``lr`` is a constant or ``lr(epoch, theta)``, asked at the start of every epoch (a
+    schedule such as halving on plateaus reads the weights there). The model's own
+    parameters are left as they are.
+    """
+    loss_vec = per_example_loss_fn(model)
+    x, y = train
+    generator = torch.Generator().manual_seed(args.seed)
+    record = SgdRecord(momentum=args.momentum, weight_decay=args.weight_decay)
+    with batchnorm_stats_frozen(model):
+        params = {k: v.detach() for k, v in trainable_params(model).items()}
+        velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+        for epoch in range(args.epochs):
+            rate = lr(epoch, params) if callable(lr) else lr
+            order = torch.randperm(y.shape[0], generator=generator).to(y.device)
+            for start in range(0, y.shape[0], args.batch_size):
+                index = order[start : start + args.batch_size]
+                record.params.append(params)
+                record.batches.append(index)
+                record.lrs.append(rate)
+                g = grad(lambda p, index=index: loss_vec(p, x[index], y[index]).mean())(params)
+                velocity = {k: args.momentum * velocity[k] + g[k] + args.weight_decay * params[k] for k in params}
+                params = {k: (params[k] - rate * velocity[k]).detach() for k in params}
+        record.params.append(params)
+    return record
+
+
+def reverse_trajectory_influence(
+    model: nn.Module, train: Batch, record: SgdRecord, measurement: Batch, steps: int | None = None
+) -> dict[str, torch.Tensor]:
+    """HYDRA's Hessian-aware and fast influence of every training example, by one reverse pass.
+
+    The influence on the measurement's mean loss after the first ``steps`` updates of
+    ``record`` (default all), of every example of ``train``, with and without the H_t
+    term: the adjoint of the module docstring's recurrence. With u_t = a_m - lr_t a_theta
+    (a_theta = dL/dtheta_{t+1}, a_m = dL/dm_{t+1}), going back from a_theta = grad L(theta_T),
+    a_m = 0::
+
+        dL/deps_i += u_t . grad l_i(theta_t) / |B_t|      for i in B_t
+        a_theta   <- a_theta + lam u_t + H_t u_t           (fast: no H_t u_t)
+        a_m       <- mu u_t
+
+    One HVP and two JVPs a step instead of one HVP per tracked example and step (the
+    forward recurrence of :func:`train_with_hypergradients`, which it equals: tested), so
+    every training example is followed; the price is theta_t kept for every update.
+
+    Returns:
+        ``{"hessian_aware": (N,), "fast": (N,)}``, positive = harmful.
+    """
+    loss_vec = per_example_loss_fn(model)
+    x, y = train
+    last = len(record.batches) if steps is None else steps
+    if not 0 <= last <= len(record.batches):
+        raise ValueError(f"steps={steps}: the record holds {len(record.batches)} updates")
+    with batchnorm_stats_frozen(model):
+        g = grad(lambda p: loss_vec(p, *measurement).mean())(record.params[last])
+        zeros = {k: torch.zeros_like(v) for k, v in g.items()}
+        adjoints = {"hessian_aware": (g, zeros), "fast": (g, zeros)}
+        influence = {name: torch.zeros(y.shape[0], dtype=x.dtype, device=y.device) for name in adjoints}
+        for t in range(last - 1, -1, -1):
+            index = record.batches[t]
+            batch = (record.params[t], x[index], y[index])
+            for name, (a_theta, a_m) in adjoints.items():
+                directional, adjoints[name] = _adjoint_step(
+                    loss_vec, batch, record, t, a_theta, a_m, name == "hessian_aware"
+                )
+                influence[name].index_add_(0, index, directional.detach() / len(index))
+    return influence
+
+
+def _adjoint_step(
+    loss_vec: Any,
+    batch: tuple[Params, torch.Tensor, torch.Tensor],
+    record: SgdRecord,
+    t: int,
+    a_theta: Params,
+    a_m: Params,
+    hessian_aware: bool,
+) -> tuple[torch.Tensor, tuple[Params, Params]]:
+    """Update t backwards: the batch's loss derivatives along u_t and the adjoints before the update."""
+    theta, xb, yb = batch
+    u = {k: a_m[k] - record.lrs[t] * a_theta[k] for k in a_theta}
+    if hessian_aware:
+        curvature, directional = _hvp_and_directional(loss_vec, theta, xb, yb, u)
+        a_theta = {k: a_theta[k] + record.weight_decay * u[k] + curvature[k] for k in a_theta}
+    else:
+        directional = jvp(lambda p: loss_vec(p, xb, yb), (theta,), (u,))[1]
+        a_theta = {k: a_theta[k] + record.weight_decay * u[k] for k in a_theta}
+    return directional, (a_theta, {k: record.momentum * u[k] for k in u})
+
+
+def _hvp_and_directional(
+    loss_vec: Any, theta: Params, x: torch.Tensor, y: torch.Tensor, tangent: Params
+) -> tuple[Params, torch.Tensor]:
+    """H tangent for the batch mean loss and each example's loss derivative along tangent, in one pass."""
+
+    def mean_and_losses(q: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = loss_vec(q, x, y)
+        return losses.mean(), losses
+
+    def gradient_and_losses(p: Params) -> tuple[Params, torch.Tensor]:
+        return grad(mean_and_losses, has_aux=True)(p)  # type: ignore[no-any-return]
+
+    tangents_out = jvp(gradient_and_losses, (theta,), (tangent,))[1]
+    return tangents_out[0], tangents_out[1]
+
+
 class HydraEstimator(Estimator):
     """Influence along a training run from the model's current weights (HYDRA)."""
 

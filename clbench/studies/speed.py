@@ -76,8 +76,9 @@ def _fused_step_parts(
     """The exact fused step's parts apart: where its time goes (``part:`` rows of ``bench step``).
 
     The validation gradients at the pseudo-updated weights are timed both ways the library
-    computes them (one ``vmap``-ed pass over the two sets, the fp32 step's way, or one pass
-    each, the bf16 step's), the JVP with its two tangents, and the training forward.
+    can compute them (one ``vmap``-ed pass over the two sets, or one pass each: the step's
+    way since MetaSP revision 3), the JVP with one and with two tangents, and the training
+    forward.
     """
     from clbench.influence.functional import batchnorm_stats_frozen, per_example_loss_fn, trainable_params
     from clbench.influence.meta import per_example_directional, validation_gradients
@@ -94,9 +95,12 @@ def _fused_step_parts(
 
         return run
 
-    def jvp() -> None:
-        with batchnorm_stats_frozen(model):
-            per_example_directional(model, theta, batch, tangents, low_precision)
+    def jvp(count: int) -> Callable[[], None]:
+        def run() -> None:
+            with batchnorm_stats_frozen(model):
+                per_example_directional(model, theta, batch, {k: v[:count] for k, v in tangents.items()}, low_precision)
+
+        return run
 
     def forward() -> None:
         with torch.no_grad():
@@ -108,7 +112,10 @@ def _fused_step_parts(
         ("part: training forward", forward),
         *vmapped,
         ("part: V grads, apart", gradients(False)),
-        ("part: JVP, 2 tangents", jvp),
+        # One tangent against two: each costs two convolutions a layer (product rule), the
+        # primal forward is shared.
+        ("part: JVP, 1 tangent", jvp(1)),
+        ("part: JVP, 2 tangents", jvp(2)),
     ]
 
 

@@ -17,10 +17,14 @@ The buffer is MetaSP's class-balanced buffer (:mod:`clbench.strategies.metasp.bu
 
 The fused step (``influence: meta`` with one pseudo step, and ``meta_lastlayer``) takes
 the influence from the training step's own forward: the pseudo gradient is a backward
-pass of its graph, the validation gradients of V_old and V_new one batched pass (fp32),
-and the weighted loss a second backward of the same graph; the influence equals the
-two-pass computation (tested to 1e-5). Revision 2: this fused step, and under
-``precision: bf16`` the influence computed in bf16 too (revision 1 ran it in fp32).
+pass of its graph, the validation gradients of V_old and V_new one pass each, and the
+weighted loss a second backward of the same graph; the influence equals the two-pass
+computation (tested to 1e-5). Revision 2: this fused step, and under ``precision: bf16``
+the influence computed in bf16 too (revision 1 ran it in fp32). Revision 3: in fp32 the
+validation gradients are taken one set at a time instead of one ``vmap``-ed pass over
+both (1.5x faster on CPU; the influence moves by float rounding, ~1e-8, and each set's
+influence is now bit for bit the one it has alone, tested). ``meta_lastlayer`` and the
+estimator-based influences compute exactly what revision 2 did.
 """
 
 from __future__ import annotations
@@ -504,7 +508,7 @@ def _build(
     args=MetaSPArgs,
     help="MetaSP: influence-weighted rehearsal by MGDA fusion of stability and plasticity (paper 'Ours')",
     uses_buffer=True,
-    revision=2,
+    revision=3,
 )
 def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> Recipe:
     """MetaSP with the class-balanced random buffer."""
@@ -516,7 +520,7 @@ def build_metasp(ctx: StrategyContext, args: MetaSPArgs) -> Recipe:
     args=MetaSPRehSelArgs,
     help="MetaSP + RehSel: buffer filled by K-means clusters ranked by influence (paper 'Ours+RehSel')",
     uses_buffer=True,
-    revision=2,
+    revision=3,
 )
 def build_metasp_rehsel(ctx: StrategyContext, args: MetaSPRehSelArgs) -> Recipe:
     """MetaSP with RehSel (or one of its ablations) filling the buffer."""

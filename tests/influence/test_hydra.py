@@ -88,3 +88,61 @@ def test_per_point_fast_influence_is_the_fast_influence_on_each_point_alone():
         torch.testing.assert_close(got[:, k], alone, rtol=1e-9, atol=1e-12)
     # the mean over the points is the influence on their mean loss
     torch.testing.assert_close(got.mean(1), fast_trajectory_influence(model, train, 0.2, fast, test))
+
+
+@pytest.mark.parametrize("aware", [True, False])
+def test_reverse_pass_equals_the_forward_recurrence(aware):
+    from clbench.influence.hydra import record_sgd, reverse_trajectory_influence
+
+    model, train, test = _problem()
+    forward = trajectory_influence(model, train_with_hypergradients(model, train, 0.2, _args(aware)), test)
+    record = record_sgd(model, train, ARGS, 0.2)
+    got = reverse_trajectory_influence(model, train, record, test)["hessian_aware" if aware else "fast"]
+    assert forward.abs().max() > 1e-4
+    torch.testing.assert_close(got, forward, rtol=1e-9, atol=1e-12)
+
+
+def _args(aware):
+    return HydraArgs(hessian_aware=aware, epochs=2, batch_size=5, momentum=0.9, weight_decay=0.01)
+
+
+def _unrolled_influence(model, train, test, record, steps):
+    """d L_test / d eps by autograd through the recorded run's first ``steps`` updates (its lrs)."""
+    from clbench.influence.functional import per_example_loss_fn, trainable_params
+
+    loss_vec = per_example_loss_fn(model)
+    eps = torch.zeros(train[1].shape[0], dtype=torch.float64, requires_grad=True)
+    params = {k: v.clone().requires_grad_(True) for k, v in trainable_params(model).items()}
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+    for index, lr in zip(record.batches[:steps], record.lrs[:steps], strict=True):
+        weighted = ((1 + eps[index]) * loss_vec(params, train[0][index], train[1][index])).mean()
+        grads = torch.autograd.grad(weighted, list(params.values()), create_graph=True)
+        velocity = {
+            k: record.momentum * velocity[k] + g + record.weight_decay * params[k]
+            for (k, g) in zip(params, grads, strict=True)
+        }
+        params = {k: params[k] - lr * velocity[k] for k in params}
+    (d_eps,) = torch.autograd.grad(loss_vec(params, *test).mean(), eps)
+    return d_eps
+
+
+def test_reverse_pass_follows_a_learning_rate_schedule_and_stops_at_any_update():
+    from clbench.influence.hydra import record_sgd, reverse_trajectory_influence
+
+    model, train, test = _problem()
+    asked = []
+
+    def halving(epoch, params):
+        asked.append(epoch)
+        return 0.2 * 0.5**epoch
+
+    record = record_sgd(model, train, HydraArgs(epochs=3, batch_size=5, momentum=0.9, weight_decay=0.01), halving)
+    assert asked == [0, 1, 2] and record.lrs == [0.2] * 3 + [0.1] * 3 + [0.05] * 3
+    assert len(record.params) == len(record.batches) + 1
+    for steps in (4, 9):
+        got = reverse_trajectory_influence(model, train, record, test, steps)["hessian_aware"]
+        want = _unrolled_influence(model, train, test, record, steps)
+        assert want.abs().max() > 1e-4
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="steps=10"):
+        reverse_trajectory_influence(model, train, record, test, 10)
