@@ -27,8 +27,8 @@ from clbench.studies.data_debugging import (
     DebugConfig,
     end_of_training_estimators,
     hydra_args,
-    lenet5,
     load_splits,
+    network,
     train_plainly,
 )
 
@@ -49,7 +49,7 @@ def contributions(config: DebugConfig, splits: dict[str, Any]) -> dict[str, tupl
     train = splits["train"]
     points = (splits["val"][0][: config.cluster_points], splits["val"][1][: config.cluster_points])
     torch.manual_seed(config.seed)
-    model = lenet5()
+    model = network(config)
     found: dict[str, tuple[torch.Tensor, float]] = {}
     if "hydra_fast" in config.criteria:
         tic = time.perf_counter()

@@ -95,3 +95,35 @@ def test_jaccard_matches_each_cluster_to_the_part_it_overlaps_best():
     one_off[0] = [-1.0, 1.0]  # a clean example that looks mislabelled
     clean, wrong = cluster_overlap(one_off, np.zeros(12, dtype=int), noisy, seed=0)
     assert (clean, wrong) == pytest.approx((100 * 5 / 6, 100 * 6 / 7))
+
+
+def _colour_folder(root):
+    """A CIFAR-10-shaped image folder: each class a bright square at its own place, 32 x 32 colour."""
+    from PIL import Image
+
+    from clbench.datasets.cifar import CIFAR10_CLASSES
+
+    for split, per_class, seed in (("train", 40, 0), ("test", 10, 1)):
+        images, labels = _patterns(None, per_class, seed)
+        for k, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = root / split / CIFAR10_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            padded = np.pad(image, 2)[..., None].repeat(3, axis=2)
+            Image.fromarray(padded).save(folder / f"{k:04d}.png")
+    return root
+
+
+def test_influence_debug_reads_cifar10_image_folders(tmp_path):
+    import json
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: toy\ndataset: cifar10\ndata_path: {_colour_folder(tmp_path / 'cifar10')}\nn_train: 200\n"
+        "n_val: 100\nn_test: 100\nnoise_rate: 0.5\nepochs: 15\nlr: 0.05\ncriteria: [none, hydra_fast, small_loss]\n"
+    )
+    assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    rows = {row["criterion"]: row for row in result["rows"]}
+    assert rows["hydra_fast"]["removed_noisy_pct"] > 100 * result["noisy_share"] + 20
+    assert rows["none"]["published"] == 68.91  # HYDRA's appendix Table 4, CIFAR-10 at 50 %, no filtering
+    assert (tmp_path / "out" / "report.md").read_text().startswith("CIFAR-10, 200 training images")
