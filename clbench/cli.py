@@ -95,7 +95,7 @@ def _add_influence_studies(commands: Commands) -> None:
         "influence-trajectory",
         help="HYDRA's fidelity along training: fast hypergradients and influence functions vs Hessian-aware (Figs 4-5)",
     )
-    trajectory.add_argument("config", help="YAML (see experiments/influence/hydra_trajectory.yaml)")
+    trajectory.add_argument("config", help="YAML (see experiments/influence/trajectory/fmnist_lenet5.yaml)")
     _add_overrides(trajectory)
     trajectory.add_argument("--out", default=None, help="output folder (default runs/influence/<name>)")
     agreement = commands.add_parser(

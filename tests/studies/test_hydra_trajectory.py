@@ -52,5 +52,5 @@ def test_shipped_trajectory_config_validates():
 
     from clbench.studies.hydra_trajectory import load_trajectory_config
 
-    path = Path(__file__).parents[2] / "experiments" / "influence" / "hydra_trajectory.yaml"
+    path = Path(__file__).parents[2] / "experiments" / "influence" / "trajectory" / "fmnist_lenet5.yaml"
     assert load_trajectory_config(str(path), []).tracked == 500
