@@ -161,6 +161,9 @@ def _checkpoint(
         **{f"hydra_fast_{k}": v for k, v in _scores(hydra["fast"][tracked], reference[tracked]).items()},
         **{f"if_{k}": v for k, v in _scores(functions[tracked], reference[tracked]).items()},
         **{f"if_gn_{k}": v for k, v in _scores(gauss_newton[tracked], reference[tracked]).items()},
+        # the spread of each hypergradient: the curvature term shrinks old contributions
+        "hydra_aware_std": float(reference[tracked].std()),
+        "hydra_fast_std": float(hydra["fast"][tracked].std()),
         **{f"all_hydra_fast_{k}": v for k, v in _scores(hydra["fast"], reference).items()},
         **{f"all_if_{k}": v for k, v in _scores(functions, reference).items()},
         "hydra_seconds": hydra_seconds,
@@ -216,8 +219,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     )
     columns = ["epoch", "lr", "train_loss", "test_accuracy", "hydra_fast_sign_error_rate", "hydra_fast_spearman"]
     columns += ["if_sign_error_rate", "if_spearman", "if_gn_sign_error_rate", "if_gn_spearman"]
-    columns += ["all_hydra_fast_spearman", "all_if_spearman"]
-    table = pd.DataFrame(result["rows"])[columns].to_markdown(index=False, floatfmt=".4g")
+    columns += ["all_hydra_fast_spearman", "all_if_spearman", "hydra_aware_std", "hydra_fast_std"]
+    frame = pd.DataFrame(result["rows"])
+    table = frame[[c for c in columns if c in frame]].to_markdown(index=False, floatfmt=".4g")
     published = result["published"]
     paper = (
         "HYDRA (after 100 epochs, mean (std)): fast sign error "
