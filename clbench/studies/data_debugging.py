@@ -47,6 +47,9 @@ PUBLISHED = {
 NORMALISATION = {"fmnist": ((0.2860,), (0.3530,)), "cifar10": CIFAR10_STATS}
 
 
+CRITERIA = ("none", "hydra_fast", "hydra_aware", "cg", "identity", "small_loss")
+
+
 @dataclass(frozen=True)
 class DebugConfig:
     """One data-debugging experiment (HYDRA's settings where they fit; sizes scaled for a CPU)."""
@@ -85,7 +88,8 @@ class DebugConfig:
         },
     )
     criteria: tuple[str, ...] = field(
-        default=("none", "hydra_fast", "cg", "identity", "small_loss"), metadata={"help": "what decides the removal"}
+        default=("none", "hydra_fast", "cg", "identity", "small_loss"),
+        metadata={"help": f"what decides the removal, of: {', '.join(CRITERIA)}"},
     )
     seed: int = field(default=0, metadata={"help": "seed of the subset, the noise, the init and the batch order"})
 
@@ -206,7 +210,7 @@ def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -
     follows that run from the start, the other criteria score at its end).
     """
     from clbench.influence.estimators import make_estimator
-    from clbench.influence.hydra import fast_trajectory_influence
+    from clbench.influence.hydra import fast_trajectory_influence, record_sgd, reverse_trajectory_influence
 
     train, val = splits["train"], splits["val"]
     scores: dict[str, tuple[Any, float]] = {}
@@ -216,6 +220,13 @@ def harm_scores(config: DebugConfig, model: nn.Module, splits: dict[str, Any]) -
             fast_trajectory_influence(model, train, config.lr, hydra_args(config), val),
             time.perf_counter() - tic,
         )
+    if "hydra_aware" in config.criteria:
+        # HYDRA's Hessian-aware hypergradient of every example: one reverse pass over the
+        # recorded run (one HVP a step), the same run train_plainly makes.
+        tic = time.perf_counter()
+        record = record_sgd(model, train, hydra_args(config), config.lr)
+        aware = reverse_trajectory_influence(model, train, record, val)["hessian_aware"]
+        scores["hydra_aware"] = (aware, time.perf_counter() - tic)
     train_plainly(model, train, config)
     for name, options in end_of_training_estimators(config).items():
         if name in config.criteria:
@@ -306,9 +317,14 @@ def load_debug_config(path: str, overrides: list[str]) -> DebugConfig:
         ConfigError: The file is missing or not YAML, or a key or value is invalid.
     """
     from clbench.config import apply_overrides, read_yaml_file
+    from clbench.errors import ConfigError
 
     raw = apply_overrides(read_yaml_file(path) or {}, overrides)
-    return from_mapping(DebugConfig, raw, "influence-debug")
+    config = from_mapping(DebugConfig, raw, "influence-debug")
+    unknown = [c for c in config.criteria if c not in CRITERIA]
+    if unknown:
+        raise ConfigError(f"criteria: unknown {unknown[0]!r}; valid choices: {', '.join(CRITERIA)}")
+    return config
 
 
 def write_debugging(result: dict[str, Any], out: Path) -> None:

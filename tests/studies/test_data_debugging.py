@@ -127,3 +127,24 @@ def test_influence_debug_reads_cifar10_image_folders(tmp_path):
     assert rows["hydra_fast"]["removed_noisy_pct"] > 100 * result["noisy_share"] + 20
     assert rows["none"]["published"] == 68.91  # HYDRA's appendix Table 4, CIFAR-10 at 50 %, no filtering
     assert (tmp_path / "out" / "report.md").read_text().startswith("CIFAR-10, 200 training images")
+
+
+def test_hessian_aware_criterion_follows_the_same_run_and_finds_the_noise(tmp_path):
+    import json
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"name: toy\ndata_path: {_toy_data(tmp_path)}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
+        "epochs: 6\nlr: 0.05\ncriteria: [none, hydra_aware]\n"
+    )
+    assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    rows = {row["criterion"]: row for row in result["rows"]}
+    assert rows["hydra_aware"]["removed_noisy_pct"] > 100 * result["noisy_share"] + 20
+
+
+def test_an_unknown_debugging_criterion_is_one_line(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("criteria: [none, hydra_fst]\n")
+    assert main(["influence-debug", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'hydra_fst'" in err and "hydra_aware" in err and len(err.splitlines()) == 1
