@@ -162,24 +162,33 @@ def impulse_response(steps: int, lr: float, momentum: float, weight_decay: float
     return h
 
 
+Schedule = float | Callable[[int, Params], float]
+"""A constant learning rate, or ``lr(epoch, theta)`` asked at the start of every epoch."""
+
+
 def _replay(
-    model: nn.Module, train: Batch, lr: float, args: HydraArgs, visit: Callable[[int, Params, torch.Tensor], None]
+    model: nn.Module,
+    train: Batch,
+    lr: Schedule,
+    args: HydraArgs,
+    visit: Callable[[int, Params, torch.Tensor, float], None],
 ) -> tuple[Params, int]:
-    """The SGD run :func:`train_with_hypergradients` follows, calling ``visit(t, theta_t, batch)`` before update t."""
+    """The SGD run :func:`train_with_hypergradients` follows; ``visit(t, theta_t, batch, lr_t)`` before update t."""
     loss_vec = per_example_loss_fn(model)
     x, y = train
     generator = torch.Generator().manual_seed(args.seed)
     params = trainable_params(model)
     velocity = {k: torch.zeros_like(v) for k, v in params.items()}
     step = 0
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        rate = lr(epoch, params) if callable(lr) else lr
         order = torch.randperm(y.shape[0], generator=generator).to(y.device)
         for start in range(0, y.shape[0], args.batch_size):
             index = order[start : start + args.batch_size]
-            visit(step, params, index)
+            visit(step, params, index, rate)
             g = grad(lambda p, index=index: loss_vec(p, x[index], y[index]).mean())(params)
             velocity = {k: args.momentum * velocity[k] + g[k] + args.weight_decay * params[k] for k in params}
-            params = {k: params[k] - lr * velocity[k] for k in params}
+            params = {k: params[k] - rate * velocity[k] for k in params}
             step += 1
     return params, step
 
@@ -196,12 +205,12 @@ def fast_trajectory_influence(model: nn.Module, train: Batch, lr: float, args: H
     loss_vec = per_example_loss_fn(model)
     x, y = train
     with batchnorm_stats_frozen(model):
-        final, steps = _replay(model, train, lr, args, lambda t, p, index: None)
+        final, steps = _replay(model, train, lr, args, lambda t, p, index, rate: None)
         g = grad(lambda p: loss_vec(p, *measurement).mean())(final)
         h = impulse_response(steps, lr, args.momentum, args.weight_decay)
         influence = torch.zeros(y.shape[0], dtype=x.dtype, device=y.device)
 
-        def accumulate(t: int, params: Params, index: torch.Tensor) -> None:
+        def accumulate(t: int, params: Params, index: torch.Tensor, rate: float) -> None:
             directional = jvp(lambda p: loss_vec(p, x[index], y[index]), (params,), (g,))[1]
             influence.index_add_(0, index, directional.detach() * float(h[steps - t]) / len(index))
 
@@ -223,7 +232,7 @@ def fast_trajectory_influence_per_point(
     loss_vec = per_example_loss_fn(model)
     x, y = train
     with batchnorm_stats_frozen(model):
-        final, steps = _replay(model, train, lr, args, lambda t, p, index: None)
+        final, steps = _replay(model, train, lr, args, lambda t, p, index, rate: None)
         h = impulse_response(steps, lr, args.momentum, args.weight_decay)
         names = list(final)
         tangents = torch.zeros(y.shape[0], sum(final[k].numel() for k in names), dtype=x.dtype, device=y.device)
@@ -235,7 +244,7 @@ def fast_trajectory_influence_per_point(
             grads = vmap(one_gradient, in_dims=(None, 0, 0))(params, xs, ys)
             return torch.cat([grads[k].reshape(xs.shape[0], -1) for k in names], dim=1)
 
-        def accumulate(t: int, params: Params, index: torch.Tensor) -> None:
+        def accumulate(t: int, params: Params, index: torch.Tensor, rate: float) -> None:
             weight = float(h[steps - t]) / len(index)
             tangents.index_add_(0, index, weight * flat_gradients(params, x[index], y[index]).detach())
 
@@ -263,34 +272,23 @@ class SgdRecord:
     weight_decay: float = 0.0
 
 
-def record_sgd(
-    model: nn.Module, train: Batch, args: HydraArgs, lr: float | Callable[[int, Params], float]
-) -> SgdRecord:
-    """Train functionally from the model's weights as :func:`train_with_hypergradients` does, recording the run.
+def record_sgd(model: nn.Module, train: Batch, args: HydraArgs, lr: Schedule) -> SgdRecord:
+    """The run :func:`train_with_hypergradients` follows, recorded for the reverse pass.
 
-    ``lr`` is a constant or ``lr(epoch, theta)``, asked at the start of every epoch (a
-    schedule such as halving on plateaus reads the weights there). The model's own
-    parameters are left as they are.
+    ``lr`` is a constant or ``lr(epoch, theta)`` (a schedule such as halving on plateaus
+    reads the weights at the start of each epoch). The model's own parameters are left as
+    they are.
     """
-    loss_vec = per_example_loss_fn(model)
-    x, y = train
-    generator = torch.Generator().manual_seed(args.seed)
     record = SgdRecord(momentum=args.momentum, weight_decay=args.weight_decay)
-    with batchnorm_stats_frozen(model):
-        params = {k: v.detach() for k, v in trainable_params(model).items()}
-        velocity = {k: torch.zeros_like(v) for k, v in params.items()}
-        for epoch in range(args.epochs):
-            rate = lr(epoch, params) if callable(lr) else lr
-            order = torch.randperm(y.shape[0], generator=generator).to(y.device)
-            for start in range(0, y.shape[0], args.batch_size):
-                index = order[start : start + args.batch_size]
-                record.params.append(params)
-                record.batches.append(index)
-                record.lrs.append(rate)
-                g = grad(lambda p, index=index: loss_vec(p, x[index], y[index]).mean())(params)
-                velocity = {k: args.momentum * velocity[k] + g[k] + args.weight_decay * params[k] for k in params}
-                params = {k: (params[k] - rate * velocity[k]).detach() for k in params}
+
+    def keep(t: int, params: Params, index: torch.Tensor, rate: float) -> None:
         record.params.append(params)
+        record.batches.append(index)
+        record.lrs.append(rate)
+
+    with batchnorm_stats_frozen(model):
+        final, _ = _replay(model, train, lr, args, keep)
+    record.params.append(final)
     return record
 
 

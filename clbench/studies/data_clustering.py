@@ -25,11 +25,13 @@ import torch
 from clbench.config import config_to_dict
 from clbench.studies.data_debugging import (
     DebugConfig,
+    dataset_name,
     end_of_training_estimators,
     hydra_args,
     load_splits,
     network,
     train_plainly,
+    write_study,
 )
 
 PUBLISHED = {
@@ -118,9 +120,9 @@ def to_markdown(result: dict[str, Any]) -> str:
 
     config = result["config"]
     head = (
-        f"Fashion-MNIST, {config['n_train']} training images, {100 * result['noisy_share']:.1f} % with a uniformly "
-        f"wrong label (rate {config['noise_rate']}); contributions to {config['cluster_points']} clean validation "
-        f"points (HYDRA: 1,000), signs clustered by 2-means within each given label; LeNet-5 (ReLU), SGD lr "
+        f"{dataset_name(config)}, {config['n_train']} training images, {100 * result['noisy_share']:.1f} % with "
+        f"a uniformly wrong label (rate {config['noise_rate']}); contributions to {config['cluster_points']} clean "
+        f"validation points (HYDRA: 1,000), signs clustered by 2-means within each given label; LeNet-5 (ReLU), SGD lr "
         f"{config['lr']} momentum {config['momentum']} wd {config['weight_decay']}, batch {config['batch_size']}, "
         f"{config['epochs']} epochs, seed {config['seed']}. Jaccard index (%), mean over the ten labels."
     )
@@ -129,9 +131,5 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def write_clustering(result: dict[str, Any], out: Any) -> None:
-    """``result.json`` and ``report.md`` in ``out`` (atomic writes)."""
-    from clbench.results import write_json_atomic, write_text_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "result.json", result)
-    write_text_atomic(out / "report.md", to_markdown(result))
+    """``result.json`` and ``report.md`` in ``out``."""
+    write_study(result, out, to_markdown(result))

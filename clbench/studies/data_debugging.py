@@ -108,7 +108,8 @@ def network(config: DebugConfig) -> nn.Module:
     return lenet5(len(NORMALISATION[config.dataset][0]))
 
 
-def _balanced(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+def balanced_rows(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count // 10`` rows of each of the ten labels, drawn without replacement, class by class."""
     per_class = count // 10
     return np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
 
@@ -125,7 +126,7 @@ def load_splits(config: DebugConfig) -> dict[str, Any]:
 
     pool, test = _read_pool_and_test(config)
     rng = np.random.default_rng(config.seed)
-    chosen = _balanced(pool.labels, config.n_train + config.n_val, rng)
+    chosen = balanced_rows(pool.labels, config.n_train + config.n_val, rng)
     rng.shuffle(chosen)
     train_rows, val_rows = chosen[: config.n_train], chosen[config.n_train :]
     x, clean = tensors(pool, train_rows)
@@ -291,14 +292,18 @@ def _noise_words(config: dict[str, Any]) -> str:
     return "permuted" if config.get("noise_kind", "permute") == "permute" else "uniformly wrong"
 
 
+def dataset_name(config: dict[str, Any]) -> str:
+    """The dataset of a study's saved config, as the reports name it (files from before the option: Fashion-MNIST)."""
+    return "CIFAR-10" if config.get("dataset") == "cifar10" else "Fashion-MNIST"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The result as a table with the paper's values beside."""
     import pandas as pd
 
     config = result["config"]
-    dataset = "CIFAR-10" if config.get("dataset") == "cifar10" else "Fashion-MNIST"
     head = (
-        f"{dataset}, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % "
+        f"{dataset_name(config)}, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % "
         f"{_noise_words(config)} labels (rate {config['noise_rate']}), {config['n_val']} clean validation, "
         f"{config['n_test']} test; "
         f"LeNet-5 (ReLU), SGD lr {config['lr']} momentum {config['momentum']} wd {config['weight_decay']}, "
@@ -327,10 +332,15 @@ def load_debug_config(path: str, overrides: list[str]) -> DebugConfig:
     return config
 
 
-def write_debugging(result: dict[str, Any], out: Path) -> None:
-    """``result.json`` and ``report.md`` in ``out`` (atomic writes)."""
-    from clbench.results import write_json_atomic
+def write_study(result: dict[str, Any], out: Path, markdown: str) -> None:
+    """A study's ``result.json`` and ``report.md`` in ``out`` (atomic writes)."""
+    from clbench.results import write_json_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "result.json", result)
-    (out / "report.md").write_text(to_markdown(result))
+    write_text_atomic(out / "report.md", markdown)
+
+
+def write_debugging(result: dict[str, Any], out: Path) -> None:
+    """``result.json`` and ``report.md`` in ``out``."""
+    write_study(result, out, to_markdown(result))

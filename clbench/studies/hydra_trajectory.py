@@ -70,13 +70,11 @@ class PlateauHalving:
         """``objective(theta)``: the training plus validation loss the schedule watches."""
         self.config, self.objective = config, objective
         self.rate, self.best, self.stale = config.lr, float("inf"), 0
-        self.history: list[float] = []
 
     def __call__(self, epoch: int, params: dict[str, torch.Tensor]) -> float:
         """The learning rate of ``epoch``, given the weights at its start."""
         if epoch > 0:
             value = float(self.objective(params))
-            self.history.append(value)
             if value < self.best * (1 - self.config.plateau_tolerance):
                 self.best, self.stale = value, 0
             else:
@@ -87,7 +85,7 @@ class PlateauHalving:
 
 
 def _splits(config: TrajectoryConfig) -> dict[str, Any]:
-    from clbench.studies.data_debugging import DebugConfig, load_splits
+    from clbench.studies.data_debugging import DebugConfig, balanced_rows, load_splits
 
     debug = DebugConfig(
         data_path=config.data_path, n_train=config.n_train, n_val=config.n_val, n_test=config.n_test, noise_rate=0.0
@@ -95,9 +93,7 @@ def _splits(config: TrajectoryConfig) -> dict[str, Any]:
     splits = load_splits(debug)
     dtype = getattr(torch, config.dtype)
     labels = splits["train"][1].numpy()
-    rng = np.random.default_rng(config.seed)
-    per_class = config.tracked // 10
-    tracked = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)])
+    tracked = balanced_rows(labels, config.tracked, np.random.default_rng(config.seed))
     cast = {name: (splits[name][0].to(dtype), splits[name][1]) for name in ("train", "val", "test")}
     return {**cast, "tracked": torch.from_numpy(np.sort(tracked))}
 
@@ -250,9 +246,7 @@ def load_trajectory_config(path: str, overrides: list[str]) -> TrajectoryConfig:
 
 
 def write_trajectory(result: dict[str, Any], out: Path) -> None:
-    """``result.json`` and ``report.md`` in ``out`` (atomic writes)."""
-    from clbench.results import write_json_atomic, write_text_atomic
+    """``result.json`` and ``report.md`` in ``out``."""
+    from clbench.studies.data_debugging import write_study
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "result.json", result)
-    write_text_atomic(out / "report.md", to_markdown(result))
+    write_study(result, out, to_markdown(result))

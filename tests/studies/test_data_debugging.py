@@ -18,17 +18,23 @@ def _patterns(folder, per_class, seed):
     return images.astype(np.uint8), labels
 
 
-def test_influence_debug_removes_retrains_and_finds_the_noisy_labels(tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"name: toy\ndata_path: {_toy_data(tmp_path)}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
-        "epochs: 15\nlr: 0.05\ncg_iterations: 5\n"
-    )
-    assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
+def _debug(tmp_path, config_text):
+    """``clbench influence-debug`` on a config written to tmp_path: its result and rows by criterion."""
     import json
 
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text)
+    assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    rows = {row["criterion"]: row for row in result["rows"]}
+    return result, {row["criterion"]: row for row in result["rows"]}
+
+
+def test_influence_debug_removes_retrains_and_finds_the_noisy_labels(tmp_path, capsys):
+    result, rows = _debug(
+        tmp_path,
+        f"name: toy\ndata_path: {_toy_data(tmp_path)}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
+        "epochs: 15\nlr: 0.05\ncg_iterations: 5\n",
+    )
     assert list(rows) == ["none", "hydra_fast", "cg", "identity", "small_loss"]
     noisy_share = 100 * result["noisy_share"]
     # the model learns the clean majority, so its large losses are mostly the permuted labels
@@ -114,32 +120,22 @@ def _colour_folder(root):
 
 
 def test_influence_debug_reads_cifar10_image_folders(tmp_path):
-    import json
-
-    config = tmp_path / "c.yaml"
-    config.write_text(
+    result, rows = _debug(
+        tmp_path,
         f"name: toy\ndataset: cifar10\ndata_path: {_colour_folder(tmp_path / 'cifar10')}\nn_train: 200\n"
-        "n_val: 100\nn_test: 100\nnoise_rate: 0.5\nepochs: 15\nlr: 0.05\ncriteria: [none, hydra_fast, small_loss]\n"
+        "n_val: 100\nn_test: 100\nnoise_rate: 0.5\nepochs: 15\nlr: 0.05\ncriteria: [none, hydra_fast, small_loss]\n",
     )
-    assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    rows = {row["criterion"]: row for row in result["rows"]}
     assert rows["hydra_fast"]["removed_noisy_pct"] > 100 * result["noisy_share"] + 20
     assert rows["none"]["published"] == 68.91  # HYDRA's appendix Table 4, CIFAR-10 at 50 %, no filtering
     assert (tmp_path / "out" / "report.md").read_text().startswith("CIFAR-10, 200 training images")
 
 
 def test_hessian_aware_criterion_follows_the_same_run_and_finds_the_noise(tmp_path):
-    import json
-
-    config = tmp_path / "c.yaml"
-    config.write_text(
+    result, rows = _debug(
+        tmp_path,
         f"name: toy\ndata_path: {_toy_data(tmp_path)}\nn_train: 200\nn_val: 100\nn_test: 100\nnoise_rate: 0.5\n"
-        "epochs: 6\nlr: 0.05\ncriteria: [none, hydra_aware]\n"
+        "epochs: 6\nlr: 0.05\ncriteria: [none, hydra_aware]\n",
     )
-    assert main(["influence-debug", str(config), "--out", str(tmp_path / "out")]) == 0
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    rows = {row["criterion"]: row for row in result["rows"]}
     assert rows["hydra_aware"]["removed_noisy_pct"] > 100 * result["noisy_share"] + 20
 
 
