@@ -45,21 +45,33 @@ Precision = Literal["fp32", "bf16"]
 CROP_PADDING = 4
 
 
-def crop_flip(pixels: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+def crop_flip(
+    pixels: torch.Tensor,
+    offsets: torch.Tensor,
+    flips: torch.Tensor,
+    padding: int,
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Random-crop-with-padding and horizontal flip of a whole batch, with given draws.
 
     Args:
-        pixels: ``uint8`` (N, C, H, W).
+        pixels: ``uint8`` (N, C, H, W), or normalised inputs with ``fill``.
         offsets: (N, 2) integer (row, column) offsets into the zero-padded image, in
             ``[0, 2 * padding]``.
         flips: (N,) booleans: flip this image left-right.
-        padding: Zero (black) padding on every side before cropping.
+        padding: Padding on every side before cropping: zero (black), or ``fill``.
+        fill: (1, C, 1, 1) per-channel padding value: black in normalised units for
+            inputs already normalised (a memory's stored examples).
 
     Returns:
         The augmented batch, same shape and dtype as ``pixels``.
     """
     n, c, h, w = pixels.shape
-    padded = F.pad(pixels, (padding, padding, padding, padding))
+    if fill is None:
+        padded = F.pad(pixels, (padding, padding, padding, padding))
+    else:
+        padded = fill.to(pixels.dtype).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding : padding + h, padding : padding + w] = pixels
     rows = offsets[:, 0:1] + torch.arange(h, device=pixels.device)
     cols = offsets[:, 1:2] + torch.arange(w, device=pixels.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
@@ -67,12 +79,17 @@ def crop_flip(pixels: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, 
     return picked_rows.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
-def random_crop_flip(pixels: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+def random_crop_flip(
+    pixels: torch.Tensor,
+    generator: torch.Generator,
+    padding: int = CROP_PADDING,
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
     """:func:`crop_flip` with offsets and flips drawn from ``generator`` (uniform, p = 0.5)."""
     n = pixels.shape[0]
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=pixels.device)
     flips = torch.rand(n, generator=generator, device=pixels.device) < 0.5
-    return crop_flip(pixels, offsets, flips, padding)
+    return crop_flip(pixels, offsets, flips, padding, fill)
 
 
 class DeviceImages:
@@ -91,7 +108,21 @@ class DeviceImages:
         pixels = self.pixels[rows]
         if augment and self.augment:
             pixels = random_crop_flip(pixels, generator)
-        images = (pixels.float().div_(255.0) - self.shift).div_(self.scale)
+        return self._laid_out((pixels.float().div_(255.0) - self.shift).div_(self.scale))
+
+    def augment_normalised(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The training augmentation of images already normalised (a memory's stored inputs), if enabled.
+
+        Cropping and flipping commute with the per-pixel normalisation, and the padding is
+        black in normalised units, so an image stored un-augmented and augmented here is
+        the image :meth:`batch` would have served with the same draws, bit for bit.
+        """
+        if not self.augment:
+            return images
+        black = (torch.zeros_like(self.shift) - self.shift).div_(self.scale)
+        return self._laid_out(random_crop_flip(images, generator, fill=black))
+
+    def _laid_out(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
@@ -233,6 +264,7 @@ class DeviceBatches:
         self.oversample = oversample
         self.augment = augment
         self.generator = generator
+        self.last_parts: list[tuple[_Source, torch.Tensor]] = []
 
     def _batches_of(self, source: _Source) -> int:
         full, rest = divmod(len(source), source.batch_size)
@@ -274,7 +306,22 @@ class DeviceBatches:
                 parts.append((source, chosen))
             yield self._assemble(parts)
 
+    def unaugmented(self, count: int) -> torch.Tensor | None:
+        """The first ``count`` inputs of the last batch without augmentation; None if it was not augmented."""
+        if not (
+            self.augment and any(isinstance(s.images, DeviceImages) and s.images.augment for s, _ in self.last_parts)
+        ):
+            return None
+        images = torch.cat([s.images.batch(s.rows[p], False, self.generator) for s, p in self.last_parts])
+        return images[:count]
+
+    def augmenting_images(self) -> DeviceImages | None:
+        """The images of the last batch's first source if this loader augments them, else None."""
+        images = self.last_parts[0][0].images if self.last_parts else None
+        return images if self.augment and isinstance(images, DeviceImages) and images.augment else None
+
     def _assemble(self, parts: list[tuple[_Source, torch.Tensor]]) -> list[torch.Tensor]:
+        self.last_parts = parts
         images = torch.cat([s.images.batch(s.rows[p], self.augment, self.generator) for s, p in parts])
         batch = [
             images,
@@ -498,7 +545,9 @@ class DevicePathMixin(StreamUpdates):
     def training_epoch(self, **kwargs: Any) -> None:
         """Convert the experience's train loader (once), then run the template's epoch."""
         splits, generator = self._device_state()
-        self.dataloader = convert_loader(self.dataloader, splits, augment=True, generator=generator)
+        self.dataloader = self._train_batches = convert_loader(
+            self.dataloader, splits, augment=True, generator=generator
+        )
         with self._each_batch_repeated():
             super().training_epoch(**kwargs)  # type: ignore[misc]
 
@@ -520,6 +569,18 @@ class DevicePathMixin(StreamUpdates):
         source = cache[id(dataset)][1]
         positions = torch.as_tensor(list(indices), dtype=torch.long, device=source.rows.device)
         return source.images.batch(source.rows[positions], augment, generator), source.targets[positions]
+
+    def unaugmented_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """See :class:`ExampleFetch`: the batch's rows gathered again without augmentation."""
+        batches: DeviceBatches | None = getattr(self, "_train_batches", None)
+        clean = batches.unaugmented(len(x)) if batches is not None else None
+        return x if clean is None else clean
+
+    def augment_like_training(self, x: torch.Tensor) -> torch.Tensor:
+        """See :class:`ExampleFetch`: crop and flip drawn from the run's data generator."""
+        batches: DeviceBatches | None = getattr(self, "_train_batches", None)
+        images = batches.augmenting_images() if batches is not None else None
+        return x if images is None else images.augment_normalised(x, self._device_state()[1])
 
     def forward(self) -> Any:
         """The template's forward, under bf16 autocast if configured."""
@@ -551,6 +612,23 @@ class ExampleFetch(Protocol):
         """Inputs and labels of ``dataset[indices]`` on the device (training augmentation if ``augment``)."""
         ...
 
+    def unaugmented_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The first ``len(x)`` inputs of the current training batch without training augmentation.
+
+        ``x``: those inputs as the model received them (``mb_x`` or its stream part), returned
+        as they are when the run's training data is not augmented. A memory that keeps the
+        stream as it arrives stores these, so that replay augments every draw afresh
+        (:meth:`augment_like_training`) instead of replaying one frozen crop forever.
+        """
+        ...
+
+    def augment_like_training(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored un-augmented inputs with the stream's training augmentation, drawn afresh per example.
+
+        ``x`` as it is when the run's training data is not augmented.
+        """
+        ...
+
 
 def fetch_one_by_one(
     dataset: Any, indices: Sequence[int], augment: bool, device: torch.device
@@ -576,6 +654,37 @@ class AvalanchePathMixin(StreamUpdates):
     def fetch_examples(self, dataset: Any, indices: Sequence[int], augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``dataset[indices]`` through the dataset's own transforms (see :class:`ExampleFetch`)."""
         return fetch_one_by_one(dataset, indices, augment, self.device)
+
+    def unaugmented_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """See :class:`ExampleFetch`; refused when the training data is augmented (see :meth:`_refuse_augmented`)."""
+        self._refuse_augmented()
+        return x
+
+    def augment_like_training(self, x: torch.Tensor) -> torch.Tensor:
+        """See :class:`ExampleFetch`; refused when the training data is augmented (see :meth:`_refuse_augmented`)."""
+        self._refuse_augmented()
+        return x
+
+    def _refuse_augmented(self) -> None:
+        """Avalanche's loaders augment each example inside the dataset: its un-augmented batch is gone.
+
+        Raises:
+            DataError: The current experience's training data is augmented.
+        """
+        experience: Any = getattr(self, "experience", None)
+        cached = getattr(self, "_augmented_experience", (None, False))
+        if cached[0] is not experience:
+            try:
+                base: Any = resolve_rows(experience.dataset)[0]
+            except (AttributeError, DataError):  # not an in-memory split: nothing of ours augments it
+                base = None
+            cached = (experience, bool(getattr(base, "augment", False)))
+            self._augmented_experience = cached
+        if cached[1]:
+            raise DataError(
+                "a memory of the stream as it arrives, with augment: true, needs training.data_path=device "
+                "(Avalanche's loaders keep no un-augmented batch); valid choices: data_path=device, augment: false"
+            )
 
 
 def with_data_path(template: type, options: DevicePathOptions | None, updates_per_batch: int = 1) -> type:

@@ -30,7 +30,7 @@ from clbench.errors import ClbenchError, ConfigError
 from clbench.loggers import LOGGERS
 from clbench.registry import Registry
 from clbench.results import result_status, write_text_atomic
-from clbench.training.context import STRATEGIES
+from clbench.training.context import STRATEGIES, revision_of
 
 
 def _resolved(spec: ComponentSpec, args_type: type, where: str) -> Component:
@@ -83,7 +83,7 @@ def expand_grid(experiment: ExperimentConfig) -> list[RunConfig]:
                             training=experiment.training,
                             device=experiment.device,
                             deterministic=experiment.deterministic,
-                            strategy_revision=int(entry.traits.get("revision", 1)),
+                            strategy_revision=revision_of(entry, strategy.args, benchmark.args),
                             strategy_training=own_training,
                         )
                     )

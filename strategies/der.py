@@ -27,6 +27,12 @@ Memory budget: the reservoir holds ``buffer_size`` examples with their logits (t
 are not counted as examples, as in the paper). Under bf16 the stored logits are fp32.
 Defaults alpha = 0.1, beta = 0.5: Mammoth's best arguments for DER++ on Seq-CIFAR-10 at
 M = 200 (its DER row uses alpha 0.3).
+
+Revision 2 (runs with ``augment: true`` only; the others keep revision 1 and their ids): the
+memory stores the stream batch un-augmented and replay augments every draw afresh, as
+Mammoth's DER does (it stores ``not_aug_inputs``). Revision 1 stored the augmented batch and
+replayed that one crop a slot for the whole run
+(``tests/strategies/test_replay_augmentation.py`` fails on it).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from avalanche.core import SupervisedPlugin
 
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
-from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, AugmentedRunsRevision, Recipe, StrategyContext
 from clbench.training.tensor_buffer import StreamReservoir
 
 
@@ -89,7 +95,7 @@ class DarkReplay(SupervisedPlugin):  # type: ignore[misc]
         """Offer the incoming batch with the logits of its step's forward (first use of the batch only)."""
         if getattr(strategy, "batch_repetition", 0) == 0:
             logits = strategy.mb_output.detach().float()
-            self.memory.offer(strategy.mb_x, strategy.mb_y, logits=logits)
+            self.memory.offer(strategy.unaugmented_inputs(strategy.mb_x), strategy.mb_y, logits=logits)
 
 
 @STRATEGIES.register(
@@ -97,6 +103,7 @@ class DarkReplay(SupervisedPlugin):  # type: ignore[misc]
     args=DERArgs,
     help="DER / DER++ (beta=0: DER): logits stored along the stream, MSE + label replay (Mammoth)",
     uses_buffer=True,
+    revision=AugmentedRunsRevision(2),
 )
 def build_der(ctx: StrategyContext, args: DERArgs) -> Recipe:
     """Avalanche's ``Naive`` with :class:`DarkReplay` over a stream reservoir of ``buffer_size`` examples."""

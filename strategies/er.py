@@ -1,4 +1,11 @@
-"""ER: experience replay with a reservoir buffer."""
+"""ER: experience replay with a reservoir buffer.
+
+Revision 2 (``memory_update: every_batch`` with ``augment: true`` only; every other run keeps
+revision 1 and its id): the stream reservoir stores each incoming batch un-augmented and
+replay augments every draw afresh, as the dataset memory of ``after_task`` always did.
+Revision 1 stored the augmented batch and replayed that one crop a slot for the whole run
+(``tests/strategies/test_replay_augmentation.py`` fails on it).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from avalanche.training.storage_policy import ReservoirSamplingBuffer
 from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
-from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, AugmentedRunsRevision, Recipe, StrategyContext
 from clbench.training.memory import DatasetMemory, ReplayMemory
 from clbench.training.purify import Purifier, PurifyArgs
 from clbench.training.tensor_buffer import StreamReservoir
@@ -113,7 +120,7 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         """Offer the incoming batch to a stream reservoir (the first time the batch is used)."""
         if isinstance(self.memory, StreamReservoir) and getattr(strategy, "batch_repetition", 0) == 0:
-            self.memory.offer(strategy.mb_x, strategy.mb_y)
+            self.memory.offer(strategy.unaugmented_inputs(strategy.mb_x), strategy.mb_y)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         """Offer the experience just learned to the reservoir."""
@@ -125,6 +132,7 @@ class SeparateForwardReplay(SupervisedPlugin):  # type: ignore[misc]
     args=ERArgs,
     help="experience replay: reservoir buffer, replay mini-batch beside each batch (Avalanche Replay)",
     uses_buffer=True,
+    revision=AugmentedRunsRevision(2, applies=lambda args: args.memory_update == "every_batch"),
 )
 def build_er(ctx: StrategyContext, args: ERArgs) -> Recipe:
     """Avalanche's ``Naive`` with a ``ReplayPlugin`` over a ``ReservoirSamplingBuffer``.

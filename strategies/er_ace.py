@@ -30,6 +30,12 @@ default; :class:`clbench.backbones.CosineClassifier`); ``classifier: linear`` ke
 backbone's, for a reading beside ER at the same network.
 
 Memory budget: the reservoir holds exactly ``buffer_size`` examples.
+
+Revision 2 (runs with ``augment: true`` only; the others keep revision 1 and their ids): the
+memory stores the stream batch un-augmented and replay augments every draw afresh, as the
+reference does (``pclucas14/AML`` stores the raw batch and augments each replayed one).
+Revision 1 stored the augmented batch and replayed that one crop a slot for the whole run
+(``tests/strategies/test_replay_augmentation.py`` fails on it).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import torch.nn.functional as F
 
 from clbench.backbones import CosineClassifier
 from clbench.data_path import strategy_autocast
-from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, AugmentedRunsRevision, Recipe, StrategyContext
 from clbench.training.step_template import StepTemplate
 from clbench.training.tensor_buffer import StreamReservoir
 
@@ -98,7 +104,7 @@ class ERACE(StepTemplate):
     def after_step(self) -> None:
         """Offer the incoming batch to the reservoir (the first time the batch is used)."""
         if getattr(self, "batch_repetition", 0) == 0:
-            self.memory.offer(self.mb_x, self.mb_y)
+            self.memory.offer(self.unaugmented_inputs(self.mb_x), self.mb_y)
 
 
 @STRATEGIES.register(
@@ -106,6 +112,7 @@ class ERACE(StepTemplate):
     args=ERACEArgs,
     help="ER-ACE: asymmetric cross-entropy on the stream, replay from a stream reservoir (pclucas14/AML)",
     uses_buffer=True,
+    revision=AugmentedRunsRevision(2),
 )
 def build_er_ace(ctx: StrategyContext, args: ERACEArgs) -> Recipe:
     """:class:`ERACE` over a stream reservoir of ``buffer_size`` examples."""

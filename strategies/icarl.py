@@ -23,6 +23,12 @@ remainder of ``buffer_size // classes`` unused). Avalanche 0.6.0's ``ICaRL`` nee
 model split (feature extractor + classifier) and its herding storage policy; this is the
 same method on clbench's backbones (``model.features`` / ``model.classifier``), with the
 replay and NCM evaluation through clbench's data path.
+
+Revision 2 (runs with ``augment: true`` only; the others keep revision 1 and their ids): the
+memory stores the stream batch un-augmented and replay augments every draw afresh, as the
+reference implementations do (exemplars are stored as images and augmented when replayed).
+Revision 1 stored the augmented batch and replayed that one crop a slot for the whole run
+(``tests/strategies/test_replay_augmentation.py`` fails on it).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clbench.data_path import strategy_autocast
-from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, AugmentedRunsRevision, Recipe, StrategyContext
 from clbench.training.memory import fetch_all
 from clbench.training.modes import evaluation_mode
 from clbench.training.ncm import NearestMeanReplay, features_of
@@ -148,6 +154,7 @@ class ICaRL(NearestMeanReplay):
     args=ICaRLArgs,
     help="iCaRL: herding exemplars, BCE with distillation, nearest-mean-of-exemplars evaluation",
     uses_buffer=True,
+    revision=AugmentedRunsRevision(2),
 )
 def build_icarl(ctx: StrategyContext, args: ICaRLArgs) -> Recipe:
     """:class:`ICaRL` over a herding memory or a stream reservoir of ``buffer_size`` examples."""

@@ -20,6 +20,12 @@ Avalanche 0.6.0's ``SCR`` (``training/supervised/supervised_contrastive_replay.p
 its own ``SCRModel`` and a ``torchvision`` augmentation applied per batch; this is the same
 method on clbench's backbones. Memory budget: the reservoir holds ``buffer_size``
 examples; ``memory_batch_size`` (the paper's 100) replaces the run's replay batch.
+
+Revision 2 (runs with ``augment: true`` only; the others keep revision 1 and their ids): the
+memory stores the stream batch un-augmented and replay augments every draw afresh, as its
+reference does (the raw batch is stored; each replayed one is augmented). Revision 1 stored
+the augmented batch and replayed that one crop a slot for the whole run
+(``tests/strategies/test_replay_augmentation.py`` fails on it).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from torch import nn
 from clbench.data_path import resolve_rows, strategy_autocast
 from clbench.datasets.base import ImageArrayDataset
 from clbench.errors import ConfigError
-from clbench.training.context import STRATEGIES, Recipe, StrategyContext
+from clbench.training.context import STRATEGIES, AugmentedRunsRevision, Recipe, StrategyContext
 from clbench.training.ncm import NearestMeanReplay
 from clbench.training.tensor_buffer import StreamReservoir
 
@@ -192,6 +198,7 @@ class SCR(NearestMeanReplay):
     args=SCRArgs,
     help="supervised contrastive replay: SupCon on two views of stream + memory, NCM evaluation",
     uses_buffer=True,
+    revision=AugmentedRunsRevision(2),
 )
 def build_scr(ctx: StrategyContext, args: SCRArgs) -> Recipe:
     """:class:`SCR` on the backbone wrapped with a projection head, over a stream reservoir."""

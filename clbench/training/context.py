@@ -20,7 +20,10 @@ Traits of an entry:
     evaluated once, after it.
     ``revision``: the implementation's revision (default 1). Raise it with a fix that
     changes results: it is part of the run id, so a re-run does not skip, as finished,
-    runs of the older implementation.
+    runs of the older implementation. A fix that changes only some runs' results (only
+    those whose training data is augmented) gives a function of the run's resolved
+    arguments instead (:class:`AugmentedRunsRevision`), so the runs it leaves unchanged
+    keep their ids; :func:`revision_of` reads either.
 
 A built strategy may define ``clbench_extras() -> dict`` whose result is stored under
 ``extras`` in the run's results file (e.g. influence statistics).
@@ -50,6 +53,31 @@ With torch 2.14.1 (oneDNN 3.12) the fp32 backward pass of a channels-last ResNet
 stem has fewer than 7 channels (nf <= 6) corrupts the heap on CPU: the process aborts a
 few steps in ("corrupted double-linked list", SIGSEGV), wherever an fp32 backward runs
 (A-GEM's reference gradient, GSS's scores). nf = 7 and wider never crashed here."""
+
+
+@dataclass(frozen=True)
+class AugmentedRunsRevision:
+    """A ``revision`` trait for a fix that changed the results of augmented runs only.
+
+    Runs whose benchmark augments its training data (``augment: true``) and whose strategy
+    arguments satisfy ``applies`` carry ``revision``; every other run keeps ``base``, the
+    revision its results still are, and so its id.
+    """
+
+    revision: int
+    base: int = 1
+    applies: Callable[[Any], bool] = field(default=lambda strategy_args: True)
+
+    def __call__(self, strategy_args: Any, benchmark_args: Any) -> int:
+        """The revision of a run with these resolved strategy and benchmark arguments."""
+        augmented = bool(getattr(benchmark_args, "augment", False))
+        return self.revision if augmented and self.applies(strategy_args) else self.base
+
+
+def revision_of(entry: Entry[Any], strategy_args: Any, benchmark_args: Any) -> int:
+    """The revision a run of the strategy ``entry`` carries (its ``revision`` trait, see the module doc)."""
+    revision = entry.traits.get("revision", 1)
+    return int(revision(strategy_args, benchmark_args) if callable(revision) else revision)
 
 
 def _check_channels_last_width(model: nn.Module, device: torch.device) -> None:

@@ -114,4 +114,4 @@ class NearestMeanReplay(StepTemplate):
         """Offer the incoming part of the batch to a stream reservoir; the class means are stale."""
         self.nearest_mean.invalidate()
         if isinstance(self.memory, StreamReservoir) and getattr(self, "batch_repetition", 0) == 0:
-            self.memory.offer(self.mb_x[: self._n_new], self.mb_y[: self._n_new])
+            self.memory.offer(self.unaugmented_inputs(self.mb_x[: self._n_new]), self.mb_y[: self._n_new])

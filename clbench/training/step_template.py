@@ -41,6 +41,12 @@ class StepTemplate(SupervisedTemplate):  # type: ignore[misc]
             (:class:`clbench.data_path.ExampleFetch`) in front of every strategy.
             """
 
+        def unaugmented_inputs(self, x: torch.Tensor) -> torch.Tensor:
+            """See :class:`clbench.data_path.ExampleFetch` (supplied by the run's data path)."""
+
+        def augment_like_training(self, x: torch.Tensor) -> torch.Tensor:
+            """See :class:`clbench.data_path.ExampleFetch` (supplied by the run's data path)."""
+
     extra_batch_fields: tuple[str, ...] = ()
     """Named fields that the strategy's own train loader appends after ``(x, y, task)``
     (MetaSP: each example's dataset index). Each becomes ``self.mb_<name>`` and leaves the

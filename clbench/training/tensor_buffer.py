@@ -41,9 +41,13 @@ class TensorStore(ExemplarsBuffer):  # type: ignore[misc]
     def draw(self, strategy: Any, count: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The :class:`~clbench.training.memory.ReplayMemory` draw: :meth:`sample` on the strategy's device.
 
-        ``augment`` is not applied: the stored tensors are the inputs as stored (edited, for GMED).
+        The stored inputs are un-augmented; with ``augment`` they get the run's training
+        augmentation afresh, drawn per example and per draw
+        (:meth:`clbench.data_path.ExampleFetch.augment_like_training`; nothing when the run
+        does not augment). GMED and HAL draw without it: their inputs are edited in place.
         """
-        return self.sample(count, strategy.device)
+        x, y, positions = self.sample(count, strategy.device)
+        return (strategy.augment_like_training(x) if augment else x), y, positions
 
 
 class TensorReservoirBuffer(TensorStore):
@@ -108,7 +112,9 @@ class StreamReservoir(TensorStore):
     at every step the buffer is a uniform sample of the stream so far, the current task
     included. This is the memory of the online survey's code (RaptorMai/online-continual-learning,
     ``utils/buffer/reservoir_update.py``), whose replay draws from it during the task that fills it.
-    The inputs are stored as the model received them (no augmentation on replay).
+    The inputs are offered un-augmented (``strategy.unaugmented_inputs(mb_x)``) and augmented
+    afresh at every draw, as the references do (ER-ACE's ``pclucas14/AML`` stores the raw
+    batch and augments each replayed one; Mammoth's DER stores ``not_aug_inputs``).
     """
 
     def __init__(self, max_size: int) -> None:
@@ -124,7 +130,7 @@ class StreamReservoir(TensorStore):
         return self.filled
 
     def offer(self, x: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> None:
-        """Take the incoming examples ``(x, y)`` by reservoir sampling.
+        """Take the incoming examples ``(x, y)`` by reservoir sampling (``x`` un-augmented).
 
         ``extra``: further per-example tensors stored beside them under their own names
         (DER's logits), in the same slots; every call must offer the same names.
