@@ -8,6 +8,14 @@ class-balanced buffers of MIR and GDumb, MetaSP's buffer, ...), resolves them to
 and records the share of clean labels. Memories held as tensors (the per-batch stream
 reservoirs of DER, ER-ACE, SCR; GMED's and HAL's) cannot be traced to their rows: their
 purity is recorded as null.
+
+When the strategy purifies its memory (:mod:`clbench.training.purify`), each purification
+of the task is audited against the noise mask too, under the task's ``purifications``:
+how many held examples were scored and how many of them were mislabelled, how many were
+evicted and how many of those were mislabelled (the purifier's precision), and the AUROC
+of its harm score for telling mislabelled from clean (0.5: chance; 1: every mislabelled
+example scored above every clean one). The purifier never sees the mask; this plugin
+only reads its decisions.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from avalanche.core import SupervisedPlugin
 
 from clbench.data_path import resolve_rows
@@ -56,6 +65,36 @@ def held_rows(strategy: Any) -> npt.NDArray[np.int64] | None:
     return np.concatenate(rows) if rows else None
 
 
+def harm_auroc(harm: torch.Tensor, noisy: npt.NDArray[np.bool_]) -> float | None:
+    """P(a mislabelled example's harm > a clean one's), ties counted half; None without both kinds."""
+    flags = torch.as_tensor(noisy, dtype=torch.bool)
+    positives, negatives = harm[flags].double(), harm[~flags].double()
+    if len(positives) == 0 or len(negatives) == 0:
+        return None
+    above = (positives[:, None] > negatives[None, :]).double().mean()
+    ties = (positives[:, None] == negatives[None, :]).double().mean()
+    return float(above + ties / 2)
+
+
+def audit(decision: Any, noisy: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    """What one purification (:class:`clbench.training.purify.Purification`) did to the mislabelled examples."""
+    flags = noisy[decision.rows]
+    evicted = flags[decision.evicted]
+    return {
+        "scored": len(flags),
+        "noisy_scored": int(flags.sum()),
+        "evicted": len(evicted),
+        "noisy_evicted": int(evicted.sum()),
+        "auroc": harm_auroc(decision.harm, flags),
+    }
+
+
+def _purifiers(strategy: Any) -> list[Any]:
+    from clbench.training.purify import Purifier
+
+    return [p for p in getattr(strategy, "plugins", []) if isinstance(p, Purifier)]
+
+
 class BufferPurity(SupervisedPlugin):  # type: ignore[misc]
     """Records, after each task, how many examples the memory holds and the share with a clean label."""
 
@@ -64,13 +103,24 @@ class BufferPurity(SupervisedPlugin):  # type: ignore[misc]
         super().__init__()
         self.noisy = noisy
         self.tasks: list[dict[str, Any]] = []
+        self._audited = 0
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Count the memory's clean labels now that every memory update of the task has run."""
+        """Count the memory's clean labels now that every memory update of the task has run.
+
+        Runs after the strategy's own plugins (the runner's plugins come last), so the
+        task's purifications, if any, are done and are audited here too.
+        """
         rows = held_rows(strategy)
         task = int(strategy.experience.current_experience)
         if rows is None:
-            self.tasks.append({"task": task, "held": None, "purity": None})
-            return
-        purity = float(1.0 - self.noisy[rows].mean()) if len(rows) else None
-        self.tasks.append({"task": task, "held": len(rows), "purity": purity})
+            record: dict[str, Any] = {"task": task, "held": None, "purity": None}
+        else:
+            purity = float(1.0 - self.noisy[rows].mean()) if len(rows) else None
+            record = {"task": task, "held": len(rows), "purity": purity}
+        purifiers = _purifiers(strategy)
+        if purifiers:
+            decisions = [d for p in purifiers for d in p.decisions]
+            record["purifications"] = [audit(d, self.noisy) for d in decisions[self._audited :] if d.rows is not None]
+            self._audited = len(decisions)
+        self.tasks.append(record)

@@ -60,6 +60,21 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     )
 
 
+def purification_summary(buffer_purity: list[dict[str, Any]] | None) -> dict[str, float | None]:
+    """A run's purifications in two numbers (None without any).
+
+    ``evicted_noisy``: the share of evicted examples that were mislabelled; ``harm_auroc``:
+    the mean AUROC of the harm score over the purifications.
+    """
+    audits = [a for task in buffer_purity or [] for a in task.get("purifications", [])]
+    evicted = sum(a["evicted"] for a in audits)
+    aurocs = [a["auroc"] for a in audits if a["auroc"] is not None]
+    return {
+        "evicted_noisy": sum(a["noisy_evicted"] for a in audits) / evicted if evicted else None,
+        "harm_auroc": sum(aurocs) / len(aurocs) if aurocs else None,
+    }
+
+
 def _strategy_labels(runs: list[RunResult], effective: list[dict[str, Any]]) -> list[str]:
     """Label each run's strategy by its name plus the arguments that vary among runs of that name.
 
@@ -200,6 +215,7 @@ def _rows(
         "train_seconds": float(sum(run.train_seconds)),
         "eval_seconds": float(sum(run.eval_seconds)),
         "buffer_purity": [t["purity"] for t in run.buffer_purity] if run.buffer_purity else None,
+        **purification_summary(run.buffer_purity),
     }
     metric_rows = [
         {**base, "setting": setting, "metric": metric, "value": float(value)}

@@ -43,7 +43,9 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
     """The memory's share of clean labels after each task (runs with label noise), by protocol, strategy, M.
 
     Columns ``after_task_<k>``: "mean±std" in percent over the seeds that recorded it
-    ("–" where the memory is held as tensors and cannot be traced to its examples).
+    ("–" where the memory is held as tensors and cannot be traced to its examples). Runs
+    that purify their memory add ``evicted_noisy`` (% of evicted examples that were
+    mislabelled) and ``harm_auroc`` (mean AUROC of the harm score); "–" for the others.
     """
     if "buffer_purity" not in runs or runs["buffer_purity"].isna().all():
         return pd.DataFrame()
@@ -56,8 +58,22 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
             values = [100 * c[task] for c in curves if task < len(c) and c[task] is not None]
             spread = f"±{pd.Series(values).std():.1f}" if len(values) > 1 else ""
             row[f"after_task_{task}"] = f"{sum(values) / len(values):.1f}{spread}" if values else "–"
+        if "evicted_noisy" in group:
+            row["evicted_noisy"] = _mean_std(group["evicted_noisy"], scale=100, digits=1)
+            row["harm_auroc"] = _mean_std(group["harm_auroc"], scale=1, digits=3)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    unaudited = [c for c in ("evicted_noisy", "harm_auroc") if c in frame and (frame[c] == "–").all()]
+    return frame.drop(columns=unaudited)
+
+
+def _mean_std(values: pd.Series, scale: float, digits: int) -> str:
+    """Mean±std of the non-missing ``values`` times ``scale`` ("–" if none; no ± for one)."""
+    present = [scale * float(v) for v in values if v is not None and not pd.isna(v)]
+    if not present:
+        return "–"
+    spread = f"±{pd.Series(present).std():.{digits}f}" if len(present) > 1 else ""
+    return f"{sum(present) / len(present):.{digits}f}{spread}"
 
 
 def paired_tests(metrics: pd.DataFrame, reference: str | Mapping[str, str]) -> pd.DataFrame:

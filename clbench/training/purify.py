@@ -22,7 +22,11 @@ The harm of an example:
   problem among its top three; ``tests/strategies/test_purify.py``).
 
 Each purification is logged (task, held, evicted, seconds) in the run's ``extras`` under
-``purify``; how clean the memory is after it is the result's ``buffer_purity``.
+``purify``; how clean the memory is after it is the result's ``buffer_purity``. Each also
+keeps its decision (:class:`Purification`: the training rows scored, their harm, the
+positions evicted), which the run's noise-aware measurement audits
+(:mod:`clbench.buffer_purity`: how many of the evicted were mislabelled, the AUROC of the
+harm score); the purifier itself never sees which labels are noisy.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from clbench.errors import ConfigError
+from clbench.data_path import resolve_rows
+from clbench.errors import ConfigError, DataError
 from clbench.training.memory import fetch_all
 from clbench.training.modes import evaluation_mode
 
@@ -77,6 +82,32 @@ def _estimator(args: PurifyArgs) -> Any:
 
     entry = ESTIMATORS.get(args.score)
     return entry.factory(from_mapping(entry.args, args.score_args, f"purify.score_args (estimator {args.score})"))
+
+
+@dataclass(frozen=True)
+class Purification:
+    """One purification's decision, for auditing: what was scored, how harmful, what was evicted.
+
+    Attributes:
+        task: The experience after (or during) which it ran.
+        rows: The training-split rows of the held examples in buffer order; None when the
+            memory's examples cannot be traced to their rows.
+        harm: Each held example's harm score (higher = evicted first), on the CPU.
+        evicted: Buffer positions evicted.
+    """
+
+    task: int
+    rows: Any
+    harm: torch.Tensor
+    evicted: list[int]
+
+
+def _traced_rows(memory: EvictableMemory) -> Any:
+    """The training-split rows the memory holds, in buffer order, or None if untraceable."""
+    try:
+        return resolve_rows(memory.buffer)[1]
+    except DataError:
+        return None
 
 
 class EvictableMemory(Protocol):
@@ -143,6 +174,7 @@ class Purifier(SupervisedPlugin):  # type: ignore[misc]
         self.args = args
         self.estimator = None if args.score == SMALL_LOSS else _estimator(args)
         self.log: list[dict[str, Any]] = []
+        self.decisions: list[Purification] = []
         self._iterations = 0
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
@@ -182,9 +214,11 @@ class Purifier(SupervisedPlugin):  # type: ignore[misc]
                 worst += members[torch.topk(harm[members], count).indices].tolist()
         if not worst:
             return
-        self.memory.evict(sorted(worst))
         task = int(strategy.experience.current_experience)
+        decision = Purification(task, _traced_rows(self.memory), harm.detach().cpu(), sorted(worst))
+        self.memory.evict(decision.evicted)
         self.log.append({"task": task, "held": held, "evicted": len(worst), "seconds": time.perf_counter() - tic})
+        self.decisions.append(decision)
 
     def clbench_extras(self) -> dict[str, Any]:
         """The purification log, for the run's ``extras``."""

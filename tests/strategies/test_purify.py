@@ -183,3 +183,57 @@ def test_eviction_is_per_class_so_a_forgotten_class_is_not_emptied():
     memory = _ListMemory(x, y)
     Purifier(memory, PurifyArgs(drop=0.5)).purify(_strategy(model, memory))
     assert sorted(int(label) for _, label in memory.buffer) == [0] * 5 + [1] * 5
+
+
+def test_harm_auroc_is_the_share_of_noisy_clean_pairs_ranked_right():
+    from clbench.buffer_purity import harm_auroc
+
+    noisy = torch.tensor([True, False, True, False, False]).numpy()
+    # noisy harms 3 and 1; clean harms 2, 0, 1: pairs (3 > all three), (1 > 0, 1 = 1, 1 < 2) -> (3 + 1 + 0.5) / 6
+    assert harm_auroc(torch.tensor([3.0, 2.0, 1.0, 0.0, 1.0]), noisy) == pytest.approx(4.5 / 6)
+    assert harm_auroc(torch.tensor([1.0, 2.0]), torch.tensor([False, False]).numpy()) is None
+
+
+def test_a_purification_is_audited_against_the_noise_it_never_sees():
+    import numpy as np
+
+    from clbench.buffer_purity import audit
+    from clbench.training.purify import Purification
+
+    noisy = np.array([False, True, False, True, False, False])
+    decision = Purification(
+        task=0, rows=np.array([5, 3, 1, 0]), harm=torch.tensor([0.1, 0.9, 0.8, 0.2]), evicted=[1, 3]
+    )
+    # held rows 5, 3, 1, 0 -> flags F, T, T, F; evicted positions 1 (row 3, noisy) and 3 (row 0, clean)
+    assert audit(decision, noisy) == {"scored": 4, "noisy_scored": 2, "evicted": 2, "noisy_evicted": 1, "auroc": 1.0}
+
+
+def test_a_noisy_purifying_run_records_each_purification_s_audit_and_the_report_shows_it(tmp_path):
+    # Fails before the audit existed: the task records had no ``purifications``.
+    from clbench.cli import main
+    from clbench.report import build_report, write_report
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "name: p\n"
+        "benchmarks: [{name: synthetic, args: {label_noise: {kind: symmetric, rate: 0.4}}}]\n"
+        "strategies: [{name: er, args: {purify: {score: small_loss, drop: 0.25}}}, er]\n"
+        "buffer_sizes: [24]\nseeds: [1231]\nbackbone: {name: mlp, args: {hidden: [16]}}\n"
+        "training: {epochs: 2, batch_size: 8, replay_batch_size: 8, lr: 0.05}\n"
+    )
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    (purifying,) = [r for r in results if r["config"]["strategy"]["args"].get("purify")]
+    log = purifying["extras"]["purify"]
+    audits = [t["purifications"] for t in purifying["buffer_purity"]]
+    assert [len(a) for a in audits] == [1, 1, 1]
+    for (entry,), event in zip(audits, log, strict=True):
+        assert entry["scored"] == event["held"] and entry["evicted"] == event["evicted"]
+        assert 0 <= entry["noisy_evicted"] <= entry["evicted"] and 0 <= entry["auroc"] <= 1
+    (plain,) = [r for r in results if not r["config"]["strategy"]["args"].get("purify")]
+    assert all("purifications" not in t for t in plain["buffer_purity"])
+    write_report(
+        build_report(tmp_path / "out", reference="er(purify=None)"), tmp_path / "r", formats=("md",), figures=False
+    )
+    section = (tmp_path / "r" / "report.md").read_text().split("## Buffer purity")[1]
+    assert "evicted mislabelled (%)" in section and "harm AUROC" in section
