@@ -206,14 +206,29 @@ def _two_pass_step(p: _StepProblem, influence_fn: InfluenceFn) -> Callable[[], N
     return step
 
 
+def _fisher_parts(p: _StepProblem) -> list[tuple[str, Callable[[], None]]]:
+    """Online EWC's per-example Fisher of the step's batch (evaluation mode): one backward, and vmap."""
+    from clbench.strategies.ewc import fisher_diagonal, weighted_fisher_diagonal
+    from clbench.training.modes import evaluation_mode
+
+    def timed(fisher: Callable[..., Any]) -> Callable[[], None]:
+        def step() -> None:
+            with evaluation_mode(p.model):
+                fisher(p.model, p.batch[0], p.batch[1])
+
+        return step
+
+    return [("ewc_fisher_one_backward", timed(fisher_diagonal)), ("ewc_fisher_vmap", timed(weighted_fisher_diagonal))]
+
+
 def bench_step(args: StepBenchArgs) -> list[dict[str, Any]]:
-    """Time ER, MetaSP and MetaSP by double backward; return one row per method."""
+    """Time ER, MetaSP and MetaSP by double backward, and EWC's Fisher of the batch; one row per method."""
     from clbench.influence.estimators import MetaArgs, MetaEstimator
     from clbench.runner import resolve_device
 
     device = resolve_device(args.device)
     p = _step_problem(args, device)
-    methods: list[tuple[str, Callable[[], None]]] = [("er", lambda: _er_step(p))]
+    methods: list[tuple[str, Callable[[], None]]] = [("er", lambda: _er_step(p)), *_fisher_parts(p)]
     if args.pseudo_steps == 1:
         methods += [("metasp_fused", lambda: _fused_step(p)), ("metasp_lastlayer", lambda: _lastlayer_step(p))]
         methods += _fused_step_parts(p.model, p.batch, p.measurements, args.precision == "bf16")

@@ -15,6 +15,7 @@ def test_bench_all_tiny_writes_one_dated_report(tmp_path, capsys):
         "Inverse-HVP",
     ):
         assert section in text
+    assert "ewc_fisher_one_backward" in text and "ewc_fisher_vmap" in text
     assert "3 finished, 0 skipped, 0 failed" in text
     assert "failed:" not in text.replace("0 failed", "")
     assert "device `cpu`" in text
