@@ -206,6 +206,7 @@ def _rows(
         **base,
         "strategy_name": run.strategy_name,
         "arguments": arguments,
+        "benchmark_args": run.config["benchmark"].get("args", {}),
         "strategy_revision": run.strategy_revision,
         "file": str(path),
         "evaluated_after_task": run.evaluated_after_task,

@@ -54,6 +54,10 @@ class PublishedValue:
     args: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "strategy arguments the runs must have (others are free)"}
     )
+    benchmark_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "benchmark arguments the runs must have, e.g. {augment: true} (others are free)"},
+    )
     plus_minus: float | None = field(default=None, metadata={"help": "the printed ± (None: none printed)"})
     note: str = field(default="", metadata={"help": "setting details of this value (recipe, variant)"})
 
@@ -123,6 +127,7 @@ def _matches(run: pd.Series, value: PublishedValue) -> bool:
         run["strategy_name"] == value.strategy
         and int(run["buffer_size"]) == value.buffer_size
         and all(run["arguments"].get(key) == wanted for key, wanted in value.args.items())
+        and all(run["benchmark_args"].get(key) == wanted for key, wanted in value.benchmark_args.items())
     )
 
 

@@ -126,3 +126,33 @@ def test_bad_files_fail_in_one_line_naming_the_value(tmp_path, change, message):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"published-values file '.*nope\.yaml' not found"):
         load_published(tmp_path / "nope.yaml")
+
+
+def test_a_value_with_benchmark_arguments_stands_beside_runs_of_that_benchmark_only(tmp_path):
+    # An augmented paper column must not be read against runs without augmentation, nor the reverse.
+    from run_records import run_record
+
+    from clbench.results import write_json_atomic
+
+    folder = tmp_path / "runs"
+    for seed, (plain, augmented) in zip((1, 2), ((30.0, 40.0), (32.0, 42.0)), strict=True):
+        for augment, final in ((False, plain), (True, augmented)):
+            record = run_record("er", 500, seed, final)
+            record["config"]["benchmark"]["args"]["augment"] = augment
+            record["run_id"] += f"-augment-{augment}"  # hand-made records: the id does not hash the config
+            write_json_atomic(folder / f"er-{augment}-{seed}.json", record)
+    table = {
+        "benchmark": "synthetic",
+        "sources": {"T": {"citation": "T"}},
+        "values": [
+            {"strategy": "er", "buffer_size": 500, "mean": 41.0, "source": "T", "benchmark_args": {"augment": True}},
+            {"strategy": "er", "buffer_size": 500, "mean": 31.0, "source": "T", "benchmark_args": {"augment": False}},
+        ],
+    }
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(table))
+    frame = build_report(folder, reference="er", published=path).published
+    assert sorted(zip(frame["published_mean"], frame["mean"], frame["n"], strict=True)) == [
+        (31.0, 31.0, 2),
+        (41.0, 41.0, 2),
+    ]
