@@ -33,7 +33,9 @@ PerLayer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], dict[
 
 
 def _linear(layer: Any, inputs: torch.Tensor, delta: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
-    a, d = inputs.flatten(1, -2) if inputs.ndim > 2 else inputs[:, None], delta.reshape(len(delta), -1, delta.shape[-1])
+    # (n, positions, features): a Linear applied along extra leading axes sums over them
+    a = inputs.reshape(len(inputs), -1, inputs.shape[-1])
+    d = delta.reshape(len(delta), -1, delta.shape[-1])
     gradient = torch.einsum("nlo,nli->noi", d, a)
     out = {"weight": torch.einsum("n,noi->oi", w, gradient**2)}
     if layer.bias is not None:
@@ -82,7 +84,12 @@ def _rule(layer: nn.Module) -> PerLayer | None:
     """The per-layer rule for ``layer``, or None if it has none (a layer without own parameters needs none)."""
     if isinstance(layer, nn.Linear):
         return _linear
-    if isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros":
+    if (
+        isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and isinstance(layer.padding, tuple)  # not "same" / "valid"
+    ):
         return _conv2d
     if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not layer.training and layer.running_mean is not None:
         return _batchnorm
