@@ -306,11 +306,12 @@ class DeviceBatches:
                 parts.append((source, chosen))
             yield self._assemble(parts)
 
+    def _augments(self, images: DeviceImages | DeviceTensors) -> bool:
+        return self.augment and isinstance(images, DeviceImages) and images.augment
+
     def unaugmented(self, count: int) -> torch.Tensor | None:
         """The first ``count`` inputs of the last batch without augmentation; None if it was not augmented."""
-        if not (
-            self.augment and any(isinstance(s.images, DeviceImages) and s.images.augment for s, _ in self.last_parts)
-        ):
+        if not any(self._augments(s.images) for s, _ in self.last_parts):
             return None
         images = torch.cat([s.images.batch(s.rows[p], False, self.generator) for s, p in self.last_parts])
         return images[:count]
@@ -318,7 +319,7 @@ class DeviceBatches:
     def augmenting_images(self) -> DeviceImages | None:
         """The images of the last batch's first source if this loader augments them, else None."""
         images = self.last_parts[0][0].images if self.last_parts else None
-        return images if self.augment and isinstance(images, DeviceImages) and images.augment else None
+        return images if isinstance(images, DeviceImages) and self._augments(images) else None
 
     def _assemble(self, parts: list[tuple[_Source, torch.Tensor]]) -> list[torch.Tensor]:
         self.last_parts = parts

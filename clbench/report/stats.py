@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -55,9 +55,7 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
         curves = list(group["buffer_purity"])
         row: dict[str, Any] = dict(zip(keys, key, strict=True)) | {"runs": len(curves)}
         for task in range(max(len(c) for c in curves)):
-            values = [100 * c[task] for c in curves if task < len(c) and c[task] is not None]
-            spread = f"±{pd.Series(values).std():.1f}" if len(values) > 1 else ""
-            row[f"after_task_{task}"] = f"{sum(values) / len(values):.1f}{spread}" if values else "–"
+            row[f"after_task_{task}"] = _mean_std([c[task] for c in curves if task < len(c)], scale=100, digits=1)
         if "evicted_noisy" in group:
             row["evicted_noisy"] = _mean_std(group["evicted_noisy"], scale=100, digits=1)
             row["harm_auroc"] = _mean_std(group["harm_auroc"], scale=1, digits=3)
@@ -67,7 +65,7 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=unaudited)
 
 
-def _mean_std(values: pd.Series, scale: float, digits: int) -> str:
+def _mean_std(values: Iterable[Any], scale: float, digits: int) -> str:
     """Mean±std of the non-missing ``values`` times ``scale`` ("–" if none; no ± for one)."""
     present = [scale * float(v) for v in values if v is not None and not pd.isna(v)]
     if not present:

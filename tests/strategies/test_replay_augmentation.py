@@ -42,8 +42,13 @@ def _model(bench: Benchmark) -> nn.Module:
     return MLP(64, bench.n_classes, hidden=(16,))
 
 
-def _memory(strategy):
-    return strategy.memory if hasattr(strategy, "memory") else strategy.plugins[0].memory
+def _trained(name, args, augment):
+    """The strategy after the first task of :func:`_bench` on the device path, its memory and the benchmark."""
+    bench = _bench(augment)
+    strategy = tiny_strategy(name, bench, _model(bench), options=DevicePathOptions(), args=args)
+    strategy.train(bench.scenario.train_stream[0])
+    memory = strategy.memory if hasattr(strategy, "memory") else strategy.plugins[0].memory
+    return strategy, memory, bench
 
 
 STREAM_MEMORIES = [
@@ -68,10 +73,7 @@ def test_normalised_augmentation_is_the_pixels_augmentation_bit_for_bit():
 @pytest.mark.parametrize(("name", "args"), STREAM_MEMORIES, ids=[n for n, _ in STREAM_MEMORIES])
 def test_a_stream_memory_stores_unaugmented_inputs_and_augments_each_draw(name, args):
     # Fails on revision 1: the memory held the augmented crops, and a draw returned them as stored.
-    bench = _bench(augment=True)
-    strategy = tiny_strategy(name, bench, _model(bench), options=DevicePathOptions(), args=args)
-    strategy.train(bench.scenario.train_stream[0])
-    memory = _memory(strategy)
+    strategy, memory, bench = _trained(name, args, augment=True)
     held = memory.x[: len(memory)]
     clean = _clean_images(bench).flatten(1)
     assert all((clean == x.flatten()).all(1).any() for x in held)
@@ -84,10 +86,7 @@ def test_a_stream_memory_stores_unaugmented_inputs_and_augments_each_draw(name, 
 @pytest.mark.parametrize(("name", "args"), STREAM_MEMORIES, ids=[n for n, _ in STREAM_MEMORIES])
 def test_without_augmentation_the_memory_holds_the_batches_as_served(name, args):
     # The runs of the online table (augment: false): nothing is gathered again or augmented.
-    bench = _bench(augment=False)
-    strategy = tiny_strategy(name, bench, _model(bench), options=DevicePathOptions(), args=args)
-    strategy.train(bench.scenario.train_stream[0])
-    memory = _memory(strategy)
+    strategy, memory, _ = _trained(name, args, augment=False)
     x = memory.x[: len(memory)]
     assert strategy.unaugmented_inputs(x) is x and strategy.augment_like_training(x) is x
     drawn, _, positions = memory.draw(strategy, len(memory), augment=True)
