@@ -57,11 +57,19 @@ def _add_report(commands: Commands) -> None:
         help="published values to put beside the runs (e.g. experiments/online/published/cifar10.yaml)",
     )
     report.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("FIRST", "SECOND"),
+        help="also t-test these two strategies (labels as the tables name them) against each other; repeatable",
+    )
+    report.add_argument(
         "--readme",
         default=None,
         metavar="FILE.md",
         help="regenerate this README's '<!-- clbench:KIND ... -->' blocks from the report (kinds: published, "
-        "sources, cost, table; see clbench.report.readme)",
+        "sources, cost, table, pairs; see clbench.report.readme)",
     )
 
 
@@ -250,7 +258,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     from clbench.report.published import published_markdown
     from clbench.report.tables import to_markdown
 
-    report = build_report(ns.results_dir, ns.reference, ns.published)
+    report = build_report(ns.results_dir, ns.reference, ns.published, [tuple(pair) for pair in ns.pair])
     for message in report.skipped:
         print(f"skipped: {message}", file=sys.stderr)
     if not report.tables:

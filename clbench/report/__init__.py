@@ -15,8 +15,16 @@ import pandas as pd
 from clbench.errors import ClbenchError
 from clbench.report.collect import Collection, collect, reference_by_protocol
 from clbench.report.published import PublishedTable, compare_published, load_published, published_markdown
-from clbench.report.stats import aggregate, cost, paired_tests, purity
-from clbench.report.tables import Table, build_tables, cost_markdown, purity_markdown, to_latex, to_markdown
+from clbench.report.stats import aggregate, cost, pair_tests, paired_tests, purity
+from clbench.report.tables import (
+    Table,
+    build_tables,
+    cost_markdown,
+    pairs_markdown,
+    purity_markdown,
+    to_latex,
+    to_markdown,
+)
 
 FORMATS = ("md", "tex", "csv")
 DEFAULT_REFERENCES = ("metasp_rehsel", "metasp")
@@ -39,6 +47,7 @@ class Report:
             (empty without label noise).
         published: clbench beside each published value (empty without a published table).
         published_table: The published values compared (None without one).
+        pairs: Paired t-tests of the named pairs of strategies (empty without ``pairs``).
     """
 
     metrics: pd.DataFrame
@@ -52,6 +61,7 @@ class Report:
     purity: pd.DataFrame = field(default_factory=pd.DataFrame)
     published: pd.DataFrame = field(default_factory=pd.DataFrame)
     published_table: PublishedTable | None = None
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _choose_reference(strategies: set[str], requested: str | None) -> str | None:
@@ -64,7 +74,25 @@ def _choose_reference(strategies: set[str], requested: str | None) -> str | None
     return next((name for name in DEFAULT_REFERENCES if name in strategies), None)
 
 
-def build_report(results_dir: str | Path, reference: str | None = None, published: str | Path | None = None) -> Report:
+def _check_pairs(strategies: set[str], pairs: Sequence[tuple[str, str]]) -> None:
+    for pair in pairs:
+        if pair[0] == pair[1]:
+            raise ClbenchError(
+                f"--pair {pair[0]!r} {pair[1]!r} names one strategy twice; valid choices: two different strategies"
+            )
+        for label in pair:
+            if label not in strategies:
+                raise ClbenchError(
+                    f"unknown strategy {label!r} in --pair; valid choices: {', '.join(sorted(strategies))}"
+                )
+
+
+def build_report(
+    results_dir: str | Path,
+    reference: str | None = None,
+    published: str | Path | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
+) -> Report:
     """Load runs and build summary, t-tests and tables.
 
     Args:
@@ -73,6 +101,8 @@ def build_report(results_dir: str | Path, reference: str | None = None, publishe
             MetaSP, when present.
         published: A published-values YAML file (:mod:`clbench.report.published`) to put
             beside the runs.
+        pairs: Pairs of strategy labels (as the tables name them) to test against each
+            other, wherever both ran (:func:`clbench.report.stats.pair_tests`).
 
     Returns:
         The report.
@@ -81,6 +111,7 @@ def build_report(results_dir: str | Path, reference: str | None = None, publishe
     metrics = collection.metrics
     strategies = set(metrics["strategy"])
     chosen = _choose_reference(strategies, reference) if strategies else None
+    _check_pairs(strategies, pairs)
     summary = aggregate(metrics) if not metrics.empty else pd.DataFrame()
     per_protocol = reference_by_protocol(collection.runs, chosen) if chosen else {}
     tests = paired_tests(metrics, per_protocol) if chosen else paired_tests(metrics.iloc[0:0], "")
@@ -105,6 +136,7 @@ def build_report(results_dir: str | Path, reference: str | None = None, publishe
         purity=purities,
         published=beside,
         published_table=table,
+        pairs=pair_tests(metrics, pairs),
     )
 
 
@@ -128,6 +160,8 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
             sections.append(purity_markdown(report.purity, report.collection.protocols))
         if report.published_table is not None and report.collection is not None:
             sections.append(published_markdown(report.published, report.published_table, report.collection.protocols))
+        if not report.pairs.empty and report.collection is not None:
+            sections.append(pairs_markdown(report.pairs, report.collection.protocols))
         path.write_text("\n".join(sections))
         written.append(path)
     if "tex" in formats:
@@ -146,6 +180,8 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS, fi
             frames.append(("purity", report.purity))
         if report.published_table is not None:
             frames.append(("published", report.published))
+        if not report.pairs.empty:
+            frames.append(("pairs", report.pairs))
         for name, frame in frames:
             path = out / f"{name}.csv"
             frame.to_csv(path, index=False)

@@ -10,8 +10,8 @@ and regenerated, never copied by hand::
 Block kinds (:data:`BLOCKS`): ``published`` (clbench beside each published value of one
 protocol; ``protocol=not-run`` for the published values no run matches), ``sources`` (the
 published values' sources), ``cost`` (seconds per run of one protocol) and ``table`` (a
-protocol's main table for one setting, ``setting=class_il`` or ``task_il``). Everything
-outside the blocks is left as it is.
+protocol's main table for one setting, ``setting=class_il`` or ``task_il``) and ``pairs``
+(the ``--pair`` t-tests of one protocol). Everything outside the blocks is left as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from clbench.errors import ClbenchError
 from clbench.report import Report
 from clbench.report.published import NOT_RUN, published_rows_markdown, sources_markdown
-from clbench.report.tables import cost_rows_markdown, table_body_markdown
+from clbench.report.tables import cost_rows_markdown, pair_rows_markdown, table_body_markdown
 from clbench.results import write_text_atomic
 
 _BLOCK = re.compile(
@@ -73,7 +73,19 @@ def _table(report: Report, params: Mapping[str, str]) -> str:
     return table_body_markdown(tables[(protocol, setting)])
 
 
-BLOCKS: dict[str, Renderer] = {"published": _published, "sources": _sources, "cost": _cost, "table": _table}
+def _pairs(report: Report, params: Mapping[str, str]) -> str:
+    choices = sorted(set(report.pairs["protocol"].astype(str))) if not report.pairs.empty else []
+    protocol = _choose("protocol", params.get("protocol"), choices, "pairs block (add --pair FIRST SECOND)")
+    return pair_rows_markdown(report.pairs[report.pairs["protocol"].astype(str) == protocol])
+
+
+BLOCKS: dict[str, Renderer] = {
+    "published": _published,
+    "sources": _sources,
+    "cost": _cost,
+    "table": _table,
+    "pairs": _pairs,
+}
 
 
 def _params(text: str) -> dict[str, str]:

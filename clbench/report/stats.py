@@ -131,3 +131,80 @@ def paired_tests(metrics: pd.DataFrame, reference: str | Mapping[str, str]) -> p
         "p",
     ]
     return pd.DataFrame(rows, columns=[*columns, "significant", "reference_worse"])
+
+
+PAIR_COLUMNS = [
+    "protocol",
+    "benchmark",
+    "setting",
+    "buffer_size",
+    "metric",
+    "first",
+    "second",
+    "n_pairs",
+    "first_mean",
+    "second_mean",
+    "difference",
+    "t",
+    "p",
+    "better",
+]
+
+
+def pair_tests(metrics: pd.DataFrame, pairs: Iterable[tuple[str, str]]) -> pd.DataFrame:
+    """Paired t-tests of named pairs of strategies, first against second, over matched seeds.
+
+    Tested wherever both ran: in each protocol, setting, metric and buffer size. A strategy
+    without memory (M = 0: fine-tuning, LwF, EWC) is paired with the other's every buffer
+    size, as the tables show it in every column. ``difference`` is the mean of the paired
+    differences (first − second) over the matched seeds; ``better`` names the higher one at
+    the 95% level ("" otherwise). Fewer than two matched seeds: no test (t and p are NaN).
+    """
+    rows: list[dict[str, Any]] = []
+    for first, second in pairs:
+        for (protocol, benchmark, setting, metric), block in metrics.groupby(
+            ["protocol", "benchmark", "setting", "metric"], sort=True
+        ):
+            a, b = block[block["strategy"] == first], block[block["strategy"] == second]
+            if a.empty or b.empty:
+                continue
+            for buffer_size in _shared_buffer_sizes(set(a["buffer_size"]), set(b["buffer_size"])):
+                key = {"protocol": protocol, "benchmark": benchmark, "setting": setting, "metric": metric}
+                rows.append(key | _one_pair(_at(a, buffer_size), _at(b, buffer_size), first, second, buffer_size))
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def _shared_buffer_sizes(first: set[int], second: set[int]) -> list[int]:
+    if first == {0} or second == {0}:
+        return sorted((first | second) - {0}) or [0]
+    return sorted(first & second)
+
+
+def _at(block: pd.DataFrame, buffer_size: int) -> pd.Series:
+    """One strategy's values by seed at ``buffer_size`` (its memory-free runs stand for every size)."""
+    rows = block[block["buffer_size"].isin([buffer_size, 0])]
+    return rows.set_index("seed")["value"]
+
+
+def _one_pair(a: pd.Series, b: pd.Series, first: str, second: str, buffer_size: int) -> dict[str, Any]:
+    seeds = sorted(set(a.index) & set(b.index))
+    first_values, second_values = a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy()
+    t_stat = p_value = math.nan
+    if len(seeds) >= 2:
+        with warnings.catch_warnings():  # identical pairs: scipy returns nan, as it should
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = stats.ttest_rel(first_values, second_values)
+        t_stat, p_value = float(result.statistic), float(result.pvalue)
+    better = (first if t_stat > 0 else second) if p_value < ALPHA else ""
+    return {
+        "buffer_size": buffer_size,
+        "first": first,
+        "second": second,
+        "n_pairs": len(seeds),
+        "first_mean": float(first_values.mean()) if seeds else math.nan,
+        "second_mean": float(second_values.mean()) if seeds else math.nan,
+        "difference": float((first_values - second_values).mean()) if seeds else math.nan,
+        "t": t_stat,
+        "p": p_value,
+        "better": better,
+    }

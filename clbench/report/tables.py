@@ -279,3 +279,33 @@ def purity_markdown(purity: pd.DataFrame, protocols: dict[str, str]) -> str:
     """The buffer-purity section of ``report.md``: one table per protocol, clean labels after each task."""
     title = "## Buffer purity (% clean labels in the memory after each task: mean±std over seeds)"
     return _per_protocol_section(title, purity, protocols, _purity_rows_markdown)
+
+
+def pair_rows_markdown(rows: pd.DataFrame) -> str:
+    """One protocol's named pairs at A∞: both means, the mean paired difference, p, the better one."""
+    shown = rows[rows["metric"] == "Ainf"]
+    frame = pd.DataFrame(
+        {
+            "setting": shown["setting"].map({"class_il": "class-IL", "task_il": "task-IL"}),
+            "M": shown["buffer_size"],
+            "first": shown["first"],
+            "second": shown["second"],
+            "seeds": shown["n_pairs"],
+            "first A∞": shown["first_mean"].map("{:.2f}".format),
+            "second A∞": shown["second_mean"].map("{:.2f}".format),
+            "difference": shown["difference"].map("{:+.2f}".format),
+            "p": shown["p"].map(lambda p: "—" if pd.isna(p) else f"{p:.3f}"),
+            "better (p < 0.05)": [
+                better or ("no test" if n < 2 else "neither")
+                for better, n in zip(shown["better"], shown["n_pairs"], strict=True)
+            ],
+        }
+    )
+    text: str = frame.to_markdown(index=False, disable_numparse=True)  # keep 94.50 and +0.50 as written
+    return text
+
+
+def pairs_markdown(pairs: pd.DataFrame, protocols: dict[str, str]) -> str:
+    """The named-pairs section of ``report.md``: one table per protocol (A∞; every metric in pairs.csv)."""
+    title = "## Named pairs (paired t-tests over matched seeds, A∞; every metric in pairs.csv)"
+    return _per_protocol_section(title, pairs, protocols, pair_rows_markdown)
