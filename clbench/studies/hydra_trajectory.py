@@ -19,7 +19,7 @@ tangents, one HVP a step instead of one per tracked example; they are the same n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,13 @@ class TrajectoryConfig:
     )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (HYDRA: 0.9)"})
     weight_decay: float = field(default=2e-5, metadata={"help": "SGD weight decay (HYDRA: 2e-5)"})
+    hypergradient_weight_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight decay lam of both hypergradient recurrences; null = the training's (HYDRA's "
+            "equations). HYDRA's code: 1.0 (its hyper-parameter, of which its SGD gets 1/N)"
+        },
+    )
     cg_damping: float = field(default=0.01, metadata={"help": "damping of the influence functions' (H + dI)^-1"})
     cg_iterations: int = field(default=30, metadata={"help": "conjugate-gradient iterations at most"})
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "arithmetic precision"})
@@ -188,6 +195,8 @@ def run_trajectory(config: TrajectoryConfig) -> dict[str, Any]:
     tic = time.perf_counter()
     record = record_sgd(model, splits["train"], args, schedule)
     training_seconds = time.perf_counter() - tic
+    if config.hypergradient_weight_decay is not None:  # the recurrences only: the run is the one trained
+        record = replace(record, weight_decay=config.hypergradient_weight_decay)
     epochs = list(range(config.every, config.epochs + 1, config.every))
     rows = [_checkpoint(model, record, splits, config, epoch) for epoch in epochs]
     return {
@@ -199,6 +208,11 @@ def run_trajectory(config: TrajectoryConfig) -> dict[str, Any]:
     }
 
 
+def _recurrence_decay(config: dict[str, Any]) -> str:
+    value = config.get("hypergradient_weight_decay")
+    return "" if value is None else f" Hypergradient recurrences with weight decay {value} (HYDRA's code)."
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The checkpoints as a table, HYDRA's values beside."""
     import pandas as pd
@@ -208,7 +222,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Fashion-MNIST, LeNet-5 (ReLU), {c['n_train']} training images (HYDRA: 50,000), {c['tracked']} tracked "
         f"(balanced); SGD batch {c['batch_size']}, lr {c['lr']} x{c['plateau_factor']} on plateaus of "
         f"{c['plateau_epochs']} epochs ({result['lr_halvings']} halvings), momentum {c['momentum']}, wd "
-        f"{c['weight_decay']}, {c['epochs']} epochs, {c['dtype']}, seed {c['seed']}. Influence on the mean loss of "
+        f"{c['weight_decay']}, {c['epochs']} epochs, {c['dtype']}, seed {c['seed']}.{_recurrence_decay(c)} "
+        "Influence on the mean loss of "
         f"{c['n_test']} test images; reference: HYDRA's Hessian-aware hypergradient. Influence functions: CG "
         f"({c['cg_iterations']} iterations, damping {c['cg_damping']}) at that epoch's weights, with the Hessian "
         f"(`if_`, HYDRA's) or the Gauss-Newton matrix (`if_gn_`). `all_` columns: every training example."
@@ -242,6 +257,10 @@ def load_trajectory_config(path: str, overrides: list[str]) -> TrajectoryConfig:
         raise ConfigError(f"every={config.every}: must be >= 1 and divide epochs={config.epochs}")
     if config.tracked % 10 or not 0 < config.tracked <= config.n_train:
         raise ConfigError(f"tracked={config.tracked}: must be a multiple of 10 in (0, n_train={config.n_train}]")
+    if config.hypergradient_weight_decay is not None and config.hypergradient_weight_decay < 0:
+        raise ConfigError(
+            f"hypergradient_weight_decay={config.hypergradient_weight_decay}: must be >= 0, or null for the training's"
+        )
     return config
 
 

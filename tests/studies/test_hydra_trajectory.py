@@ -38,7 +38,34 @@ def test_influence_trajectory_scores_fast_and_influence_functions_at_each_checkp
     assert "hydra_fast_spearman" in (tmp_path / "out" / "report.md").read_text()
 
 
-@pytest.mark.parametrize(("key", "value"), [("every", 3), ("tracked", 55), ("tracked", 2010)])
+def test_the_recurrences_weight_decay_is_its_own_option_and_the_training_stays(tmp_path):
+    data = _toy_data(tmp_path)
+
+    def study(extra):
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"name: toy\ndata_path: {data}\nn_train: 200\nn_val: 100\nn_test: 100\ntracked: 50\n"
+            f"epochs: 2\nevery: 2\nbatch_size: 32\nlr: 0.05\ncg_iterations: 1\nweight_decay: 0.001\n{extra}"
+        )
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert main(["influence-trajectory", str(config), "--out", str(out)]) == 0
+        return json.loads((out / "result.json").read_text())["rows"][0]
+
+    default, same, hydra_code = (
+        study(""),
+        study("hypergradient_weight_decay: 0.001"),
+        study("hypergradient_weight_decay: 1.0\n"),
+    )
+    assert same["hydra_aware_std"] == default["hydra_aware_std"]  # null = the training's decay
+    assert hydra_code["train_loss"] == default["train_loss"]  # the same run is trained
+    # lam = 1 forgets at 1 - lr * lam = 0.95 a step: both hypergradients shrink
+    assert hydra_code["hydra_aware_std"] < 0.9 * default["hydra_aware_std"]
+    assert hydra_code["hydra_fast_std"] < 0.9 * default["hydra_fast_std"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("every", 3), ("tracked", 55), ("tracked", 2010), ("hypergradient_weight_decay", -1.0)]
+)
 def test_bad_trajectory_configs_are_one_line(tmp_path, capsys, key, value):
     config = tmp_path / "c.yaml"
     config.write_text(f"epochs: 10\n{key}: {value}\n")
