@@ -78,6 +78,13 @@ class DebugConfig:
     lr: float = field(default=0.01, metadata={"help": "constant learning rate (HYDRA: 0.01, halved on plateaus)"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (HYDRA: 0.9)"})
     weight_decay: float = field(default=2e-5, metadata={"help": "SGD weight decay (HYDRA: 2e-5)"})
+    hypergradient_weight_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight decay lam of HYDRA's recurrence; null = the training's (HYDRA's equations). HYDRA's "
+            "code: 1.0 (its hyper-parameter, of which its SGD gets 1/N)"
+        },
+    )
     cg_damping: float = field(default=0.01, metadata={"help": "damping of the influence functions' (H + dI)^-1"})
     cg_iterations: int = field(default=30, metadata={"help": "conjugate-gradient iterations at most"})
     retrain: Literal["epochs", "steps"] = field(
@@ -196,6 +203,7 @@ def hydra_args(config: DebugConfig) -> Any:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         seed=config.seed,
+        recurrence_weight_decay=config.hypergradient_weight_decay,
     )
 
 

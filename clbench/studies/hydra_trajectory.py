@@ -19,7 +19,7 @@ tangents, one HVP a step instead of one per tracked example; they are the same n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,12 +191,11 @@ def run_trajectory(config: TrajectoryConfig) -> dict[str, Any]:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         seed=config.seed,
+        recurrence_weight_decay=config.hypergradient_weight_decay,
     )
     tic = time.perf_counter()
     record = record_sgd(model, splits["train"], args, schedule)
     training_seconds = time.perf_counter() - tic
-    if config.hypergradient_weight_decay is not None:  # the recurrences only: the run is the one trained
-        record = replace(record, weight_decay=config.hypergradient_weight_decay)
     epochs = list(range(config.every, config.epochs + 1, config.every))
     rows = [_checkpoint(model, record, splits, config, epoch) for epoch in epochs]
     return {

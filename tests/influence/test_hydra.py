@@ -146,3 +146,27 @@ def test_reverse_pass_follows_a_learning_rate_schedule_and_stops_at_any_update()
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="steps=10"):
         reverse_trajectory_influence(model, train, record, test, 10)
+
+
+@pytest.mark.parametrize("aware", [True, False])
+def test_the_recurrences_own_weight_decay_reaches_all_three_forms_and_not_the_run(aware):
+    """HYDRA's code: lam = 1 in the recurrence, 1/N of it in SGD. All forms agree; the run is the same."""
+    from clbench.influence.hydra import fast_trajectory_influence, record_sgd, reverse_trajectory_influence
+
+    model, train, test = _problem()
+    code = HydraArgs(
+        hessian_aware=aware, epochs=2, batch_size=5, momentum=0.9, weight_decay=0.01, recurrence_weight_decay=1.0
+    )
+    trajectory = train_with_hypergradients(model, train, 0.2, code)
+    forward = trajectory_influence(model, trajectory, test)
+    reverse = reverse_trajectory_influence(model, train, record_sgd(model, train, code, 0.2), test)
+    torch.testing.assert_close(reverse["hessian_aware" if aware else "fast"], forward, rtol=1e-9, atol=1e-12)
+    if not aware:
+        torch.testing.assert_close(
+            fast_trajectory_influence(model, train, 0.2, code, test), forward, rtol=1e-9, atol=1e-12
+        )
+    plain = train_with_hypergradients(model, train, 0.2, _args(aware))
+    for name, value in plain.params.items():  # the trained weights do not see the recurrence's decay
+        torch.testing.assert_close(trajectory.params[name], value, rtol=0, atol=0)
+    # and the influences are not the derivative of that run any more
+    assert (forward - trajectory_influence(model, plain, test)).abs().max() > 0.01
