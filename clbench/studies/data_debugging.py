@@ -319,7 +319,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{'number of updates' if config.get('retrain') == 'steps' else 'epochs'}), seed {config['seed']}. "
         f"The tracked run's own test accuracy: {result['tracked_run_test_accuracy']:.2f} %."
     )
-    table = pd.DataFrame(result["rows"]).to_markdown(index=False, floatfmt=".2f")
+    if config.get("hypergradient_weight_decay") is not None:
+        head += f" HYDRA's recurrence with weight decay {config['hypergradient_weight_decay']} (HYDRA's code)."
+    frame = pd.DataFrame(result["rows"])
+    # the order the study writes, also for a result read back from its (key-sorted) JSON
+    order = ["criterion", "removed_noisy_pct", "test_accuracy", "published", "score_seconds"]
+    table = frame[[c for c in order if c in frame] + [c for c in frame if c not in order]].to_markdown(
+        index=False, floatfmt=".2f"
+    )
     return f"{head}\n\n{table}\n"
 
 
