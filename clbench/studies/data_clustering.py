@@ -30,6 +30,8 @@ from clbench.studies.data_debugging import (
     hydra_args,
     load_splits,
     network,
+    recurrence_note,
+    rows_markdown,
     train_plainly,
     write_study,
 )
@@ -116,8 +118,6 @@ def run_clustering(config: DebugConfig) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The result as a table with the paper's values beside."""
-    import pandas as pd
-
     config = result["config"]
     head = (
         f"{dataset_name(config)}, {config['n_train']} training images, {100 * result['noisy_share']:.1f} % with "
@@ -125,9 +125,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"validation points (HYDRA: 1,000), signs clustered by 2-means within each given label; LeNet-5 (ReLU), SGD lr "
         f"{config['lr']} momentum {config['momentum']} wd {config['weight_decay']}, batch {config['batch_size']}, "
         f"{config['epochs']} epochs, seed {config['seed']}. Jaccard index (%), mean over the ten labels."
-    )
-    table = pd.DataFrame(result["rows"]).to_markdown(index=False, floatfmt=".2f")
-    return f"{head}\n\n{table}\n"
+    ) + recurrence_note(config)
+    order = ["method", "jaccard_clean", "jaccard_mislabelled", "published_clean", "published_mislabelled"]
+    return f"{head}\n\n{rows_markdown(result['rows'], [*order, 'score_seconds'])}\n"
 
 
 def write_clustering(result: dict[str, Any], out: Any) -> None:

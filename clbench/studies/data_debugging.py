@@ -305,10 +305,24 @@ def dataset_name(config: dict[str, Any]) -> str:
     return "CIFAR-10" if config.get("dataset") == "cifar10" else "Fashion-MNIST"
 
 
-def to_markdown(result: dict[str, Any]) -> str:
-    """The result as a table with the paper's values beside."""
+def rows_markdown(rows: list[dict[str, Any]], order: list[str]) -> str:
+    """A study's rows as a markdown table, columns in ``order`` also for rows read back from key-sorted JSON."""
     import pandas as pd
 
+    frame = pd.DataFrame(rows)
+    columns = [c for c in order if c in frame] + [c for c in frame if c not in order]
+    text: str = frame[columns].to_markdown(index=False, floatfmt=".2f")
+    return text
+
+
+def recurrence_note(config: dict[str, Any]) -> str:
+    """The reports' words for a recurrence decay other than the training's ("" for the training's)."""
+    value = config.get("hypergradient_weight_decay")
+    return "" if value is None else f" HYDRA's recurrences with weight decay {value} (HYDRA's code)."
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The result as a table with the paper's values beside."""
     config = result["config"]
     head = (
         f"{dataset_name(config)}, {config['n_train']} training images with {100 * result['noisy_share']:.1f} % "
@@ -319,15 +333,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{'number of updates' if config.get('retrain') == 'steps' else 'epochs'}), seed {config['seed']}. "
         f"The tracked run's own test accuracy: {result['tracked_run_test_accuracy']:.2f} %."
     )
-    if config.get("hypergradient_weight_decay") is not None:
-        head += f" HYDRA's recurrence with weight decay {config['hypergradient_weight_decay']} (HYDRA's code)."
-    frame = pd.DataFrame(result["rows"])
-    # the order the study writes, also for a result read back from its (key-sorted) JSON
+    head += recurrence_note(config)
     order = ["criterion", "removed_noisy_pct", "test_accuracy", "published", "score_seconds"]
-    table = frame[[c for c in order if c in frame] + [c for c in frame if c not in order]].to_markdown(
-        index=False, floatfmt=".2f"
-    )
-    return f"{head}\n\n{table}\n"
+    return f"{head}\n\n{rows_markdown(result['rows'], order)}\n"
 
 
 def load_debug_config(path: str, overrides: list[str]) -> DebugConfig:

@@ -207,21 +207,18 @@ def run_trajectory(config: TrajectoryConfig) -> dict[str, Any]:
     }
 
 
-def _recurrence_decay(config: dict[str, Any]) -> str:
-    value = config.get("hypergradient_weight_decay")
-    return "" if value is None else f" Hypergradient recurrences with weight decay {value} (HYDRA's code)."
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     """The checkpoints as a table, HYDRA's values beside."""
     import pandas as pd
+
+    from clbench.studies.data_debugging import recurrence_note
 
     c = result["config"]
     head = (
         f"Fashion-MNIST, LeNet-5 (ReLU), {c['n_train']} training images (HYDRA: 50,000), {c['tracked']} tracked "
         f"(balanced); SGD batch {c['batch_size']}, lr {c['lr']} x{c['plateau_factor']} on plateaus of "
         f"{c['plateau_epochs']} epochs ({result['lr_halvings']} halvings), momentum {c['momentum']}, wd "
-        f"{c['weight_decay']}, {c['epochs']} epochs, {c['dtype']}, seed {c['seed']}.{_recurrence_decay(c)} "
+        f"{c['weight_decay']}, {c['epochs']} epochs, {c['dtype']}, seed {c['seed']}.{recurrence_note(c)} "
         "Influence on the mean loss of "
         f"{c['n_test']} test images; reference: HYDRA's Hessian-aware hypergradient. Influence functions: CG "
         f"({c['cg_iterations']} iterations, damping {c['cg_damping']}) at that epoch's weights, with the Hessian "
