@@ -93,6 +93,6 @@ def test_the_cli_fills_the_file_atomically_and_refuses_one_without_blocks(folder
     plain.write_text("no blocks here\n")
     assert main([*args, "--readme", str(plain)]) == 2
     err = capsys.readouterr().err
-    assert "has no '<!-- clbench:KIND ... -->' block; valid kinds: cost, published, sources, table" in err
+    assert "has no '<!-- clbench:KIND ... -->' block; valid kinds: cost, pairs, published, sources, table" in err
     assert plain.read_text() == "no blocks here\n"
     assert yaml.safe_load(published.read_text()) == PUBLISHED
