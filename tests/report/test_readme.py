@@ -62,7 +62,10 @@ def test_every_block_is_regenerated_and_the_prose_kept(folder, published):
     ("block", "message"),
     [
         ("<!-- clbench:cost protocol=nope -->\n", "cost block: unknown protocol 'nope'; valid choices: "),
-        ("<!-- clbench:tables -->\n", "unknown block kind 'tables'; valid choices: cost, pairs, published, sources, table"),
+        (
+            "<!-- clbench:tables -->\n",
+            "unknown block kind 'tables'; valid choices: cost, pairs, published, sources, table",
+        ),
         ("<!-- clbench:table protocol=PID setting=x -->\n", "unknown setting 'x'; valid choices: class_il, task_il"),
         ("<!-- clbench:cost protocol -->\n", "malformed block '<!-- clbench:cost protocol -->'"),
         ("<!-- clbench:sources -->", "malformed block '<!-- clbench:sources -->'"),
