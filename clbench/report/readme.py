@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pandas as pd
+
 from clbench.errors import ClbenchError
 from clbench.report import Report
 from clbench.report.published import NOT_RUN, published_rows_markdown, sources_markdown
@@ -59,10 +61,15 @@ def _sources(report: Report, params: Mapping[str, str]) -> str:
     return sources_markdown(report.published_table)
 
 
+def _protocol_rows(frame: pd.DataFrame, params: Mapping[str, str], where: str) -> pd.DataFrame:
+    """The rows of ``frame`` of the block's ``protocol=`` (an error naming the protocols it has)."""
+    protocols = frame["protocol"].astype(str) if not frame.empty else pd.Series(dtype=str)
+    protocol = _choose("protocol", params.get("protocol"), sorted(set(protocols)), where)
+    return frame[protocols == protocol]
+
+
 def _cost(report: Report, params: Mapping[str, str]) -> str:
-    choices = sorted(set(report.cost["protocol"].astype(str))) if not report.cost.empty else []
-    protocol = _choose("protocol", params.get("protocol"), choices, "cost block")
-    return cost_rows_markdown(report.cost[report.cost["protocol"].astype(str) == protocol])
+    return cost_rows_markdown(_protocol_rows(report.cost, params, "cost block"))
 
 
 def _table(report: Report, params: Mapping[str, str]) -> str:
@@ -74,9 +81,7 @@ def _table(report: Report, params: Mapping[str, str]) -> str:
 
 
 def _pairs(report: Report, params: Mapping[str, str]) -> str:
-    choices = sorted(set(report.pairs["protocol"].astype(str))) if not report.pairs.empty else []
-    protocol = _choose("protocol", params.get("protocol"), choices, "pairs block (add --pair FIRST SECOND)")
-    return pair_rows_markdown(report.pairs[report.pairs["protocol"].astype(str) == protocol])
+    return pair_rows_markdown(_protocol_rows(report.pairs, params, "pairs block (add --pair FIRST SECOND)"))
 
 
 BLOCKS: dict[str, Renderer] = {

@@ -74,6 +74,16 @@ def _mean_std(values: Iterable[Any], scale: float, digits: int) -> str:
     return f"{sum(present) / len(present):.{digits}f}{spread}"
 
 
+def _paired_t(first: Any, second: Any) -> tuple[float, float]:
+    """``scipy.stats.ttest_rel``'s t and p over matched values; NaN for fewer than two pairs."""
+    if len(first) < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():  # identical pairs: scipy returns nan, as it should
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel(first, second)
+    return float(result.statistic), float(result.pvalue)
+
+
 def paired_tests(metrics: pd.DataFrame, reference: str | Mapping[str, str]) -> pd.DataFrame:
     """Paired t-tests (``scipy.stats.ttest_rel``) of ``reference`` against every other strategy.
 
@@ -96,12 +106,7 @@ def paired_tests(metrics: pd.DataFrame, reference: str | Mapping[str, str]) -> p
         for strategy, other_block in block[block["strategy"] != label].groupby("strategy"):
             other = other_block.set_index("seed")["value"]
             seeds = sorted(set(ref.index) & set(other.index))
-            t_stat = p_value = math.nan
-            if len(seeds) >= 2:
-                with warnings.catch_warnings():  # identical pairs: scipy returns nan, as it should
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    result = stats.ttest_rel(ref.loc[seeds].to_numpy(), other.loc[seeds].to_numpy())
-                t_stat, p_value = float(result.statistic), float(result.pvalue)
+            t_stat, p_value = _paired_t(ref.loc[seeds].to_numpy(), other.loc[seeds].to_numpy())
             rows.append(
                 {
                     "protocol": protocol,
@@ -189,12 +194,7 @@ def _at(block: pd.DataFrame, buffer_size: int) -> pd.Series:
 def _one_pair(a: pd.Series, b: pd.Series, first: str, second: str, buffer_size: int) -> dict[str, Any]:
     seeds = sorted(set(a.index) & set(b.index))
     first_values, second_values = a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy()
-    t_stat = p_value = math.nan
-    if len(seeds) >= 2:
-        with warnings.catch_warnings():  # identical pairs: scipy returns nan, as it should
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = stats.ttest_rel(first_values, second_values)
-        t_stat, p_value = float(result.statistic), float(result.pvalue)
+    t_stat, p_value = _paired_t(first_values, second_values)
     better = (first if t_stat > 0 else second) if p_value < ALPHA else ""
     return {
         "buffer_size": buffer_size,
