@@ -28,7 +28,11 @@ def _add_run(commands: Commands) -> None:
     _add_overrides(run, "override a config key, e.g. training.epochs=1 or seeds=[1231] (repeatable)")
     run.add_argument("--out", default=None, help="output folder for run JSONs (default: runs/<name>)")
     run.add_argument("--data-root", default=None, help="dataset root (default: $CLBENCH_DATA_ROOT or ~/.cache/clbench)")
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: one line a trained epoch instead (a task, online), for logs of long runs",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",

@@ -350,13 +350,18 @@ def _run_inline_loop(todo: list[RunConfig], launch: _Launch) -> None:
         benchmark = cache[key]
         joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
         total_epochs = run.trained_with.epochs * (1 if joint else benchmark.n_tasks)
-        bars = {"leave": False, "disable": not launch.progress}
+        if not launch.progress:
+            lines = _EpochLines(run.run_id, total_epochs, launch.echo)
+            failure = execute_and_write(run, launch.root, launch.loggers, launch.output_dir, lines, benchmark)
+            launch.settle(run.run_id, failure)
+            continue
         with (
-            tqdm(total=total_epochs, desc="epochs", unit="ep", position=1, **bars) as epochs,
-            tqdm(desc="steps", unit="step", position=2, **bars) as steps,
+            tqdm(total=total_epochs, desc="epochs", unit="ep", position=1, leave=False) as epochs,
+            tqdm(desc="steps", unit="step", position=2, leave=False) as steps,
         ):
-            progress = _Bars(epochs, steps)
-            failure = execute_and_write(run, launch.root, launch.loggers, launch.output_dir, progress, benchmark)
+            failure = execute_and_write(
+                run, launch.root, launch.loggers, launch.output_dir, _Bars(epochs, steps), benchmark
+            )
         launch.settle(run.run_id, failure)
 
 
@@ -376,6 +381,36 @@ class _Bars:
 
     def epoch_done(self) -> None:
         self.epochs.update(1)
+
+
+class _EpochLines:
+    """A :class:`~clbench.runner.TrainingProgress` written as one line an epoch, for logs without bars.
+
+    A grid left running under ``nohup ... --no-progress`` would otherwise print nothing until
+    its run ends, an hour or more for the costly strategies; a line an epoch (a task, online)
+    says how far it is and how fast it goes.
+    """
+
+    def __init__(self, run_id: str, total_epochs: int, echo: Callable[[str], None]) -> None:
+        self.run_id, self.total_epochs, self.echo = run_id, total_epochs, echo
+        self.done = self.steps = 0
+        self.started = time.perf_counter()
+        self.loss: float | None = None
+
+    def epoch_started(self, iterations: int | None) -> None:
+        self.started, self.steps, self.loss = time.perf_counter(), 0, None
+
+    def iteration_done(self, loss: float | None) -> None:
+        self.steps += 1
+        self.loss = self.loss if loss is None else loss
+
+    def epoch_done(self) -> None:
+        self.done += 1
+        loss = "" if self.loss is None else f", loss {self.loss:.3f}"
+        seconds = time.perf_counter() - self.started
+        where = f"{self.run_id}: epoch {self.done}/{self.total_epochs} trained"
+        self.echo(f"{where}, {self.steps} steps in {seconds:.0f} s{loss}")
+        sys.stdout.flush()  # the echo of a grid under nohup goes to a block-buffered file
 
 
 def _remote_run(payload: Payload, plugin_files: tuple[str, ...]) -> Any:

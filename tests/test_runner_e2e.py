@@ -302,3 +302,17 @@ def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path, monkeypatch, cap
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("clbench: error: --launcher slurm: ")
     assert last.endswith("valid choices here: --launcher inline (or --jobs N), local")
+
+
+def test_a_run_without_bars_logs_a_line_an_epoch(tmp_path, capsys):
+    """``--no-progress`` (a grid under nohup) still says how far each run is: one line a trained epoch."""
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(GRID))
+    args = ["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--set", "seeds=[1231]", "--set", "strategies=[finetune, joint]"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": epoch " in line]
+    finetune = [line for line in lines if "-finetune-" in line]
+    joint = [line for line in lines if "-joint-" in line]
+    assert [line.split(": epoch ")[1].split(" trained")[0] for line in finetune] == ["1/4", "2/4", "3/4", "4/4"]
+    assert [line.split(": epoch ")[1].split(" trained")[0] for line in joint] == ["1/2", "2/2"]
+    assert all(", 6 steps in " in line for line in finetune)  # 48 examples a task, batch 8
