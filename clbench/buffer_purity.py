@@ -16,10 +16,16 @@ evicted and how many of those were mislabelled (the purifier's precision), and t
 of its harm score for telling mislabelled from clean (0.5: chance; 1: every mislabelled
 example scored above every clean one). The purifier never sees the mask; this plugin
 only reads its decisions.
+
+A strategy that scores its own training examples as it learns (MetaSP's fused influence,
+which weights each example's loss) sets ``scored_examples`` (:class:`ScoredExamples`) after
+each task; the task's record then holds ``weighting``: the same AUROC for its scores of the
+task's examples — whether the examples it weighted down were the mislabelled ones.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,15 @@ from avalanche.core import SupervisedPlugin
 
 from clbench.data_path import resolve_rows
 from clbench.errors import DataError
+
+
+@dataclass(frozen=True)
+class ScoredExamples:
+    """A task's training examples that a strategy scored while learning, each by its mean harm."""
+
+    dataset: Any  # the task's training dataset (resolved to the split's rows by the audit)
+    indices: npt.NDArray[np.int64]  # positions in ``dataset``
+    harm: npt.NDArray[np.float64]  # higher: the strategy thought the example more harmful
 
 
 def _memories(strategy: Any) -> list[Any]:
@@ -123,4 +138,19 @@ class BufferPurity(SupervisedPlugin):  # type: ignore[misc]
             decisions = [d for p in purifiers for d in p.decisions]
             record["purifications"] = [audit(d, self.noisy) for d in decisions[self._audited :] if d.rows is not None]
             self._audited = len(decisions)
+        scored = getattr(strategy, "scored_examples", None)
+        if isinstance(scored, ScoredExamples):
+            record["weighting"] = self._audit_scores(scored)
         self.tasks.append(record)
+
+    def _audit_scores(self, scored: ScoredExamples) -> dict[str, Any] | None:
+        """How the strategy's own scores of the task's examples rank the mislabelled ones (None: untraceable)."""
+        if len(scored.indices) == 0:
+            return {"scored": 0, "noisy_scored": 0, "auroc": None}
+        try:
+            rows = resolve_rows(scored.dataset)[1][scored.indices]
+        except DataError:
+            return None
+        flags = self.noisy[rows]
+        harm = torch.as_tensor(scored.harm)
+        return {"scored": len(flags), "noisy_scored": int(flags.sum()), "auroc": harm_auroc(harm, flags)}

@@ -61,17 +61,21 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
 
 
 def purification_summary(buffer_purity: list[dict[str, Any]] | None) -> dict[str, float | None]:
-    """A run's purifications in two numbers (None without any).
+    """A run's purifications in two numbers, and its own weighting in one (None without any).
 
     ``evicted_noisy``: the share of evicted examples that were mislabelled; ``harm_auroc``:
-    the mean AUROC of the harm score over the purifications.
+    the mean AUROC of the harm score over the purifications; ``weighting_auroc``: the mean
+    over tasks of the AUROC of the strategy's own scores of each task's examples (MetaSP's
+    fused influence) for telling the mislabelled ones.
     """
+    weightings = [w["auroc"] for t in buffer_purity or [] if (w := t.get("weighting")) and w["auroc"] is not None]
     audits = [a for task in buffer_purity or [] for a in task.get("purifications", [])]
     evicted = sum(a["evicted"] for a in audits)
     aurocs = [a["auroc"] for a in audits if a["auroc"] is not None]
     return {
         "evicted_noisy": sum(a["noisy_evicted"] for a in audits) / evicted if evicted else None,
         "harm_auroc": sum(aurocs) / len(aurocs) if aurocs else None,
+        "weighting_auroc": sum(weightings) / len(weightings) if weightings else None,
     }
 
 

@@ -45,7 +45,8 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
     Columns ``after_task_<k>``: "mean±std" in percent over the seeds that recorded it
     ("–" where the memory is held as tensors and cannot be traced to its examples). Runs
     that purify their memory add ``evicted_noisy`` (% of evicted examples that were
-    mislabelled) and ``harm_auroc`` (mean AUROC of the harm score); "–" for the others.
+    mislabelled) and ``harm_auroc`` (mean AUROC of the harm score); strategies that score
+    their own training examples (MetaSP) add ``weighting_auroc``; "–" for the others.
     """
     if "buffer_purity" not in runs or runs["buffer_purity"].isna().all():
         return pd.DataFrame()
@@ -59,9 +60,12 @@ def purity(runs: pd.DataFrame) -> pd.DataFrame:
         if "evicted_noisy" in group:
             row["evicted_noisy"] = _mean_std(group["evicted_noisy"], scale=100, digits=1)
             row["harm_auroc"] = _mean_std(group["harm_auroc"], scale=1, digits=3)
+        if "weighting_auroc" in group:
+            row["weighting_auroc"] = _mean_std(group["weighting_auroc"], scale=1, digits=3)
         rows.append(row)
     frame = pd.DataFrame(rows)
-    unaudited = [c for c in ("evicted_noisy", "harm_auroc") if c in frame and (frame[c] == "–").all()]
+    audits = ("evicted_noisy", "harm_auroc", "weighting_auroc")
+    unaudited = [c for c in audits if c in frame and (frame[c] == "–").all()]
     return frame.drop(columns=unaudited)
 
 

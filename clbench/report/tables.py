@@ -270,7 +270,12 @@ def cost_markdown(cost: pd.DataFrame, protocols: dict[str, str]) -> str:
 def _purity_rows_markdown(rows: pd.DataFrame) -> str:
     shown = rows.drop(columns=["protocol", "benchmark"]).rename(columns={"buffer_size": "M"})
     shown = shown.rename(columns=lambda c: c.replace("after_task_", "task ") if c.startswith("after_task_") else c)
-    shown = shown.rename(columns={"evicted_noisy": "evicted mislabelled (%)", "harm_auroc": "harm AUROC"})
+    names = {
+        "evicted_noisy": "evicted mislabelled (%)",
+        "harm_auroc": "harm AUROC",
+        "weighting_auroc": "weighting AUROC",
+    }
+    shown = shown.rename(columns=names)
     text: str = shown.to_markdown(index=False)
     return text
 

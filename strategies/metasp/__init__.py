@@ -37,6 +37,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from clbench.buffer_purity import ScoredExamples
 from clbench.config import OMIT_AT_DEFAULT, from_mapping
 from clbench.data_path import strategy_autocast
 from clbench.errors import ConfigError
@@ -294,6 +295,7 @@ class MetaSP(StepTemplate):
         self._pending: tuple[int, Batch, Batch] | None = None
         self._captured_features: list[torch.Tensor] = []
         self._parts: list[int] | None = None  # sizes of B_new and B_old when forwarded apart
+        self.scored_examples: ScoredExamples | None = None
 
     # --- data ------------------------------------------------------------------------
     def training_indices(self) -> list[int]:
@@ -449,6 +451,10 @@ class MetaSP(StepTemplate):
 
     def after_experience(self) -> None:
         """Update the buffer (before the plugins' ``after_training_exp``), log the task's influence."""
+        # What the task's steps made of its own examples, kept before the buffer update
+        # clears the ledger: a label-noise audit asks whether the mislabelled ones weighed less.
+        indices, harm = self.ledger.recorded(int(self.experience.current_experience))
+        self.scored_examples = ScoredExamples(self.experience.dataset, indices, harm)
         self.storage.update(self)
         values = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in self._task_values.items()}
         self.influence_log.append(

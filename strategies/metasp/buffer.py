@@ -64,6 +64,14 @@ class InfluenceLedger:
             sums[index] += value
             counts[index] += 1
 
+    def recorded(self, task: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """The indices of ``task``'s examples that have a recorded value, and their mean values."""
+        counts = self._count.get(task)
+        if counts is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        indices = np.flatnonzero(counts > 0)
+        return indices, self._sum[task][indices] / counts[indices]
+
     def clear(self) -> None:
         """Forget every recorded value."""
         self._sum.clear()

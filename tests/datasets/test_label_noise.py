@@ -114,3 +114,50 @@ def test_a_noisy_run_records_purity_per_task_and_its_noise_in_the_run_id(tmp_pat
     er = noisy["er"]["buffer_purity"]
     assert [t["task"] for t in er] == [0, 1, 2] and all(t["held"] == 12 and 0 <= t["purity"] <= 1 for t in er)
     assert all(t["purity"] is None for t in noisy["der"]["buffer_purity"])  # a memory of tensors
+
+
+def test_a_strategy_s_own_scores_of_its_task_are_audited_against_the_noise():
+    """MetaSP's weighting: the AUROC of its scores of the task's examples, on the split's rows."""
+    from clbench.buffer_purity import BufferPurity, ScoredExamples, harm_auroc
+    from clbench.data_path import resolve_rows
+
+    bench = load_benchmark("synthetic", {"label_noise": {"kind": "symmetric", "rate": 0.5}}, _context())
+    dataset = bench.scenario.train_stream[1].dataset
+    indices = np.arange(0, len(dataset), 2)
+    rows = resolve_rows(dataset)[1][indices]
+    harm = np.where(bench.noisy_train[rows], 1.0, 0.0) + np.linspace(0.0, 1.5, len(indices))
+    strategy = SimpleNamespace(
+        storage=SimpleNamespace(buffer=dataset.subset([])),
+        plugins=[],
+        experience=SimpleNamespace(current_experience=1),
+        scored_examples=ScoredExamples(dataset, indices, harm),
+    )
+    purity = BufferPurity(bench.noisy_train)
+    purity.after_training_exp(strategy)
+    weighting = purity.tasks[0]["weighting"]
+    flags = bench.noisy_train[rows]
+    assert weighting["scored"] == len(indices) and weighting["noisy_scored"] == int(flags.sum()) > 0
+    import torch
+
+    assert weighting["auroc"] == pytest.approx(harm_auroc(torch.as_tensor(harm), flags))
+    assert 0.5 < weighting["auroc"] < 1.0  # mostly above, not all: the ramp reorders some pairs
+
+
+def test_a_noisy_metasp_run_records_how_its_influence_ranks_the_mislabelled_examples(tmp_path):
+    import json
+
+    from clbench.cli import main
+
+    config = tmp_path / "noisy.yaml"
+    config.write_text(
+        "name: noisy\n"
+        "benchmarks: [{name: synthetic, args: {label_noise: {kind: symmetric, rate: 0.4}}}]\n"
+        "strategies: [{name: metasp, args: {influence: meta_lastlayer}}]\nbuffer_sizes: [12]\nseeds: [1231]\n"
+        "backbone: {name: mlp, args: {hidden: [16]}}\n"
+        "training: {epochs: 1, batch_size: 8, replay_batch_size: 8, lr: 0.05}\n"
+    )
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    first, *later = [t["weighting"] for t in result["buffer_purity"]]
+    assert first == {"scored": 0, "noisy_scored": 0, "auroc": None}  # task 1 trains without the buffer
+    assert later and all(w["scored"] > 0 and w["noisy_scored"] > 0 and 0 <= w["auroc"] <= 1 for w in later)

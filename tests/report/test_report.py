@@ -389,6 +389,29 @@ def test_buffer_purity_gets_its_section_and_csv(tmp_path):
     assert (tmp_path / "r" / "purity.csv").is_file()
 
 
+def test_a_strategy_s_own_weighting_audit_gets_its_purity_column(tmp_path):
+    from clbench.report import write_report
+
+    folder = tmp_path / "runs"
+    for seed, aurocs in ((1231, [None, 0.6, 0.8]), (1232, [None, 0.7, 0.7])):
+        record = run_record("metasp", 500, seed, 40.0)
+        record["buffer_purity"] = [
+            {"task": t, "held": 500, "purity": 0.6, "weighting": {"scored": 0 if a is None else 9, "auroc": a}}
+            for t, a in enumerate(aurocs)
+        ]
+        write_json_atomic(folder / f"metasp{seed}.json", record)
+        plain = run_record("er", 500, seed, 41.0)
+        plain["buffer_purity"] = [{"task": t, "held": 500, "purity": 0.6} for t in range(3)]
+        write_json_atomic(folder / f"er{seed}.json", plain)
+    write_report(build_report(folder, reference="er"), tmp_path / "r", formats=("md", "csv"), figures=False)
+    text = (tmp_path / "r" / "report.md").read_text().split("## Buffer purity")[1]
+    assert "weighting AUROC" in text
+    metasp_line = next(line for line in text.splitlines() if line.startswith("| metasp "))
+    assert metasp_line.rstrip(" |").endswith("0.700±0.000")  # each run's mean over its scored tasks
+    er_line = next(line for line in text.splitlines() if line.startswith("| er "))
+    assert er_line.rstrip(" |").endswith("–")
+
+
 SEPARATE = {"replay_forward": "separate"}
 
 

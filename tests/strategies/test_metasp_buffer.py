@@ -148,3 +148,11 @@ def test_influence_window_decides_whether_earlier_tasks_count(window, remembered
     kept = buffer.keys
     assert bool(np.all(ledger.mean(kept) == 1.0)) is remembered
     assert bool(np.all(ledger.mean(kept) == 0.0)) is not remembered
+
+
+def test_the_ledger_gives_a_task_s_recorded_indices_and_their_mean_values():
+    ledger = InfluenceLedger()
+    ledger.add([1, 1, 1, 0], [4, 2, 4, 2], [1.0, -2.0, 3.0, 5.0])
+    indices, means = ledger.recorded(1)
+    assert indices.tolist() == [2, 4] and means.tolist() == [-2.0, 2.0]
+    assert ledger.recorded(3)[0].size == 0
