@@ -91,13 +91,17 @@ def harm_auroc(harm: torch.Tensor, noisy: npt.NDArray[np.bool_]) -> float | None
     return float(above + ties / 2)
 
 
+def _scored(flags: npt.NDArray[np.bool_]) -> dict[str, int]:
+    """How many examples a score ranked, and how many of them were mislabelled."""
+    return {"scored": len(flags), "noisy_scored": int(flags.sum())}
+
+
 def audit(decision: Any, noisy: npt.NDArray[np.bool_]) -> dict[str, Any]:
     """What one purification (:class:`clbench.training.purify.Purification`) did to the mislabelled examples."""
     flags = noisy[decision.rows]
     evicted = flags[decision.evicted]
     return {
-        "scored": len(flags),
-        "noisy_scored": int(flags.sum()),
+        **_scored(flags),
         "evicted": len(evicted),
         "noisy_evicted": int(evicted.sum()),
         "auroc": harm_auroc(decision.harm, flags),
@@ -145,12 +149,9 @@ class BufferPurity(SupervisedPlugin):  # type: ignore[misc]
 
     def _audit_scores(self, scored: ScoredExamples) -> dict[str, Any] | None:
         """How the strategy's own scores of the task's examples rank the mislabelled ones (None: untraceable)."""
-        if len(scored.indices) == 0:
-            return {"scored": 0, "noisy_scored": 0, "auroc": None}
         try:
             rows = resolve_rows(scored.dataset)[1][scored.indices]
         except DataError:
             return None
         flags = self.noisy[rows]
-        harm = torch.as_tensor(scored.harm)
-        return {"scored": len(flags), "noisy_scored": int(flags.sum()), "auroc": harm_auroc(harm, flags)}
+        return {**_scored(flags), "auroc": harm_auroc(torch.as_tensor(scored.harm), flags)}

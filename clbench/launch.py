@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -350,18 +351,15 @@ def _run_inline_loop(todo: list[RunConfig], launch: _Launch) -> None:
         benchmark = cache[key]
         joint = STRATEGIES.get(run.strategy.name).traits.get("trains_jointly", False)
         total_epochs = run.trained_with.epochs * (1 if joint else benchmark.n_tasks)
-        if not launch.progress:
-            lines = _EpochLines(run.run_id, total_epochs, launch.echo)
-            failure = execute_and_write(run, launch.root, launch.loggers, launch.output_dir, lines, benchmark)
-            launch.settle(run.run_id, failure)
-            continue
-        with (
-            tqdm(total=total_epochs, desc="epochs", unit="ep", position=1, leave=False) as epochs,
-            tqdm(desc="steps", unit="step", position=2, leave=False) as steps,
-        ):
-            failure = execute_and_write(
-                run, launch.root, launch.loggers, launch.output_dir, _Bars(epochs, steps), benchmark
-            )
+        write = partial(execute_and_write, run, launch.root, launch.loggers, launch.output_dir)
+        if launch.progress:
+            with (
+                tqdm(total=total_epochs, desc="epochs", unit="ep", position=1, leave=False) as epochs,
+                tqdm(desc="steps", unit="step", position=2, leave=False) as steps,
+            ):
+                failure = write(_Bars(epochs, steps), benchmark)
+        else:
+            failure = write(_EpochLines(run.run_id, total_epochs, launch.echo), benchmark)
         launch.settle(run.run_id, failure)
 
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tiny_configs import run_one_noisy
 
 from clbench.config import from_mapping
 from clbench.datasets.base import DataContext, load_benchmark
@@ -144,20 +145,7 @@ def test_a_strategy_s_own_scores_of_its_task_are_audited_against_the_noise():
 
 
 def test_a_noisy_metasp_run_records_how_its_influence_ranks_the_mislabelled_examples(tmp_path):
-    import json
-
-    from clbench.cli import main
-
-    config = tmp_path / "noisy.yaml"
-    config.write_text(
-        "name: noisy\n"
-        "benchmarks: [{name: synthetic, args: {label_noise: {kind: symmetric, rate: 0.4}}}]\n"
-        "strategies: [{name: metasp, args: {influence: meta_lastlayer}}]\nbuffer_sizes: [12]\nseeds: [1231]\n"
-        "backbone: {name: mlp, args: {hidden: [16]}}\n"
-        "training: {epochs: 1, batch_size: 8, replay_batch_size: 8, lr: 0.05}\n"
-    )
-    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    result = run_one_noisy(tmp_path, "{name: metasp, args: {influence: meta_lastlayer}}", 12)
     first, *later = [t["weighting"] for t in result["buffer_purity"]]
     assert first == {"scored": 0, "noisy_scored": 0, "auroc": None}  # task 1 trains without the buffer
     assert later and all(w["scored"] > 0 and w["noisy_scored"] > 0 and 0 <= w["auroc"] <= 1 for w in later)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_configs import run_one_noisy
 from torch import nn
 
 from clbench.config import from_mapping
@@ -157,18 +158,7 @@ def test_metasp_s_buffer_gives_evicted_slots_to_the_next_task():
 
 
 def test_a_purifying_run_logs_each_purification_and_a_cleaner_memory(tmp_path):
-    from clbench.cli import main
-
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        "name: p\n"
-        "benchmarks: [{name: synthetic, args: {label_noise: {kind: symmetric, rate: 0.4}}}]\n"
-        "strategies: [{name: er, args: {purify: {score: small_loss, drop: 0.25}}}]\n"
-        "buffer_sizes: [24]\nseeds: [1231]\nbackbone: {name: mlp, args: {hidden: [16]}}\n"
-        "training: {epochs: 2, batch_size: 8, replay_batch_size: 8, lr: 0.05}\n"
-    )
-    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    (result,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    result = run_one_noisy(tmp_path, "{name: er, args: {purify: {score: small_loss, drop: 0.25}}}", 24, epochs=2)
     log = result["extras"]["purify"]
     assert [(e["task"], e["held"]) for e in log] == [(t, 24) for t in range(3)] and all(e["evicted"] for e in log)
     assert [t["held"] for t in result["buffer_purity"]] == [24 - e["evicted"] for e in log]
