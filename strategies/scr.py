@@ -191,7 +191,8 @@ def colour_jitter(pixels: torch.Tensor, factors: torch.Tensor, order: list[int])
     mean), a saturation factor (HSV), a hue shift (a fraction of the circle, HSV); each
     operation clamps to [0, 1] where kornia does; 0 / 1 / 2 / 3 in ``order`` name them.
     """
-    brightness, contrast, saturation, hue = (column.view(-1, 1, 1) for column in factors.unbind(1))
+    brightness, contrast = (factors[:, k].view(-1, 1, 1, 1) for k in (0, 1))  # over (N, 3, H, W)
+    saturation, hue = (factors[:, k].view(-1, 1, 1) for k in (2, 3))  # over HSV planes (N, H, W)
 
     def saturate(p: torch.Tensor) -> torch.Tensor:
         h, s, v = rgb_to_hsv(p)
@@ -202,8 +203,8 @@ def colour_jitter(pixels: torch.Tensor, factors: torch.Tensor, order: list[int])
         return hsv_to_rgb(torch.fmod(h + hue, 1.0), s, v)
 
     operations = (
-        lambda p: (p + brightness.unsqueeze(1)).clamp(0, 1),
-        lambda p: (p * contrast.unsqueeze(1)).clamp(0, 1),
+        lambda p: (p + brightness).clamp(0, 1),
+        lambda p: (p * contrast).clamp(0, 1),
         saturate,
         shift_hue,
     )
