@@ -17,6 +17,19 @@ Exemplars (``memory``):
 - ``reservoir``: the online survey's iCaRL (RaptorMai/online-continual-learning,
   ``agents/icarl.py``, which produced SCR's and the survey's iCaRL rows): a reservoir over
   the stream, offered every incoming batch after its step, replayed from the start.
+- ``reservoir_past_tasks``: ER-ACE's iCaRL (pclucas14/AML, ``methods/icarl.py`` over
+  ``methods/er.py``): a reservoir that replay draws earlier tasks only from. It is offered
+  each task once the task is learned, which gives the same memory at every task boundary as
+  offering every batch, in distribution (as ER's ``replay_forward: separate``).
+
+ER-ACE's code also computes the loss and the NCM otherwise (``loss: split``,
+``ncm_features: raw``): the stream batch alone takes the one-hot BCE over all outputs (old
+classes' targets 0, no distillation), the memory batch, forwarded apart, only the
+distillation toward the previous network's sigmoid outputs over all outputs; each is
+summed over outputs and averaged over its own examples, which makes its gradient 2 x |seen
+classes| times the paper form's mean at the same lr; and the class means are the plain
+means of raw features. ``memory: reservoir_past_tasks, loss: split, ncm_features: raw`` at
+``lr: 0.01`` (its validated value) is ER-ACE's Table 1 iCaRL.
 
 Memory budget: at most ``buffer_size`` stored examples in either case (herding leaves the
 remainder of ``buffer_size // classes`` unused). Avalanche 0.6.0's ``ICaRL`` needs its own
@@ -41,23 +54,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clbench.config import OMIT_AT_DEFAULT
 from clbench.data_path import strategy_autocast
 from clbench.training.context import STRATEGIES, AugmentedRunsRevision, Recipe, StrategyContext
 from clbench.training.memory import fetch_all
 from clbench.training.modes import evaluation_mode
 from clbench.training.ncm import NearestMeanReplay, features_of
-from clbench.training.tensor_buffer import StreamReservoir, TensorStore
+from clbench.training.tensor_buffer import StreamReservoir, TensorReservoirBuffer, TensorStore
 
 
 @dataclass(frozen=True)
 class ICaRLArgs:
     """Arguments of iCaRL (buffer size and replay batch come from the run)."""
 
-    memory: Literal["herding", "reservoir"] = field(
+    memory: Literal["herding", "reservoir", "reservoir_past_tasks"] = field(
         default="herding",
         metadata={
             "help": "herding: per-class exemplars chosen after each task (paper); "
-            "reservoir: a stream reservoir (the online survey's code)"
+            "reservoir: a stream reservoir replayed from the start (the online survey's code); "
+            "reservoir_past_tasks: a reservoir replayed from earlier tasks only (ER-ACE's code)"
+        },
+    )
+    loss: Literal["joint", "split"] = field(
+        default="joint",
+        metadata={
+            "help": "joint: one forward of stream + memory, one-hot targets for the current classes and "
+            "distilled ones for the old, mean over seen classes (paper); split: ER-ACE's code, the stream "
+            "batch's one-hot BCE plus the memory batch's distillation, each over all outputs, summed over "
+            "outputs and averaged over its own forward's examples",
+            OMIT_AT_DEFAULT: True,
+        },
+    )
+    ncm_features: Literal["normalised", "raw"] = field(
+        default="normalised",
+        metadata={
+            "help": "normalised: L2-normalised features and class means (paper); raw: unnormalised "
+            "penultimate features and means (ER-ACE's code)",
+            OMIT_AT_DEFAULT: True,
         },
     )
 
@@ -114,19 +147,60 @@ class HerdingMemory(TensorStore):
         self.max_size = new_size
 
 
+MEMORIES: dict[str, type[TensorStore]] = {
+    "herding": HerdingMemory,
+    "reservoir": StreamReservoir,
+    "reservoir_past_tasks": TensorReservoirBuffer,
+}
+"""The exemplar memory of each ``memory`` option, built with the run's ``buffer_size``."""
+
+
+def summed_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy summed over outputs, averaged over examples (ER-ACE's code's reduction)."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+
+
 class ICaRL(NearestMeanReplay):
     """iCaRL's step (BCE with distillation over seen classes, exemplar replay) and NCM evaluation."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        """Create the strategy (``memory``, ``memory_batch_size``: :class:`NearestMeanReplay`)."""
+    def __init__(self, *, split_loss: bool = False, **kwargs: Any) -> None:
+        """Create the strategy (``memory``, ``memory_batch_size``, ``ncm_normalise``: :class:`NearestMeanReplay`).
+
+        ``split_loss``: ER-ACE's code's loss (:meth:`split_loss`) instead of the paper's joint one.
+        """
         super().__init__(**kwargs)
+        self.split_loss = split_loss
         self.previous: nn.Module | None = None
         self.old_classes: list[int] = []
 
+    def prepare_batch(self) -> None:
+        """Join a memory mini-batch to the stream batch; the split loss forwards it apart instead."""
+        if not self.split_loss:
+            return super().prepare_batch()
+        self._n_new = int(self.mb_y.shape[0])
+        return None
+
     def criterion(self) -> torch.Tensor:
-        """Training: BCE over the seen classes with distilled targets for the old ones."""
+        """Training: the joint or the split BCE with distillation; evaluation: the plain criterion."""
         if not self.is_training:
             return super().criterion()  # type: ignore[no-any-return]
+        return self.replay_distillation_loss() if self.split_loss else self.joint_loss()
+
+    def replay_distillation_loss(self) -> torch.Tensor:
+        """The stream batch's one-hot BCE plus a memory batch's distillation, over all outputs (ER-ACE's code)."""
+        logits = self.mb_output.float()
+        loss = summed_bce(logits, F.one_hot(self.mb_y, logits.shape[1]).float())
+        if self.previous is None or len(self.memory) == 0:
+            return loss
+        x, _, _ = self.memory.draw(self, self.memory_batch_size, augment=True)
+        with strategy_autocast(self):
+            replay_logits = self.model(x).float()
+            with torch.no_grad():
+                old_logits = self.previous(x).float()
+        return loss + summed_bce(replay_logits, torch.sigmoid(old_logits))
+
+    def joint_loss(self) -> torch.Tensor:
+        """BCE over the seen classes with one-hot targets for the current ones, distilled for the old (paper)."""
         current = [int(c) for c in self.experience.classes_in_this_experience]
         seen = sorted(set(self.old_classes) | set(current))
         logits = self.mb_output.float()
@@ -140,7 +214,7 @@ class ICaRL(NearestMeanReplay):
     def after_experience(self) -> None:
         """Herd the task's exemplars, freeze the network for distillation, add the task's classes."""
         self.nearest_mean.invalidate()
-        if isinstance(self.memory, HerdingMemory):
+        if isinstance(self.memory, (HerdingMemory, TensorReservoirBuffer)):
             self.memory.update(self)
         self.previous = copy.deepcopy(self.model).eval()
         for p in self.previous.parameters():
@@ -157,7 +231,12 @@ class ICaRL(NearestMeanReplay):
     revision=AugmentedRunsRevision(2),
 )
 def build_icarl(ctx: StrategyContext, args: ICaRLArgs) -> Recipe:
-    """:class:`ICaRL` over a herding memory or a stream reservoir of ``buffer_size`` examples."""
+    """:class:`ICaRL` over a herding memory or a reservoir of ``buffer_size`` examples."""
     ctx.classifier_of("icarl")
-    memory = HerdingMemory(ctx.buffer_size) if args.memory == "herding" else StreamReservoir(ctx.buffer_size)
-    return ctx.recipe(ICaRL, memory=memory, memory_batch_size=ctx.training.replay_batch_size)
+    return ctx.recipe(
+        ICaRL,
+        memory=MEMORIES[args.memory](ctx.buffer_size),
+        memory_batch_size=ctx.training.replay_batch_size,
+        split_loss=args.loss == "split",
+        ncm_normalise=args.ncm_features == "normalised",
+    )

@@ -1,12 +1,14 @@
 """The nearest-class-mean classifier of iCaRL and SCR, as per-class scores.
 
 Class means are the normalised means of the L2-normalised features (``model.features``)
-of the examples a memory holds, computed in evaluation mode. An input's score for class
-c is minus the squared distance of its normalised features to c's mean, and
-:data:`NO_MEAN_SCORE` for a class without stored examples. Being one score per class, the
-NCM output goes through clbench's evaluation like logits: class-IL takes the nearest mean
-among every class seen so far, task-IL the nearest among the example's own task's classes
-(the task-IL mask restricts the candidate means), from the same pass.
+of the examples a memory holds, computed in evaluation mode (``normalise=False``: the plain
+means of the raw features, as ER-ACE's iCaRL code computes them). An input's score for
+class c is minus the squared distance of its features to c's mean, and a score below every
+other (:data:`NO_MEAN_SCORE` or lower) for a class without stored examples. Being one
+score per class, the NCM output goes through clbench's evaluation like logits: class-IL
+takes the nearest mean among every class seen so far, task-IL the nearest among the
+example's own task's classes (the task-IL mask restricts the candidate means), from the
+same pass.
 """
 
 from __future__ import annotations
@@ -29,40 +31,53 @@ FEATURE_CHUNK = 256
 
 
 @torch.no_grad()
-def features_of(strategy: Any, x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised fp32 features of ``x`` under the strategy's precision, model in its current mode."""
+def features_of(strategy: Any, x: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """fp32 features of ``x`` under the strategy's precision, model in its current mode; L2-normalised by default."""
     parts = []
     for start in range(0, x.shape[0], FEATURE_CHUNK):
         with strategy_autocast(strategy):
             parts.append(strategy.model.features(x[start : start + FEATURE_CHUNK]).float())
-    return F.normalize(torch.cat(parts).flatten(1), dim=1)
+    features = torch.cat(parts).flatten(1)
+    return F.normalize(features, dim=1) if normalise else features
 
 
 @torch.no_grad()
-def class_means(strategy: Any, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """(n_classes, D) normalised class means of ``x``'s features in evaluation mode; NaN rows for absent classes."""
+def class_means(
+    strategy: Any, x: torch.Tensor, y: torch.Tensor, n_classes: int, normalise: bool = True
+) -> torch.Tensor:
+    """(n_classes, D) class means of ``x``'s features in evaluation mode; NaN rows for absent classes.
+
+    ``normalise``: the normalised mean of normalised features (iCaRL's paper), else the
+    plain mean of raw features.
+    """
     model = strategy.model
     with evaluation_mode(model):
-        features = features_of(strategy, x.to(strategy.device))
+        features = features_of(strategy, x.to(strategy.device), normalise)
     y = y.to(features.device)
     means = torch.full((n_classes, features.shape[1]), float("nan"), device=features.device)
     for c in y.unique().tolist():
-        means[c] = F.normalize(features[y == c].mean(0), dim=0)
+        mean = features[y == c].mean(0)
+        means[c] = F.normalize(mean, dim=0) if normalise else mean
     return means
 
 
 def ncm_scores(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """(N, C) scores: -||f - mu_c||² per class, :data:`NO_MEAN_SCORE` where mu_c is undefined (NaN)."""
+    """(N, C) scores: -||f - mu_c||² per class; where mu_c is undefined (NaN), a score below all others.
+
+    That score is :data:`NO_MEAN_SCORE`, or lower when raw features lie further apart.
+    """
     distances = torch.cdist(features, torch.nan_to_num(means)) ** 2
-    return torch.where(torch.isnan(means[:, 0]).unsqueeze(0), torch.full_like(distances, NO_MEAN_SCORE), -distances)
+    floor = min(NO_MEAN_SCORE, -float(distances.max()) - 1.0) if distances.numel() else NO_MEAN_SCORE
+    return torch.where(torch.isnan(means[:, 0]).unsqueeze(0), torch.full_like(distances, floor), -distances)
 
 
 class NearestMeanClassifier:
     """Class means of a memory, computed on first use after :meth:`invalidate` (each training step)."""
 
-    def __init__(self, n_classes: int) -> None:
-        """A classifier over ``n_classes`` classes."""
+    def __init__(self, n_classes: int, normalise: bool = True) -> None:
+        """A classifier over ``n_classes`` classes (``normalise``: see :func:`class_means`)."""
         self.n_classes = n_classes
+        self.normalise = normalise
         self.means: torch.Tensor | None = None
 
     def invalidate(self) -> None:
@@ -74,8 +89,8 @@ class NearestMeanClassifier:
         if memory_y.numel() == 0:
             return torch.full((x.shape[0], self.n_classes), NO_MEAN_SCORE, device=x.device)
         if self.means is None:
-            self.means = class_means(strategy, memory_x, memory_y, self.n_classes)
-        return ncm_scores(features_of(strategy, x), self.means)
+            self.means = class_means(strategy, memory_x, memory_y, self.n_classes, self.normalise)
+        return ncm_scores(features_of(strategy, x, self.normalise), self.means)
 
 
 class NearestMeanReplay(StepTemplate):
@@ -87,12 +102,14 @@ class NearestMeanReplay(StepTemplate):
     what the memory holds, whose means are recomputed after every step.
     """
 
-    def __init__(self, *, memory: TensorStore, memory_batch_size: int, **kwargs: Any) -> None:
-        """Replay ``memory_batch_size`` examples of ``memory`` a step."""
+    def __init__(
+        self, *, memory: TensorStore, memory_batch_size: int, ncm_normalise: bool = True, **kwargs: Any
+    ) -> None:
+        """Replay ``memory_batch_size`` examples of ``memory`` a step (``ncm_normalise``: see :func:`class_means`)."""
         super().__init__(**kwargs)
         self.memory = memory
         self.memory_batch_size = memory_batch_size
-        self.nearest_mean = NearestMeanClassifier(int(self.model.classifier.out_features))
+        self.nearest_mean = NearestMeanClassifier(int(self.model.classifier.out_features), ncm_normalise)
         self._n_new = 0
 
     def prepare_batch(self) -> None:

@@ -1,5 +1,7 @@
 """DER/DER++, ER-ACE, iCaRL, LwF, online EWC and SCR: each point where they differ from Avalanche 0.6.0."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from clbench.backbones import MLP, CosineClassifier
 from clbench.strategies.der import DERArgs
 from clbench.strategies.er_ace import ERACEArgs, asymmetric_cross_entropy
 from clbench.strategies.ewc import weighted_fisher_diagonal
-from clbench.strategies.icarl import herding_order
+from clbench.strategies.icarl import ICaRLArgs, herding_order
 from clbench.strategies.scr import contrastive_views, supervised_contrastive_loss
 from clbench.training import STRATEGIES
 from clbench.training.ncm import NO_MEAN_SCORE, ncm_scores
@@ -194,6 +196,69 @@ def test_icarl_evaluates_by_the_nearest_mean_of_its_herded_exemplars():
     strategy.mbatch = [x, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)]
     strategy.nearest_mean.invalidate()
     assert torch.allclose(strategy.forward(), expected, atol=1e-5)
+
+
+class _LossAtBackward(SupervisedPlugin):
+    """Records the first training step's loss, batch and network of each experience."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def before_backward(self, strategy, **kwargs):
+        if len(self.steps) < strategy.clock.train_exp_counter + 1:
+            model = copy.deepcopy(strategy.model)
+            self.steps.append((float(strategy.loss.detach()), strategy.mb_x.clone(), strategy.mb_y.clone(), model))
+
+
+def test_icarl_as_er_ace_s_code_sums_the_stream_bce_and_the_memory_s_distillation_over_all_outputs():
+    # pclucas14/AML methods/icarl.py: BCE(sum) / n over every output for the stream batch
+    # (one-hot), and for a memory batch of earlier tasks, forwarded apart, toward the
+    # previous network's sigmoid outputs.
+    bench = two_tasks()
+    recorder = _LossAtBackward()
+    args = ICaRLArgs(memory="reservoir_past_tasks", loss="split", ncm_features="raw")
+    strategy = tiny_strategy("icarl", bench, _mlp(bench), plugins=[recorder], args=args)
+    strategy.train(bench.scenario.train_stream[0])
+    memory = strategy.memory
+    assert len(memory) == 8 and set(memory.y.tolist()) == {0, 1}  # the first task, offered once learned
+    replay_x = memory.x[:4].clone()
+    memory.draw = lambda strategy, count, augment: (replay_x, memory.y[:4], torch.arange(4))
+    previous = copy.deepcopy(strategy.model).eval()
+    strategy.train(bench.scenario.train_stream[1])
+    loss, x, y, model = recorder.steps[1]
+    with torch.no_grad():
+        stream = F.binary_cross_entropy_with_logits(model(x), F.one_hot(y, 4).float(), reduction="sum") / len(y)
+        target = torch.sigmoid(previous(replay_x))
+        replay = F.binary_cross_entropy_with_logits(model(replay_x), target, reduction="sum") / 4
+    assert len(x) == 4  # the memory batch is not joined to the stream batch
+    assert loss == pytest.approx(float(stream + replay), rel=1e-5)
+    first_loss, first_x, first_y, first_model = recorder.steps[0]  # first task: no previous network, no replay
+    with torch.no_grad():
+        first_stream = F.binary_cross_entropy_with_logits(
+            first_model(first_x), F.one_hot(first_y, 4).float(), reduction="sum"
+        )
+    assert first_loss == pytest.approx(float(first_stream) / len(first_y), rel=1e-5)
+
+
+def test_icarl_s_raw_nearest_mean_uses_unnormalised_features_and_means():
+    bench = two_tasks()
+    args = ICaRLArgs(memory="reservoir_past_tasks", ncm_features="raw")
+    strategy = tiny_strategy("icarl", bench, _mlp(bench), args=args)
+    for experience in bench.scenario.train_stream:
+        strategy.train(experience)
+    memory = strategy.memory
+    strategy.model.eval()
+    with torch.no_grad():
+        f_mem = strategy.model.features(memory.x)
+        present = sorted(set(memory.y.tolist()))
+        means = torch.stack([f_mem[memory.y == c].mean(0) for c in present])
+        x = memory.x[:3]
+        expected = -(torch.cdist(strategy.model.features(x), means) ** 2)
+    strategy.is_training = False
+    strategy.mbatch = [x, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)]
+    strategy.nearest_mean.invalidate()
+    assert torch.allclose(strategy.forward()[:, present], expected, atol=1e-4)
 
 
 def _naive_supcon(views, labels, temperature):
