@@ -65,6 +65,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def cpu_description() -> str:
+    """The CPU's model name and the instruction set torch's kernels use on it, e.g. ``... (AVX512)``.
+
+    Recorded because the kernels, and so the last digits of a run, differ between instruction
+    sets (bf16 is native on AVX-512-bf16 / AMX and emulated on AVX2).
+    """
+    model = platform.processor()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{model or 'cpu'} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def environment_info(device: torch.device) -> dict[str, Any]:
     """Versions and hardware recorded with every result."""
 
@@ -82,7 +100,7 @@ def environment_info(device: torch.device) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description(),
         "torch_threads": torch.get_num_threads(),
     }
 

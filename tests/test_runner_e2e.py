@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 from tiny_configs import TWO_SEED_GRID
 
@@ -54,6 +55,8 @@ def test_grid_writes_one_file_per_run_with_both_matrices(grid_run):
             assert set(result["metrics"][setting]) == {"A1", "Ainf", "Am", "BWT"}
         assert result["config"]["buffer_size"] == (16 if strategy == "er" else 0)
         assert result["environment"]["avalanche"] == "0.6.0"
+        # the CPU's instruction set is named: a run's last digits depend on it
+        assert result["environment"]["device_name"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")
         assert len(result["train_seconds"]) == rows
         if strategy == "er":  # the defaults the report compares arguments with, recorded with the run
             assert result["strategy_defaults"] == {
