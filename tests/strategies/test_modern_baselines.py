@@ -15,6 +15,7 @@ from clbench.strategies.der import DERArgs
 from clbench.strategies.er_ace import ERACEArgs, asymmetric_cross_entropy
 from clbench.strategies.ewc import weighted_fisher_diagonal
 from clbench.strategies.icarl import ICaRLArgs, herding_order
+from clbench.strategies.lwf import LwFArgs
 from clbench.strategies.scr import contrastive_views, supervised_contrastive_loss
 from clbench.training import STRATEGIES
 from clbench.training.ncm import NO_MEAN_SCORE, ncm_scores
@@ -161,6 +162,28 @@ def test_lwf_s_teacher_keeps_its_running_statistics_while_the_next_task_trains()
     strategy.train(bench.scenario.train_stream[1])
     assert torch.equal(teacher.body[1].running_mean, before)
     assert strategy.plugins[0].old_classes == [0, 1, 2, 3]
+
+
+def test_lwf_as_the_survey_s_code_weights_by_tasks_and_distils_every_output_from_a_training_mode_teacher():
+    # RaptorMai/online-continual-learning agents/lwf.py: 1/(t+1) CE + t/(t+1) T² KD over the full
+    # logits of a deep copy taken in training mode (kd_manager.py).
+    bench = two_tasks()
+    recorder = _LossAtBackward()
+    args = LwFArgs(weighting="task_ratio", distilled_outputs="all", teacher_mode="train")
+    strategy = tiny_strategy("lwf", bench, _mlp(bench, batchnorm=True), plugins=[recorder], args=args)
+    strategy.train(bench.scenario.train_stream[0])
+    teacher = copy.deepcopy(strategy.plugins[0].previous)
+    assert teacher.training
+    strategy.train(bench.scenario.train_stream[1])
+    loss, x, y, model = recorder.steps[1]
+    with torch.no_grad():
+        logits, old_logits = model(x), teacher(x)  # both normalise the batch by its own statistics
+        kd = 4 * F.kl_div(F.log_softmax(logits / 2, dim=1), F.softmax(old_logits / 2, dim=1), reduction="batchmean")
+        expected = F.cross_entropy(logits, y) / 2 + kd / 2
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    first_loss, first_x, first_y, first_model = recorder.steps[0]  # first task: no teacher, the plain CE
+    with torch.no_grad():
+        assert first_loss == pytest.approx(float(F.cross_entropy(first_model(first_x), first_y)), rel=1e-5)
 
 
 def test_herding_picks_the_examples_whose_running_mean_follows_the_class_mean():
