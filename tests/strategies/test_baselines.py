@@ -29,8 +29,8 @@ registered strategy runs with its defaults (the list is the registry, not writte
 FAST_CONV = "device_conv"  # the defaults (device path, bf16, channels-last) on a convolutional net
 
 
-def _run_every_strategy(folder, data_path, **training_settings):
-    """Every registered strategy once on three synthetic tasks; their results by strategy name."""
+def _run_every_strategy(folder, data_path, strategies=None, **training_settings):
+    """Every registered strategy (or ``strategies``) once on three synthetic tasks; their results by name."""
     training = {"epochs": 1, "batch_size": 8, "replay_batch_size": 8, **training_settings}
     if data_path != FAST_CONV:
         training["data_path"] = data_path
@@ -45,7 +45,7 @@ def _run_every_strategy(folder, data_path, **training_settings):
                 "args": {"n_tasks": 3, "n_classes": N_CLASSES, "train_per_class": 20, "test_per_class": 6},
             }
         ],
-        "strategies": [FAST_ARGS.get(name, name) for name in STRATEGIES.names()],
+        "strategies": strategies or [FAST_ARGS.get(name, name) for name in STRATEGIES.names()],
         "buffer_sizes": [BUFFER],
         "seeds": [1231],
         "backbone": backbone,
@@ -70,6 +70,22 @@ def test_every_registered_strategy_runs_through_the_cli(all_runs):
         rows = 1 if name == "joint" else 3
         assert len(result["accuracy"]["class_il"]) == rows, name
         assert len(result["accuracy"]["task_il"]) == rows, name
+        assert result["metrics"]["class_il"]["Ainf"] is not None, name
+
+
+REFERENCE_CODE_VARIANTS = [
+    {"name": "icarl", "args": {"memory": "reservoir_past_tasks", "loss": "split", "ncm_features": "raw"}},
+    {"name": "lwf", "args": {"weighting": "task_ratio", "distilled_outputs": "all", "teacher_mode": "train"}},
+]
+"""Options that run a strategy as another paper's code does (their own forwards and teachers)."""
+
+
+def test_the_reference_code_variants_run_on_the_fast_path_defaults(tmp_path):
+    runs = _run_every_strategy(tmp_path, FAST_CONV, REFERENCE_CODE_VARIANTS)
+    assert set(runs) == {"icarl", "lwf"}
+    for name, result in runs.items():
+        assert result["config"]["training"]["precision"] == "bf16", name
+        assert len(result["accuracy"]["class_il"]) == 3, name
         assert result["metrics"]["class_il"]["Ainf"] is not None, name
 
 
