@@ -55,7 +55,7 @@ STREAM_MEMORIES = [
     ("der", None),
     ("er_ace", None),
     ("er", ERArgs(replay_forward="separate", memory_update="every_batch")),
-    ("icarl", ICaRLArgs(memory="stream")),
+    ("icarl", ICaRLArgs(memory="reservoir")),
 ]
 
 
