@@ -166,7 +166,7 @@ class ICaRL(NearestMeanReplay):
     def __init__(self, *, split_loss: bool = False, **kwargs: Any) -> None:
         """Create the strategy (``memory``, ``memory_batch_size``, ``ncm_normalise``: :class:`NearestMeanReplay`).
 
-        ``split_loss``: ER-ACE's code's loss (:meth:`split_loss`) instead of the paper's joint one.
+        ``split_loss``: ER-ACE's code's loss (:meth:`replay_distillation_loss`) instead of the paper's joint one.
         """
         super().__init__(**kwargs)
         self.split_loss = split_loss
@@ -212,10 +212,13 @@ class ICaRL(NearestMeanReplay):
         return F.binary_cross_entropy_with_logits(logits[:, seen], targets[:, seen])
 
     def after_experience(self) -> None:
-        """Herd the task's exemplars, freeze the network for distillation, add the task's classes."""
+        """Update the memory, freeze the network for distillation, add the task's classes.
+
+        The memory's update herds (``herding``) or offers the task to the reservoir
+        (``reservoir_past_tasks``); a stream reservoir took each batch already (no-op).
+        """
         self.nearest_mean.invalidate()
-        if isinstance(self.memory, (HerdingMemory, TensorReservoirBuffer)):
-            self.memory.update(self)
+        self.memory.update(self)
         self.previous = copy.deepcopy(self.model).eval()
         for p in self.previous.parameters():
             p.requires_grad_(False)

@@ -96,7 +96,6 @@ class LearningWithoutForgetting(SupervisedPlugin):  # type: ignore[misc]
         self.args = args
         self.previous: nn.Module | None = None
         self.old_classes: list[int] = []
-        self.tasks_learned = 0
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         """Add alpha times the distillation loss on the mini-batch (``task_ratio``: both terms reweighted)."""
@@ -107,7 +106,7 @@ class LearningWithoutForgetting(SupervisedPlugin):  # type: ignore[misc]
         outputs = self.old_classes if self.args.distilled_outputs == "old_classes" else list(range(old_logits.shape[1]))
         loss = self.args.alpha * distillation_loss(strategy.mb_output, old_logits, outputs, self.args.temperature)
         if self.args.weighting == "task_ratio":
-            learned = self.tasks_learned
+            learned = strategy.clock.train_exp_counter  # the experiences learned before this one
             strategy.loss = strategy.loss / (learned + 1) + loss * learned / (learned + 1)
         else:
             strategy.loss += loss
@@ -119,7 +118,6 @@ class LearningWithoutForgetting(SupervisedPlugin):  # type: ignore[misc]
             p.requires_grad_(False)
         classes = set(self.old_classes) | {int(c) for c in strategy.experience.classes_in_this_experience}
         self.old_classes = sorted(classes)
-        self.tasks_learned += 1
 
 
 @STRATEGIES.register("lwf", args=LwFArgs, help="learning without forgetting: distillation from the last task's network")

@@ -67,8 +67,8 @@ def ncm_scores(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     That score is :data:`NO_MEAN_SCORE`, or lower when raw features lie further apart.
     """
     distances = torch.cdist(features, torch.nan_to_num(means)) ** 2
-    floor = min(NO_MEAN_SCORE, -float(distances.max()) - 1.0) if distances.numel() else NO_MEAN_SCORE
-    return torch.where(torch.isnan(means[:, 0]).unsqueeze(0), torch.full_like(distances, floor), -distances)
+    floor = (-distances.amax() - 1.0).clamp(max=NO_MEAN_SCORE) if distances.numel() else NO_MEAN_SCORE
+    return torch.where(torch.isnan(means[:, 0]).unsqueeze(0), floor, -distances)  # on the device: no sync
 
 
 class NearestMeanClassifier:
